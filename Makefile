@@ -1,0 +1,37 @@
+# modelbus: `make run` starts everything, `make test` runs the whole suite.
+# Both work on a fresh machine with only python3, pip and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install lint docs clean latency
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/modelbus up --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/python -m scripts.gen_asyncapi
+
+latency: $(STAMP)
+	$(BIN)/python scripts/latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

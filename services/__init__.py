@@ -1,0 +1,1 @@
+"""modelbus services: each sub-package is one process that talks to the others only over NATS."""

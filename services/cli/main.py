@@ -1,0 +1,140 @@
+"""The ``modelbus`` command.
+
+``modelbus up``        start an embedded NATS and every service
+``modelbus complete``  send one completion through the bus and print it
+
+The CLI is a NATS client like any other: it imports only :mod:`shared`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from services.cli.up import default_data_dir, run_file, run_up
+from shared.bus import DEFAULT_NATS_URL
+
+
+def _discover_url(args: argparse.Namespace) -> str:
+    """``--nats-url``, then ``NATS_URL``, then a running ``modelbus up``, then localhost."""
+    if args.nats_url:
+        return str(args.nats_url)
+    if os.environ.get("NATS_URL"):
+        return os.environ["NATS_URL"]
+    marker = run_file(Path(args.data_dir).expanduser())
+    try:
+        return str(json.loads(marker.read_text())["nats_url"])
+    except (OSError, ValueError, KeyError):
+        return DEFAULT_NATS_URL
+
+
+async def _complete(args: argparse.Namespace) -> int:
+    from shared.client import ModelbusClient
+    from shared.errors import ModelbusError
+
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    body: dict[str, object] = {"messages": messages}
+    if args.model:
+        body["model"] = args.model
+    if args.max_tokens:
+        body["max_tokens"] = args.max_tokens
+    url = _discover_url(args)
+    try:
+        client = await ModelbusClient.connect(url)
+    except Exception as exc:
+        print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
+        return 1
+    headers = {"Modelbus-Timeout-Ms": str(int(args.timeout * 1000))}
+    try:
+        if args.stream:
+            body["stream"] = True
+            async for chunk in client.stream(body, headers=headers, timeout=args.timeout):
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        sys.stdout.write(choice.delta.content)
+                        sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            completion, reply_headers = await client.complete(body, headers=headers, timeout=args.timeout)
+            message = completion.choices[0].message
+            if message.content:
+                print(message.content)
+            for call in message.tool_calls or []:
+                print(f"tool call {call.function.name}({call.function.arguments})")
+            if args.verbose:
+                print(
+                    f"# endpoint={reply_headers.get('Modelbus-Endpoint')} model={reply_headers.get('Modelbus-Model')} "
+                    f"attempts={reply_headers.get('Modelbus-Attempts')}",
+                    file=sys.stderr,
+                )
+        return 0
+    except ModelbusError as exc:
+        print(f"error: {exc.http_status} {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="modelbus", description="Bring-your-own-LLM model router on NATS.")
+    parser.add_argument("--data-dir", default=str(default_data_dir()),
+                        help="state directory (default: $MODELBUS_HOME or ~/.local/share/modelbus)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start an embedded NATS and every service")
+    up.add_argument("--config", help="routing configuration file (default: built-in example)")
+    up.add_argument("--nats-url", default=os.environ.get("NATS_URL"),
+                    help="use this NATS server instead of starting one")
+    up.add_argument("--nats-port", type=int, default=4222,
+                    help="port of the embedded nats-server (0 picks a free one)")
+    up.add_argument("--routers", type=int, default=1, help="router worker processes")
+    up.add_argument("--provider-workers", type=int, default=1, help="provider worker processes")
+    up.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for services")
+    up.add_argument("--demo", action="store_true", help="send one demo completion once ready")
+
+    complete = sub.add_parser("complete", help="send one completion and print the answer")
+    complete.add_argument("prompt", help="the user message")
+    complete.add_argument("--model", help="alias, endpoint or endpoint/model (default: alias 'default')")
+    complete.add_argument("--system", help="a system message")
+    complete.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    complete.add_argument("--nats-url", help="NATS server (default: NATS_URL or the running modelbus up)")
+    complete.add_argument("-v", "--verbose", action="store_true", help="print routing details to stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``modelbus`` console script."""
+    args = build_parser().parse_args(argv)
+    from shared.bus import run
+
+    if args.command == "up":
+        if args.routers < 1 or args.provider_workers < 1:
+            print("error: --routers and --provider-workers must be at least 1", file=sys.stderr)
+            sys.exit(2)
+        code: list[int] = []
+
+        async def up() -> None:
+            code.append(await run_up(args))
+
+        run(up())
+        sys.exit(code[0] if code else 1)
+    if args.command == "complete":
+        code2: list[int] = []
+
+        async def complete() -> None:
+            code2.append(await _complete(args))
+
+        run(complete())
+        sys.exit(code2[0] if code2 else 1)
+
+
+

@@ -1,0 +1,77 @@
+"""What every provider adapter satisfies, and the connection it is given.
+
+The *connection* (:class:`EndpointConnection`) owns how to reach an endpoint:
+base URL, the pooled ``httpx.AsyncClient`` and credentials fetched from the
+secrets service. The *adapter* owns translation only: request, response,
+stream and error mapping, with the same private helper names in every module
+(``_map_messages``, ``_map_tools``, ``_map_response``, ``_map_stream_event``,
+``_map_usage``, ``_map_finish_reason``, ``_map_error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ClassVar, Protocol
+
+import httpx
+
+from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from shared.routing import Endpoint
+
+CredentialGetter = Callable[[str, str], Awaitable[str]]
+"""``(ref, endpoint_name) -> secret value``; raises a ProviderError when unavailable."""
+
+
+class EndpointConnection:
+    """One endpoint's connection state, shared by all requests to it."""
+
+    def __init__(self, endpoint: Endpoint, get_credential: CredentialGetter) -> None:
+        self.endpoint = endpoint
+        self._get_credential = get_credential
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The endpoint's pooled HTTP client, created on first use and reused after."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.endpoint.timeout_ms / 1000),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                follow_redirects=False,
+            )
+        return self._http
+
+    async def credential(self) -> str | None:
+        """The endpoint's secret, or ``None`` when it declares no auth."""
+        if not self.endpoint.auth_ref:
+            return None
+        return await self._get_credential(self.endpoint.auth_ref, self.endpoint.name)
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+
+class ChatAdapter(Protocol):
+    """Translate one OpenAI-shaped chat call to a provider and back."""
+
+    gen_ai_provider: ClassVar[str]
+    """``gen_ai.provider.name`` for spans (OpenTelemetry GenAI conventions)."""
+    connection: EndpointConnection
+    """How the endpoint is reached; shared by every call to it."""
+
+    def __init__(self, connection: EndpointConnection) -> None: ...
+
+    async def complete(
+        self, request: ChatCompletionRequest, model: str, *, timeout_s: float
+    ) -> ChatCompletion:
+        """One non-streamed completion; raises a ProviderError subclass on failure."""
+        ...
+
+    def stream(
+        self, request: ChatCompletionRequest, model: str, *, timeout_s: float
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks as they arrive; the usage chunk (no choices) last when known."""
+        ...

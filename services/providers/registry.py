@@ -1,0 +1,16 @@
+"""The one place provider types map to adapter classes.
+
+Adding a provider means one adapter module, one line here, one test module.
+"""
+
+from __future__ import annotations
+
+from services.providers.base import ChatAdapter
+from services.providers.mock import MockAdapter
+from services.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
+
+ADAPTERS: dict[str, type[ChatAdapter]] = {
+    "mock": MockAdapter,
+    "openai": OpenAIAdapter,
+    "openai-compatible": OpenAICompatibleAdapter,
+}

@@ -1,0 +1,238 @@
+"""The provider worker: serve ``ProviderCall`` messages for each provider type.
+
+One queue subscription per type (so adding workers adds capacity), one pooled
+connection per endpoint spec, and one GenAI ``chat {model}`` span per call.
+Every call gets exactly one final answer: a completion, an error reply, or a
+stream that ends with ``Modelbus-Stream: end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from opentelemetry.trace import Span, SpanKind
+
+from services.providers.base import ChatAdapter, EndpointConnection
+from services.providers.credentials import CredentialCache
+from services.providers.registry import ADAPTERS
+from shared import headers as H
+from shared.bus import RequestServer, reply_error
+from shared.chat import ChatCompletionChunk, ChatCompletionRequest, decode_request, encoder
+from shared.envelopes import provider_call_decoder
+from shared.errors import InvalidRequest, ModelbusError
+from shared.routing import endpoint_decoder
+from shared.subjects import provider_queue, provider_subject
+from shared.telemetry import extract_context, record_error, tracer
+
+log = logging.getLogger("modelbus.providers")
+_tracer = tracer("modelbus.providers")
+
+RETIRE_GRACE_S = 5.0
+"""Extra time an old endpoint connection stays open after its spec changes."""
+
+
+class ProviderWorker:
+    """Serves the given provider types on their subjects."""
+
+    def __init__(self, nc: Client, types: list[str], *, max_inflight: int = 256) -> None:
+        unknown = [t for t in types if t not in ADAPTERS]
+        if unknown:
+            raise ValueError(f"no adapter for provider type(s) {', '.join(unknown)}; known: {', '.join(ADAPTERS)}")
+        self.nc = nc
+        self.types = types
+        self.credentials = CredentialCache(nc)
+        self._adapters: dict[bytes, ChatAdapter] = {}
+        self._by_name: dict[str, bytes] = {}
+        self._servers = [
+            RequestServer(
+                nc,
+                provider_subject(t),
+                self._serve_for(t),
+                queue=provider_queue(t),
+                max_inflight=max_inflight,
+            )
+            for t in types
+        ]
+
+    async def start(self) -> None:
+        """Subscribe to every type's subject."""
+        for server in self._servers:
+            await server.start()
+
+    async def stop(self) -> None:
+        """Finish calls in flight, then close pooled connections."""
+        for server in self._servers:
+            await server.stop()
+        for adapter in self._adapters.values():
+            await adapter.connection.aclose()
+
+    def _adapter_for(self, raw_endpoint: bytes) -> ChatAdapter:
+        """The adapter for an exact endpoint spec; built once and reused."""
+        adapter = self._adapters.get(raw_endpoint)
+        if adapter is not None:
+            return adapter
+        endpoint = endpoint_decoder.decode(raw_endpoint)
+        adapter_type = ADAPTERS.get(endpoint.provider)
+        if adapter_type is None:
+            raise InvalidRequest(f"this worker has no adapter for provider {endpoint.provider!r}")
+        adapter = adapter_type(EndpointConnection(endpoint, self.credentials.get))
+        self._adapters[raw_endpoint] = adapter
+        old = self._by_name.get(endpoint.name)
+        self._by_name[endpoint.name] = raw_endpoint
+        if old is not None and old != raw_endpoint:
+            # The spec changed: close the old pool once calls on it have had time to end.
+            retired = self._adapters.pop(old, None)
+            if retired is not None:
+                delay = endpoint.timeout_ms / 1000 + RETIRE_GRACE_S
+                asyncio.get_running_loop().call_later(
+                    delay, lambda: asyncio.ensure_future(retired.connection.aclose())
+                )
+        return adapter
+
+    def _serve_for(self, provider_type: str):  # type: ignore[no-untyped-def]
+        async def serve(msg: Msg) -> None:
+            await self.serve_call(msg, provider_type)
+
+        return serve
+
+    async def serve_call(self, msg: Msg, provider_type: str) -> None:
+        """Answer one ProviderCall."""
+        reply = msg.reply
+        if not reply:
+            log.warning("dropping provider call with no reply subject")
+            return
+        in_headers = msg.headers or {}
+        request_id = in_headers.get(H.REQUEST_ID)
+        streaming = False
+        with _tracer.start_as_current_span(
+            "chat", context=extract_context(in_headers), kind=SpanKind.CLIENT
+        ) as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            try:
+                try:
+                    call = provider_call_decoder.decode(msg.data)
+                    adapter = self._adapter_for(bytes(call.endpoint))
+                except msgspec.MsgspecError as exc:
+                    raise InvalidRequest(f"malformed provider call: {exc}", code="invalid_provider_call") from exc
+                request = decode_request(bytes(call.request))
+                streaming = request.stream
+                _describe_call(span, adapter, call.model, request)
+                timeout_s = _timeout_s(in_headers, adapter.connection.endpoint.timeout_ms)
+                if streaming:
+                    await self._stream(reply, adapter, request, call.model, timeout_s, span, request_id)
+                else:
+                    completion = await adapter.complete(request, call.model, timeout_s=timeout_s)
+                    _describe_response(span, completion.model, completion.id, completion.usage,
+                                       [c.finish_reason for c in completion.choices if c.finish_reason])
+                    await self.nc.publish(
+                        reply,
+                        encoder.encode(completion),
+                        headers={H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model},
+                    )
+            except ModelbusError as err:
+                record_error(span, err, err.http_status)
+                if not streaming:
+                    await reply_error(self.nc, reply, err, request_id=request_id)
+            except Exception as exc:
+                log.exception("internal error in %s adapter", provider_type)
+                record_error(span, exc, 500)
+                if not streaming:
+                    await reply_error(self.nc, reply, ModelbusError(f"internal error in {provider_type} worker"),
+                                      request_id=request_id)
+
+    async def _stream(
+        self,
+        reply: str,
+        adapter: ChatAdapter,
+        request: ChatCompletionRequest,
+        model: str,
+        timeout_s: float,
+        span: Span,
+        request_id: str | None,
+    ) -> None:
+        """Publish chunks as they arrive; end with a terminator whatever happens."""
+        seq = 0
+        started = time.monotonic()
+        usage_chunk: ChatCompletionChunk | None = None
+        last: ChatCompletionChunk | None = None
+        finish_reasons: list[str] = []
+        try:
+            async for chunk in adapter.stream(request, model, timeout_s=timeout_s):
+                if not chunk.choices and chunk.usage is not None:
+                    usage_chunk = chunk  # sent in the terminator, if the client asked
+                    continue
+                if seq == 0:
+                    span.set_attribute("gen_ai.response.time_to_first_chunk", time.monotonic() - started)
+                finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
+                last = chunk
+                await self.nc.publish(reply, encoder.encode(chunk), headers={H.SEQ: str(seq)})
+                seq += 1
+        except ModelbusError as err:
+            record_error(span, err, err.http_status)
+            await reply_error(self.nc, reply, err, request_id=request_id,
+                              extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)})
+            return
+        except Exception as exc:
+            log.exception("internal error while streaming")
+            record_error(span, exc, 500)
+            await reply_error(self.nc, reply, ModelbusError("internal error while streaming"),
+                              request_id=request_id, extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)})
+            return
+        response_model = last.model if last is not None else model
+        _describe_response(span, response_model, last.id if last else None,
+                           usage_chunk.usage if usage_chunk else None, finish_reasons)
+        body = encoder.encode(usage_chunk) if usage_chunk is not None and request.include_usage else b""
+        await self.nc.publish(
+            reply,
+            body,
+            headers={
+                H.STATUS: "200",
+                H.STREAM: H.STREAM_END,
+                H.SEQ: str(seq),
+                H.PROVIDER: adapter.connection.endpoint.provider,
+                H.MODEL: response_model,
+            },
+        )
+
+
+def _timeout_s(headers: Mapping[str, str], endpoint_timeout_ms: int) -> float:
+    """The tighter of the endpoint's timeout and the time the router says is left."""
+    left = headers.get(H.TIMEOUT_MS)
+    ms = endpoint_timeout_ms
+    if left is not None:
+        try:
+            ms = min(ms, max(1, int(left)))
+        except ValueError:
+            pass
+    return ms / 1000
+
+
+def _describe_call(span: Span, adapter: ChatAdapter, model: str, request: ChatCompletionRequest) -> None:
+    span.update_name(f"chat {model}")
+    span.set_attribute("gen_ai.provider.name", adapter.gen_ai_provider)
+    span.set_attribute("gen_ai.request.model", model)
+    endpoint = adapter.connection.endpoint
+    span.set_attribute("modelbus.endpoint", endpoint.name)
+    if request.output_token_limit is not None:
+        span.set_attribute("gen_ai.request.max_tokens", request.output_token_limit)
+    if request.temperature is not None:
+        span.set_attribute("gen_ai.request.temperature", request.temperature)
+    if request.top_p is not None:
+        span.set_attribute("gen_ai.request.top_p", request.top_p)
+
+
+def _describe_response(span: Span, model: str, response_id: str | None, usage: object, finish: list[str]) -> None:
+    span.set_attribute("gen_ai.response.model", model)
+    if response_id:
+        span.set_attribute("gen_ai.response.id", response_id)
+    if finish:
+        span.set_attribute("gen_ai.response.finish_reasons", finish)
+    if usage is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)

@@ -1,0 +1,1 @@
+"""The router worker: stateless; resolves requests against a hot-swapped routing table."""

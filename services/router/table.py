@@ -1,0 +1,111 @@
+"""The router's immutable routing table and model-name resolution.
+
+A :class:`RoutingTable` is built once per configuration revision and never
+mutated; the router swaps it with a single assignment, so a request in flight
+keeps the table it started with and the hot path takes no lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from shared.errors import NotFound
+from shared.routing import Endpoint, RoutingConfig, RoutingDefaults, Strategy, routing_encoder
+from shared.subjects import provider_subject
+
+DEFAULT_ALIAS = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedTarget:
+    """Everything needed to send one attempt, precomputed per table."""
+
+    endpoint: Endpoint
+    model: str
+    subject: str
+    """Provider subject for the endpoint's provider type."""
+    endpoint_raw: msgspec.Raw
+    """The endpoint spec, encoded once, embedded as-is in every ProviderCall."""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The resolved answer to "where may this request go?"."""
+
+    name: str
+    """What the request asked for."""
+    targets: tuple[ResolvedTarget, ...]
+    """Candidates in preference order."""
+    strategy: Strategy
+
+
+class RoutingTable:
+    """Aliases and endpoints of one revision, ready for lock-free lookups."""
+
+    __slots__ = ("_aliases", "_endpoint_raw", "_endpoints", "defaults", "revision")
+
+    def __init__(self, config: RoutingConfig) -> None:
+        self.revision = config.revision
+        self.defaults: RoutingDefaults = config.defaults
+        self._endpoints = dict(config.endpoints)
+        self._endpoint_raw = {
+            name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()
+        }
+        self._aliases: dict[str, Route] = {}
+        for name, alias in config.aliases.items():
+            targets = tuple(self._target(t.endpoint, t.model, t.weight) for t in alias.targets)
+            self._aliases[name] = Route(name, targets, alias.strategy or config.defaults.strategy)
+
+    def _target(self, endpoint_name: str, model: str, weight: float = 1.0) -> ResolvedTarget:
+        endpoint = self._endpoints[endpoint_name]
+        return ResolvedTarget(
+            endpoint=endpoint,
+            model=model,
+            subject=provider_subject(endpoint.provider),
+            endpoint_raw=self._endpoint_raw[endpoint_name],
+            weight=weight,
+        )
+
+    @property
+    def alias_names(self) -> list[str]:
+        """Names of all aliases, sorted."""
+        return sorted(self._aliases)
+
+    def resolve(self, model: str | None) -> Route:
+        """Resolve a request's ``model`` field.
+
+        In order: an alias; an endpoint name (its default model);
+        ``endpoint/model`` (the longest endpoint prefix wins, so namespaced
+        endpoints and model names with slashes both work); nothing means the
+        ``default`` alias. An unknown name raises :class:`NotFound` naming it.
+        """
+        name = model or DEFAULT_ALIAS
+        route = self._aliases.get(name)
+        if route is not None:
+            return route
+        strategy = self.defaults.strategy
+        endpoint = self._endpoints.get(name)
+        if endpoint is not None:
+            if not endpoint.default_model:
+                raise NotFound(
+                    f"endpoint {name!r} has no default_model; ask for '{name}/<model>'",
+                    param="model",
+                )
+            return Route(name, (self._target(name, endpoint.default_model),), strategy)
+        cut = name.rfind("/")
+        while cut > 0:
+            prefix, rest = name[:cut], name[cut + 1 :]
+            if prefix in self._endpoints and rest:
+                return Route(name, (self._target(prefix, name[cut + 1 :]),), strategy)
+            cut = name.rfind("/", 0, cut)
+        if not model:
+            raise NotFound(
+                "no model given and no 'default' alias is configured", code="alias_not_found", param="model"
+            )
+        raise NotFound(
+            f"unknown model {name!r}: no alias, endpoint or endpoint/model by that name",
+            param="model",
+        )

@@ -1,0 +1,1 @@
+"""The secrets service: hands credentials to provider workers by reference, nothing else."""

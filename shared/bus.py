@@ -1,0 +1,194 @@
+"""NATS plumbing every service shares: connections, hot-path serving, replies.
+
+Two ways of consuming are used on purpose:
+
+* **Control plane** (config, secrets): FastStream subscribers with
+  ``max_workers``, msgspec serialisation and generated AsyncAPI documents.
+* **Hot path** (the router's ``llm.v1.chat.completions`` and the provider
+  subjects): :class:`RequestServer`, a raw nats-py queue subscription on the
+  FastStream broker's own connection with bounded concurrency. On this machine
+  a FastStream hop with tracing costs ~1 ms against ~0.4 ms for nats-py
+  (shared/guide notes), and the hot path has two hops, so the raw path is
+  where the latency budget goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import nats
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from shared import headers as H
+from shared.errors import ModelbusError
+from shared.telemetry import TraceMiddleware
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+def nats_url(explicit: str | None = None) -> str:
+    """The NATS URL to use: explicit argument, then ``NATS_URL``, then localhost."""
+    return explicit or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+
+
+async def _report_error(err: Exception) -> None:
+    # Permission violations arrive only here; a denied publish looks like a
+    # timeout to the caller, so the real reason must be surfaced in the log.
+    log.error("nats: %s", err)
+
+
+def make_broker(service: str, url: str | None = None, **kwargs: Any) -> NatsBroker:
+    """A FastStream NATS broker for a service, with msgspec and our tracing middleware."""
+    return NatsBroker(
+        nats_url(url),
+        name=f"modelbus-{service}",
+        serializer=MsgSpecSerializer(),
+        middlewares=[TraceMiddleware],
+        error_cb=_report_error,
+        logger=logging.getLogger("modelbus.faststream"),
+        log_level=logging.DEBUG,  # FastStream's per-subscriber start-up lines
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        **kwargs,
+    )
+
+
+async def connect(name: str, url: str | None = None, **kwargs: Any) -> Client:
+    """A plain nats-py connection, for clients and tools."""
+    return await nats.connect(
+        nats_url(url),
+        name=name,
+        error_cb=_report_error,
+        max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", 3),
+        **kwargs,
+    )
+
+
+class RequestServer:
+    """Serve a subject with a queue group and at most ``max_inflight`` handlers at once.
+
+    The handler owns replying. Any exception it lets escape is logged and
+    swallowed so the subscription, and the worker, survive bad input. When
+    ``max_inflight`` handlers are running, the subscription callback waits,
+    which leaves further messages queued in the client (back-pressure) rather
+    than spawning unbounded tasks.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str = "",
+        max_inflight: int = 256,
+    ) -> None:
+        self._nc = nc
+        self.subject = subject
+        self.queue = queue
+        self._handler = handler
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        """Subscribe; returns once the server has the subscription."""
+        self._sub = await self._nc.subscribe(
+            self.subject,
+            queue=self.queue,
+            cb=self._on_message,
+            pending_msgs_limit=65_536,
+            pending_bytes_limit=256 * 1024 * 1024,
+        )
+        await self._nc.flush()
+
+    async def _on_message(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        except Exception:
+            log.exception("unhandled error serving %s", self.subject)
+        finally:
+            self._slots.release()
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers running now."""
+        return len(self._tasks)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking messages, then let in-flight handlers finish (up to ``grace_s``)."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+
+
+def error_headers(err: ModelbusError, request_id: str | None = None) -> dict[str, str]:
+    """Headers of an error reply."""
+    out = {H.STATUS: str(err.http_status)}
+    if err.retry_after is not None:
+        out[H.RETRY_AFTER] = str(max(0, round(err.retry_after)))
+    if request_id:
+        out[H.REQUEST_ID] = request_id
+    return out
+
+
+async def reply_error(
+    nc: Client,
+    reply: str,
+    err: ModelbusError,
+    *,
+    request_id: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> None:
+    """Send an error reply: status header and JSON error envelope."""
+    hdrs = error_headers(err, request_id)
+    if extra:
+        hdrs.update(extra)
+    await nc.publish(reply, err.to_json(), headers=hdrs)
+
+
+def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
+    """The ``Retry-After`` seconds of a reply, if present and numeric."""
+    if not headers:
+        return None
+    raw = headers.get(H.RETRY_AFTER)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def run(main: Awaitable[None]) -> None:
+    """Run a service's main coroutine, on uvloop when it is installed.
+
+    uvloop takes ~0.1 ms off every NATS hop on this machine (shared/guide).
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    uvloop.run(main)  # type: ignore[arg-type]

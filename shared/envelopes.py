@@ -1,0 +1,67 @@
+"""Internal messages between services (not client-facing).
+
+:class:`ProviderCall` is what a router sends to a provider worker. It embeds
+the client's request bytes and the endpoint spec as :class:`msgspec.Raw`, so
+the router forwards them without re-encoding, and a provider worker can key its
+per-endpoint connection pool on the exact spec bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+
+class ProviderCall(Struct, kw_only=True, frozen=True):
+    """Router → provider worker on ``modelbus.v1.provider.<type>.chat``.
+
+    The reply is a ``chat.completion`` body (status 200), an error envelope, or,
+    when the request streams, a sequence of chunk messages ending with
+    ``Modelbus-Stream: end``, all sent to the message's reply subject.
+    """
+
+    endpoint: msgspec.Raw
+    """JSON of a :class:`shared.routing.Endpoint` (no secret values, only references)."""
+    model: str
+    """Upstream model to call; replaces the request's ``model``."""
+    request: msgspec.Raw
+    """The client's ``ChatCompletionRequest`` JSON, byte for byte."""
+    attempt: int = 1
+    """Attempt number within the request, from 1."""
+
+
+class CredentialRequest(Struct, kw_only=True, frozen=True):
+    """Provider worker → secrets service on ``modelbus.v1.secrets.get``."""
+
+    ref: str
+    """``env:VAR`` or ``secret:path``."""
+    endpoint: str | None = None
+    """Endpoint the credential is for; for audit and error messages."""
+
+
+class Credential(Struct, kw_only=True, frozen=True):
+    """The secrets service's success reply. Never logged, traced or persisted."""
+
+    value: str
+    """The secret value."""
+    ttl_s: float = 300.0
+    """How long the requester may cache it."""
+
+
+class ConfigChanged(Struct, kw_only=True, frozen=True):
+    """Published on ``modelbus.v1.config.events`` after every accepted change."""
+
+    revision: int
+    """The new revision."""
+    op: Literal["upsert", "delete", "replace"] = "replace"
+    """What happened."""
+    kind: str | None = None
+    """Resource kind changed, when one resource changed."""
+    name: str | None = None
+    """Resource name changed, when one resource changed."""
+
+
+provider_call_encoder = msgspec.json.Encoder()
+provider_call_decoder = msgspec.json.Decoder(ProviderCall)

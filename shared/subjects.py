@@ -1,0 +1,47 @@
+"""Every NATS subject and queue group modelbus uses, in one place.
+
+Client-facing subjects start with ``llm.v1.``; internal ones with
+``modelbus.v1.``. A breaking change to any message means a new version segment.
+"""
+
+from __future__ import annotations
+
+CHAT_COMPLETIONS = "llm.v1.chat.completions"
+"""Client request/reply subject for chat completions (OpenAI-shaped bodies)."""
+ROUTER_QUEUE = "modelbus-router"
+"""Queue group of the router workers on :data:`CHAT_COMPLETIONS`."""
+
+PROVIDER_PREFIX = "modelbus.v1.provider"
+"""Provider workers listen on ``modelbus.v1.provider.<type>.chat``."""
+
+
+def provider_subject(provider_type: str) -> str:
+    """The subject a router sends :class:`shared.envelopes.ProviderCall` messages to."""
+    return f"{PROVIDER_PREFIX}.{provider_type}.chat"
+
+
+def provider_queue(provider_type: str) -> str:
+    """The queue group shared by every worker serving ``provider_type``."""
+    return f"modelbus-provider-{provider_type}"
+
+
+SECRETS_GET = "modelbus.v1.secrets.get"
+"""Request/reply: a provider worker asks for a credential by reference."""
+SECRETS_QUEUE = "modelbus-secrets"
+
+CONFIG_BUCKET = "modelbus_config"
+"""JetStream KV bucket (file storage) owned by the config service."""
+CONFIG_ROUTING_KEY = "routing"
+"""Key in :data:`CONFIG_BUCKET` holding the compiled :class:`shared.routing.RoutingConfig`."""
+CONFIG_EVENTS = "modelbus.v1.config.events"
+"""The config service publishes a :class:`shared.envelopes.ConfigChanged` here on every change."""
+CONFIG_GET = "modelbus.v1.config.get"
+"""Request/reply: the current compiled routing configuration."""
+CONFIG_QUEUE = "modelbus-config"
+
+SPAN_NAMES: dict[str, str] = {
+    CHAT_COMPLETIONS: "route chat.completions",
+    SECRETS_GET: "secrets.get",
+    CONFIG_GET: "config.get",
+}
+"""Span names per subject; spans never carry inbox subjects in their names."""
