@@ -332,7 +332,7 @@ class Usage(Struct, kw_only=True, frozen=True, omit_defaults=True):
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
-class ResponseMessage(Struct, kw_only=True, frozen=True, omit_defaults=True):
+class ResponseMessage(Struct, kw_only=True, frozen=True):
     """The assistant message of a non-streamed answer."""
 
     content: str | None
@@ -358,7 +358,7 @@ class Choice(Struct, kw_only=True, frozen=True):
     """Log probabilities when asked for and supported."""
 
 
-class ChatCompletion(Struct, kw_only=True, frozen=True, omit_defaults=True):
+class ChatCompletion(Struct, kw_only=True, frozen=True):
     """A ``chat.completion`` object: the success body of a non-streamed request."""
 
     id: str
@@ -427,7 +427,7 @@ class ChunkChoice(Struct, kw_only=True, frozen=True):
     """Log probabilities when asked for and supported."""
 
 
-class ChatCompletionChunk(Struct, kw_only=True, frozen=True, omit_defaults=True):
+class ChatCompletionChunk(Struct, kw_only=True, frozen=True):
     """A ``chat.completion.chunk``: one message of a streamed answer."""
 
     id: str

@@ -15,7 +15,9 @@ demos:
 ``fail_after_chunks`` stream this many chunks, then fail with ``fail_status``
 =================== ======================================================
 
-With ``tool_choice`` ``required`` or a named function, the mock calls that
+An endpoint with ``auth`` has its credential fetched from the secrets service
+on every uncached call, exactly as a real adapter would, though the value is
+not used. With ``tool_choice`` ``required`` or a named function, the mock calls that
 tool (or the first one) with ``{"input": <last user text>}``.
 """
 
@@ -114,6 +116,7 @@ class MockAdapter:
 
     async def complete(self, request: ChatCompletionRequest, model: str, *, timeout_s: float) -> ChatCompletion:
         """Answer at once (after ``latency_ms``), or fail as configured."""
+        await self.connection.credential()  # exercised like a real adapter; the value is unused
         await self._sleep_ms("latency_ms")
         failure = self._failure(model)
         if failure is not None:
@@ -138,6 +141,7 @@ class MockAdapter:
         self, request: ChatCompletionRequest, model: str, *, timeout_s: float
     ) -> AsyncIterator[ChatCompletionChunk]:
         """One chunk per word, then the finish chunk, then the usage chunk."""
+        await self.connection.credential()
         fail_after = self.options.get("fail_after_chunks")
         failure = self._failure(model)
         await self._sleep_ms("ttft_ms")
