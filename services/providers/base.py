@@ -29,6 +29,8 @@ class EndpointConnection:
         self.endpoint = endpoint
         self._get_credential = get_credential
         self._http: httpx.AsyncClient | None = None
+        self.secrets_used: set[str] = set()
+        """Credential values this connection has sent; scrubbed from every error."""
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -45,7 +47,9 @@ class EndpointConnection:
         """The endpoint's secret, or ``None`` when it declares no auth."""
         if not self.endpoint.auth_ref:
             return None
-        return await self._get_credential(self.endpoint.auth_ref, self.endpoint.name)
+        value = await self._get_credential(self.endpoint.auth_ref, self.endpoint.name)
+        self.secrets_used.add(value)
+        return value
 
     async def aclose(self) -> None:
         """Close pooled connections."""

@@ -114,6 +114,7 @@ class ProviderWorker:
             "chat", context=extract_context(in_headers), kind=SpanKind.CLIENT
         ) as span:
             span.set_attribute("gen_ai.operation.name", "chat")
+            adapter: ChatAdapter | None = None
             try:
                 try:
                     call = provider_call_decoder.decode(msg.data)
@@ -136,6 +137,8 @@ class ProviderWorker:
                         headers={H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model},
                     )
             except ModelbusError as err:
+                if adapter is not None:
+                    err.scrub(adapter.connection.secrets_used)
                 record_error(span, err, err.http_status)
                 if not streaming:
                     await reply_error(self.nc, reply, err, request_id=request_id)
@@ -164,9 +167,14 @@ class ProviderWorker:
         finish_reasons: list[str] = []
         try:
             async for chunk in adapter.stream(request, model, timeout_s=timeout_s):
-                if not chunk.choices and chunk.usage is not None:
-                    usage_chunk = chunk  # sent in the terminator, if the client asked
-                    continue
+                if chunk.usage is not None:
+                    # Usage always travels as its own final chunk (OpenAI's shape),
+                    # in the terminator, and only when the client asked for it;
+                    # some upstreams attach it to a content chunk instead.
+                    usage_chunk = msgspec.structs.replace(chunk, choices=[])
+                    if not chunk.choices:
+                        continue
+                    chunk = msgspec.structs.replace(chunk, usage=None)
                 if seq == 0:
                     span.set_attribute("gen_ai.response.time_to_first_chunk", time.monotonic() - started)
                 finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
@@ -174,6 +182,7 @@ class ProviderWorker:
                 await self.nc.publish(reply, encoder.encode(chunk), headers={H.SEQ: str(seq)})
                 seq += 1
         except ModelbusError as err:
+            err.scrub(adapter.connection.secrets_used)
             record_error(span, err, err.http_status)
             await reply_error(self.nc, reply, err, request_id=request_id,
                               extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)})
