@@ -32,5 +32,10 @@ def setup_logging(service: str) -> logging.Logger:
 
 
 def announce_ready(log: logging.Logger, detail: str = "") -> None:
-    """Tell the supervisor (and the operator) this service is serving."""
-    log.info("%s %s", READY_MARKER, detail)
+    """Tell the supervisor (and the operator) this service is serving.
+
+    Written straight to stderr, not through logging, so the supervisor sees it
+    whatever ``MODELBUS_LOG_LEVEL`` is.
+    """
+    sys.stderr.write(f"{READY_MARKER} {log.name} {detail}\n")
+    sys.stderr.flush()
