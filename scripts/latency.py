@@ -91,7 +91,7 @@ async def _concurrent(nc: nats.NATS, subject: str, body: bytes, n: int, concurre
 
 
 class _Sink(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
@@ -113,9 +113,24 @@ async def main(args: argparse.Namespace) -> None:
     server = EmbeddedNats(tmp / "nats")
     url = server.start()
     stack = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(tmp / "home"), "up", "--nats-url", url,
-         "--config", str(tmp / "config.yaml")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, preexec_fn=die_with_parent,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "--data-dir",
+            str(tmp / "home"),
+            "up",
+            "--nats-url",
+            url,
+            "--config",
+            str(tmp / "config.yaml"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=die_with_parent,
     )
     try:
         assert stack.stdout is not None
@@ -134,14 +149,19 @@ async def main(args: argparse.Namespace) -> None:
         await echo.subscribe("latency.echo", cb=echo_reply)
         await echo.flush()
         rows = []
-        for name, subject in (("nats floor (nats-py echo)", "latency.echo"), ("modelbus mock path", "llm.v1.chat.completions")):
+        for name, subject in (
+            ("nats floor (nats-py echo)", "latency.echo"),
+            ("modelbus mock path", "llm.v1.chat.completions"),
+        ):
             seq = await _sequential(nc, subject, BODY, args.requests)
             rps, errors = await _concurrent(nc, subject, BODY, args.requests * 2, args.concurrency)
             rows.append((name, statistics.median(seq), _percentile(seq, 0.9), _percentile(seq, 0.99), rps, errors))
         floor = rows[0][1]
-        print(f"\n{args.requests} sequential requests, {args.requests * 2} at concurrency {args.concurrency}, "
-              f"tracing {'on (OTLP/HTTP export)' if args.trace else 'off'}\n")
-        print("| path | p50 ms | p90 ms | p99 ms | req/s @%d | errors |" % args.concurrency)
+        print(
+            f"\n{args.requests} sequential requests, {args.requests * 2} at concurrency {args.concurrency}, "
+            f"tracing {'on (OTLP/HTTP export)' if args.trace else 'off'}\n"
+        )
+        print(f"| path | p50 ms | p90 ms | p99 ms | req/s @{args.concurrency} | errors |")
         print("|---|---|---|---|---|---|")
         for name, p50, p90, p99, rps, errors in rows:
             print(f"| {name} | {p50:.3f} | {p90:.3f} | {p99:.3f} | {rps:,.0f} | {errors} |")

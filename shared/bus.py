@@ -59,7 +59,7 @@ def make_broker(service: str, url: str | None = None, **kwargs: Any) -> NatsBrok
         logger=logging.getLogger("modelbus.faststream"),
         log_level=logging.DEBUG,  # FastStream's per-subscriber start-up lines
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         **kwargs,
     )
 

@@ -12,6 +12,7 @@ Decoding uses the reusable decoders at the bottom of the module; call
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -123,9 +124,7 @@ class SystemMessage(Struct, kw_only=True, frozen=True, omit_defaults=True, tag="
     """Optional participant name."""
 
 
-class DeveloperMessage(
-    Struct, kw_only=True, frozen=True, omit_defaults=True, tag="developer", tag_field="role"
-):
+class DeveloperMessage(Struct, kw_only=True, frozen=True, omit_defaults=True, tag="developer", tag_field="role"):
     """OpenAI's newer name for system instructions; treated like a system message."""
 
     content: str | list[TextPart]
@@ -143,9 +142,7 @@ class UserMessage(Struct, kw_only=True, frozen=True, omit_defaults=True, tag="us
     """Optional participant name."""
 
 
-class AssistantMessage(
-    Struct, kw_only=True, frozen=True, omit_defaults=True, tag="assistant", tag_field="role"
-):
+class AssistantMessage(Struct, kw_only=True, frozen=True, omit_defaults=True, tag="assistant", tag_field="role"):
     """An earlier assistant turn, possibly with tool calls."""
 
     content: str | list[TextPart] | None = None
@@ -193,9 +190,7 @@ class JsonObjectFormat(Struct, kw_only=True, frozen=True, tag="json_object", tag
     """JSON mode: the answer is a JSON object."""
 
 
-class JsonSchemaResponseFormat(
-    Struct, kw_only=True, frozen=True, tag="json_schema", tag_field="type"
-):
+class JsonSchemaResponseFormat(Struct, kw_only=True, frozen=True, tag="json_schema", tag_field="type"):
     """Structured output following a JSON Schema."""
 
     json_schema: JsonSchemaFormat
@@ -218,9 +213,7 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
 
-class ChatCompletionRequest(
-    Struct, kw_only=True, frozen=True, omit_defaults=True, forbid_unknown_fields=True
-):
+class ChatCompletionRequest(Struct, kw_only=True, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     """An OpenAI Chat Completions request.
 
     Unknown top-level fields are rejected rather than silently dropped, so a
@@ -474,10 +467,17 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
+_FIELD_IN_REASON = re.compile(r"Object (?:contains unknown|missing required) field `([^`]+)`$")
+
+
 def _split_msgspec_error(text: str) -> tuple[str, str]:
     """Turn msgspec's ``"reason - at `$.a[0].b`"`` into ``("reason", "a[0].b")``."""
     reason, sep, where = text.rpartition(" - at `")
     if not sep:
-        return text, ""
+        reason, where = text, "$"
     path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    # msgspec reports unknown and missing fields at the parent object's path.
+    field = _FIELD_IN_REASON.search(reason)
+    if field is not None:
+        path = f"{path}.{field.group(1)}" if path else field.group(1)
     return reason, path

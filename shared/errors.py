@@ -219,9 +219,7 @@ class ProviderError(ModelbusError):
         retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(
-            message, code=code, param=param, retryable=retryable, retry_after=retry_after
-        )
+        super().__init__(message, code=code, param=param, retryable=retryable, retry_after=retry_after)
         self._status = status if status is not None else type(self).status
         self.provider = provider
         self.model = model
@@ -298,6 +296,34 @@ _BY_STATUS: dict[int, type[ModelbusError]] = {
 }
 
 
+# Classes whose default code identifies them, so a round trip keeps the class
+# even where several classes share a status (401 AuthFailed vs AuthenticationError).
+_BY_CODE: dict[str, type[ModelbusError]] = {
+    c.default_code: c
+    for c in (
+        RateLimited,
+        UpstreamTimeout,
+        UpstreamUnavailable,
+        BadUpstreamResponse,
+        BadUpstreamRequest,
+        AuthFailed,
+        ConfigError,
+        NoRouteAvailable,
+        PolicyDenied,
+        DeadlineExceeded,
+        PayloadTooLarge,
+        NotFound,
+    )
+}
+
+
+def _class_for(status: int, code: str | None) -> type[ModelbusError]:
+    by_code = _BY_CODE.get(code or "")
+    if by_code is not None and (issubclass(by_code, ProviderError) or by_code.status == status):
+        return by_code
+    return _BY_STATUS.get(status, ModelbusError)
+
+
 def error_from_status(
     status: int,
     message: str,
@@ -330,9 +356,7 @@ def error_from_status(
     return BadUpstreamResponse(f"unexpected upstream status {status}: {message}", **kwargs)
 
 
-def error_from_wire(
-    status: int, body: bytes, *, retry_after: float | None = None
-) -> ModelbusError:
+def error_from_wire(status: int, body: bytes, *, retry_after: float | None = None) -> ModelbusError:
     """Rebuild a typed error from an error reply (status header plus JSON body).
 
     A body that is not a valid envelope still yields an error of the right
@@ -346,7 +370,7 @@ def error_from_wire(
             type="api_error",
             retryable=status == 429 or status >= 500,
         )
-    cls = _BY_STATUS.get(status, ModelbusError)
+    cls = _class_for(status, inner.code)
     if issubclass(cls, ProviderError):
         err: ModelbusError = cls(
             inner.message,

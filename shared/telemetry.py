@@ -41,9 +41,7 @@ def setup_tracing(service_name: str) -> bool:
     global _provider
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not endpoint or _provider is not None:
         return _provider is not None
     # Imported lazily: processes without an exporter never pay for the SDK.
@@ -106,7 +104,7 @@ def record_error(span: trace.Span, exc: BaseException, status: int | None = None
         span.set_attribute("modelbus.status", status)
 
 
-class TraceMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+class TraceMiddleware(BaseMiddleware):
     """FastStream broker middleware: one SERVER span per consumed message.
 
     Used instead of FastStream's own telemetry middleware so span names are the

@@ -58,8 +58,9 @@ def _block_internet(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def wait_for_line(proc: subprocess.Popen[str], predicate: Callable[[str], bool], timeout_s: float,
-                  sink: list[str]) -> str:
+def wait_for_line(
+    proc: subprocess.Popen[str], predicate: Callable[[str], bool], timeout_s: float, sink: list[str]
+) -> str:
     """Read ``proc``'s output (in a thread) until a line satisfies ``predicate``."""
     found: list[str] = []
     done = threading.Event()
@@ -120,7 +121,12 @@ def start_stack(
     argv += extra_args or []
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT,
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
         preexec_fn=die_with_parent,
     )
     output: list[str] = []
@@ -162,12 +168,27 @@ def start_katan(tmp: Path, *args: str, timeout_s: float = 30.0) -> Katan:
     port = free_port()
     exe = Path(sys.executable).with_name("llm-katan")
     argv = [
-        str(exe), "--model", "echo", "--backend", "echo", "--host", "127.0.0.1", "--port", str(port),
-        "--providers", "openai,anthropic,vertexai,bedrock,azure_openai", "--disable-dashboard",
-        "--stats-file", str(tmp / "katan-stats.json"), "--log-level", "warning", *args,
+        str(exe),
+        "--model",
+        "echo",
+        "--backend",
+        "echo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--providers",
+        "openai,anthropic,vertexai,bedrock,azure_openai",
+        "--disable-dashboard",
+        "--stats-file",
+        str(tmp / "katan-stats.json"),
+        "--log-level",
+        "warning",
+        *args,
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=die_with_parent)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

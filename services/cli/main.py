@@ -84,16 +84,19 @@ async def _complete(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="modelbus", description="Bring-your-own-LLM model router on NATS.")
-    parser.add_argument("--data-dir", default=str(default_data_dir()),
-                        help="state directory (default: $MODELBUS_HOME or ~/.local/share/modelbus)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(default_data_dir()),
+        help="state directory (default: $MODELBUS_HOME or ~/.local/share/modelbus)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start an embedded NATS and every service")
     up.add_argument("--config", help="routing configuration file (default: built-in example)")
-    up.add_argument("--nats-url", default=os.environ.get("NATS_URL"),
-                    help="use this NATS server instead of starting one")
-    up.add_argument("--nats-port", type=int, default=4222,
-                    help="port of the embedded nats-server (0 picks a free one)")
+    up.add_argument(
+        "--nats-url", default=os.environ.get("NATS_URL"), help="use this NATS server instead of starting one"
+    )
+    up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded nats-server (0 picks a free one)")
     up.add_argument("--routers", type=int, default=1, help="router worker processes")
     up.add_argument("--provider-workers", type=int, default=1, help="provider worker processes")
     up.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for services")
@@ -135,6 +138,3 @@ def main(argv: list[str] | None = None) -> None:
 
         run(complete())
         sys.exit(code2[0] if code2 else 1)
-
-
-

@@ -32,6 +32,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
 
 
 def default_data_dir() -> Path:
@@ -71,7 +72,7 @@ class Supervisor:
             env={**os.environ, **child.env},
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
-        asyncio.create_task(self._pump(child))
+        child.pump = asyncio.create_task(self._pump(child))
 
     async def wait_ready(self, children: list[Child], timeout_s: float) -> None:
         """Wait until each child says it is serving; fail if one exits first."""
@@ -138,8 +139,7 @@ def build_children(args: object, nats_url: str) -> tuple[Child, list[Child]]:
     for i in range(1, routers + 1):
         rest.append(child("router" if routers == 1 else f"router-{i}", "services.router", service="router"))
     for i in range(1, workers + 1):
-        rest.append(child("providers" if workers == 1 else f"providers-{i}", "services.providers",
-                          service="providers"))
+        rest.append(child("providers" if workers == 1 else f"providers-{i}", "services.providers", service="providers"))
     return config, rest
 
 
@@ -150,8 +150,11 @@ async def run_up(args: object) -> int:
     server: EmbeddedNats | None = None
     nats_url = args.nats_url  # type: ignore[attr-defined]
     if not nats_url:
-        server = EmbeddedNats(data_dir / "nats", port=args.nats_port or -1,  # type: ignore[attr-defined]
-                              log_file=data_dir / "nats-server.log")
+        server = EmbeddedNats(
+            data_dir / "nats",
+            port=args.nats_port or -1,  # type: ignore[attr-defined]
+            log_file=data_dir / "nats-server.log",
+        )
         try:
             nats_url = server.start()  # main thread: PR_SET_PDEATHSIG follows the forking thread
         except NatsServerError as exc:

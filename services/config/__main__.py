@@ -37,8 +37,11 @@ async def _main(config_path: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the config service."""
     parser = argparse.ArgumentParser(prog="modelbus-config", description=__doc__)
-    parser.add_argument("--config", default=os.environ.get("MODELBUS_CONFIG") or None,
-                        help="routing configuration file (default: built-in example)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("MODELBUS_CONFIG") or None,
+        help="routing configuration file (default: built-in example)",
+    )
     args = parser.parse_args(argv)
     run(_main(args.config))
     sys.exit(0)

@@ -19,8 +19,13 @@ OPENAI_FORMAT_VENDORS: tuple[tuple[str, str, str, str, str], ...] = (
     ("groq", "GROQ_API_KEY", "openai-compatible", "https://api.groq.com/openai/v1", "llama-3.1-8b-instant"),
     ("deepseek", "DEEPSEEK_API_KEY", "openai-compatible", "https://api.deepseek.com/v1", "deepseek-chat"),
     ("mistral", "MISTRAL_API_KEY", "openai-compatible", "https://api.mistral.ai/v1", "mistral-small-latest"),
-    ("together", "TOGETHER_API_KEY", "openai-compatible", "https://api.together.xyz/v1",
-     "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+    (
+        "together",
+        "TOGETHER_API_KEY",
+        "openai-compatible",
+        "https://api.together.xyz/v1",
+        "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ),
     ("openrouter", "OPENROUTER_API_KEY", "openai-compatible", "https://openrouter.ai/api/v1", "openrouter/auto"),
     ("xai", "XAI_API_KEY", "openai-compatible", "https://api.x.ai/v1", "grok-3-mini"),
 )

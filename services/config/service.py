@@ -87,7 +87,7 @@ class ConfigStore:
         if previous is not None and msgspec.structs.replace(previous, revision=0) == msgspec.structs.replace(
             config, revision=0
         ):
-            self.current, self.current_bytes = previous, entry.value  # type: ignore[union-attr]
+            self.current, self.current_bytes = previous, bytes(entry.value or b"") if entry else b""
             log.info("configuration unchanged at revision %d", previous.revision)
             return previous
         revision = (previous.revision if previous else 0) + 1
@@ -118,7 +118,10 @@ def register(broker: NatsBroker, store_ref: list[ConfigStore]) -> None:
         """Reply with the current compiled routing configuration."""
         store = store_ref[0] if store_ref else None
         if store is None or store.current is None:
-            return NatsResponse(b'{"error":{"message":"configuration not loaded yet","type":"service_unavailable","retryable":true}}', headers={H.STATUS: "503"})
+            return NatsResponse(
+                b'{"error":{"message":"configuration not loaded yet","type":"service_unavailable","retryable":true}}',
+                headers={H.STATUS: "503"},
+            )
         return NatsResponse(
             store.current_bytes,
             headers={H.STATUS: "200", H.CONFIG_REVISION: str(store.current.revision)},

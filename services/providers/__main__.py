@@ -34,11 +34,17 @@ async def _main(types: list[str], max_inflight: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run one provider worker."""
     parser = argparse.ArgumentParser(prog="modelbus-provider", description=__doc__)
-    parser.add_argument("--types", default=os.environ.get("MODELBUS_PROVIDER_TYPES", ",".join(ADAPTERS)),
-                        help=f"comma-separated provider types to serve (default: all of {','.join(ADAPTERS)})")
-    parser.add_argument("--max-inflight", type=int,
-                        default=int(os.environ.get("MODELBUS_PROVIDER_MAX_INFLIGHT", "256")),
-                        help="calls handled concurrently per provider type")
+    parser.add_argument(
+        "--types",
+        default=os.environ.get("MODELBUS_PROVIDER_TYPES", ",".join(ADAPTERS)),
+        help=f"comma-separated provider types to serve (default: all of {','.join(ADAPTERS)})",
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=int(os.environ.get("MODELBUS_PROVIDER_MAX_INFLIGHT", "256")),
+        help="calls handled concurrently per provider type",
+    )
     args = parser.parse_args(argv)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     unknown = [t for t in types if t not in ADAPTERS]

@@ -68,9 +68,7 @@ class ChatAdapter(Protocol):
 
     def __init__(self, connection: EndpointConnection) -> None: ...
 
-    async def complete(
-        self, request: ChatCompletionRequest, model: str, *, timeout_s: float
-    ) -> ChatCompletion:
+    async def complete(self, request: ChatCompletionRequest, model: str, *, timeout_s: float) -> ChatCompletion:
         """One non-streamed completion; raises a ProviderError subclass on failure."""
         ...
 

@@ -62,9 +62,7 @@ def upstream_message(body: bytes, status: int) -> str:
     return parsed.message or f"HTTP {status}"
 
 
-def status_error(
-    response: httpx.Response, body: bytes, *, provider: str, model: str
-) -> ProviderError:
+def status_error(response: httpx.Response, body: bytes, *, provider: str, model: str) -> ProviderError:
     """Map a non-2xx upstream response to the error tree."""
     return error_from_status(
         response.status_code,
@@ -79,9 +77,7 @@ def transport_error(exc: httpx.HTTPError, *, endpoint: str, provider: str, model
     """Map an httpx transport failure. The exception text is not included: it can
     carry the request URL, and some providers put keys in URLs."""
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(
-            f"{endpoint}: upstream timed out ({type(exc).__name__})", provider=provider, model=model
-        )
+        return UpstreamTimeout(f"{endpoint}: upstream timed out ({type(exc).__name__})", provider=provider, model=model)
     return UpstreamUnavailable(
         f"{endpoint}: cannot reach upstream ({type(exc).__name__})", provider=provider, model=model
     )

@@ -163,12 +163,19 @@ class MockAdapter:
                     role="assistant",
                     tool_calls=[
                         ToolCallDelta(
-                            index=0, id=tool.id, type="function", function=FunctionCallDelta(name=tool.function.name, arguments="")
+                            index=0,
+                            id=tool.id,
+                            type="function",
+                            function=FunctionCallDelta(name=tool.function.name, arguments=""),
                         )
                     ],
                 )
             )
-            yield chunk(Delta(tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=tool.function.arguments))]))
+            yield chunk(
+                Delta(
+                    tool_calls=[ToolCallDelta(index=0, function=FunctionCallDelta(arguments=tool.function.arguments))]
+                )
+            )
             finish: FinishReason = "tool_calls"
         else:
             words = (text or "").split(" ")
@@ -184,7 +191,9 @@ class MockAdapter:
         if fail_after is not None and failure is not None:
             raise failure
         yield chunk(Delta(), finish)
-        yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[], usage=self._map_usage(request, text, tool))
+        yield ChatCompletionChunk(
+            id=cid, created=created, model=model, choices=[], usage=self._map_usage(request, text, tool)
+        )
 
 
 def _text_of(content: object) -> str:

@@ -89,9 +89,7 @@ class OpenAIAdapter:
         except msgspec.MsgspecError:
             has_error = False
         reason = f"upstream error in a 200 answer: {upstream_message(body, 200)}" if has_error else fallback
-        return BadUpstreamResponse(
-            f"{self.endpoint.name}: {reason}", provider=self.provider_type, model=None
-        )
+        return BadUpstreamResponse(f"{self.endpoint.name}: {reason}", provider=self.provider_type, model=None)
 
     def _map_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
         return status_error(response, body, provider=self.provider_type, model=model)
@@ -139,7 +137,9 @@ class OpenAIAdapter:
         if finished:
             return  # some compatible servers omit [DONE] after the finish chunk
         raise BadUpstreamResponse(
-            f"{self.endpoint.name}: stream ended before a finish reason or [DONE]", provider=self.provider_type, model=model
+            f"{self.endpoint.name}: stream ended before a finish reason or [DONE]",
+            provider=self.provider_type,
+            model=model,
         )
 
 

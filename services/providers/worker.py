@@ -23,7 +23,7 @@ from services.providers.credentials import CredentialCache
 from services.providers.registry import ADAPTERS
 from shared import headers as H
 from shared.bus import RequestServer, reply_error
-from shared.chat import ChatCompletionChunk, ChatCompletionRequest, decode_request, encoder
+from shared.chat import ChatCompletionChunk, ChatCompletionRequest, Usage, decode_request, encoder
 from shared.envelopes import provider_call_decoder
 from shared.errors import InvalidRequest, ModelbusError
 from shared.routing import endpoint_decoder
@@ -90,9 +90,7 @@ class ProviderWorker:
             retired = self._adapters.pop(old, None)
             if retired is not None:
                 delay = endpoint.timeout_ms / 1000 + RETIRE_GRACE_S
-                asyncio.get_running_loop().call_later(
-                    delay, lambda: asyncio.ensure_future(retired.connection.aclose())
-                )
+                asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(retired.connection.aclose()))
         return adapter
 
     def _serve_for(self, provider_type: str):  # type: ignore[no-untyped-def]
@@ -110,9 +108,7 @@ class ProviderWorker:
         in_headers = msg.headers or {}
         request_id = in_headers.get(H.REQUEST_ID)
         streaming = False
-        with _tracer.start_as_current_span(
-            "chat", context=extract_context(in_headers), kind=SpanKind.CLIENT
-        ) as span:
+        with _tracer.start_as_current_span("chat", context=extract_context(in_headers), kind=SpanKind.CLIENT) as span:
             span.set_attribute("gen_ai.operation.name", "chat")
             adapter: ChatAdapter | None = None
             try:
@@ -129,8 +125,13 @@ class ProviderWorker:
                     await self._stream(reply, adapter, request, call.model, timeout_s, span, request_id)
                 else:
                     completion = await adapter.complete(request, call.model, timeout_s=timeout_s)
-                    _describe_response(span, completion.model, completion.id, completion.usage,
-                                       [c.finish_reason for c in completion.choices if c.finish_reason])
+                    _describe_response(
+                        span,
+                        completion.model,
+                        completion.id,
+                        completion.usage,
+                        [c.finish_reason for c in completion.choices if c.finish_reason],
+                    )
                     await self.nc.publish(
                         reply,
                         encoder.encode(completion),
@@ -146,8 +147,12 @@ class ProviderWorker:
                 log.exception("internal error in %s adapter", provider_type)
                 record_error(span, exc, 500)
                 if not streaming:
-                    await reply_error(self.nc, reply, ModelbusError(f"internal error in {provider_type} worker"),
-                                      request_id=request_id)
+                    await reply_error(
+                        self.nc,
+                        reply,
+                        ModelbusError(f"internal error in {provider_type} worker"),
+                        request_id=request_id,
+                    )
 
     async def _stream(
         self,
@@ -184,18 +189,25 @@ class ProviderWorker:
         except ModelbusError as err:
             err.scrub(adapter.connection.secrets_used)
             record_error(span, err, err.http_status)
-            await reply_error(self.nc, reply, err, request_id=request_id,
-                              extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)})
+            await reply_error(
+                self.nc, reply, err, request_id=request_id, extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)}
+            )
             return
         except Exception as exc:
             log.exception("internal error while streaming")
             record_error(span, exc, 500)
-            await reply_error(self.nc, reply, ModelbusError("internal error while streaming"),
-                              request_id=request_id, extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)})
+            await reply_error(
+                self.nc,
+                reply,
+                ModelbusError("internal error while streaming"),
+                request_id=request_id,
+                extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)},
+            )
             return
         response_model = last.model if last is not None else model
-        _describe_response(span, response_model, last.id if last else None,
-                           usage_chunk.usage if usage_chunk else None, finish_reasons)
+        _describe_response(
+            span, response_model, last.id if last else None, usage_chunk.usage if usage_chunk else None, finish_reasons
+        )
         body = encoder.encode(usage_chunk) if usage_chunk is not None and request.include_usage else b""
         await self.nc.publish(
             reply,
@@ -236,7 +248,9 @@ def _describe_call(span: Span, adapter: ChatAdapter, model: str, request: ChatCo
         span.set_attribute("gen_ai.request.top_p", request.top_p)
 
 
-def _describe_response(span: Span, model: str, response_id: str | None, usage: object, finish: list[str]) -> None:
+def _describe_response(
+    span: Span, model: str, response_id: str | None, usage: Usage | None, finish: list[str]
+) -> None:
     span.set_attribute("gen_ai.response.model", model)
     if response_id:
         span.set_attribute("gen_ai.response.id", response_id)

@@ -33,9 +33,12 @@ async def _main(max_inflight: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run one router worker."""
     parser = argparse.ArgumentParser(prog="modelbus-router", description=__doc__)
-    parser.add_argument("--max-inflight", type=int,
-                        default=int(os.environ.get("MODELBUS_ROUTER_MAX_INFLIGHT", "512")),
-                        help="requests handled concurrently by this worker")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=int(os.environ.get("MODELBUS_ROUTER_MAX_INFLIGHT", "512")),
+        help="requests handled concurrently by this worker",
+    )
     args = parser.parse_args(argv)
     run(_main(args.max_inflight))
 

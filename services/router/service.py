@@ -163,9 +163,13 @@ class Router:
                     self.nc, reply, ModelbusError("internal router error"), request_id=request_id, extra=extra
                 )
 
-    def _call(self, target: ResolvedTarget, msg: Msg, attempt: int, deadline: float, request_id: str) -> tuple[bytes, dict[str, str]]:
+    def _call(
+        self, target: ResolvedTarget, msg: Msg, attempt: int, deadline: float, request_id: str
+    ) -> tuple[bytes, dict[str, str]]:
         body = provider_call_encoder.encode(
-            ProviderCall(endpoint=target.endpoint_raw, model=target.model, request=msgspec.Raw(msg.data), attempt=attempt)
+            ProviderCall(
+                endpoint=target.endpoint_raw, model=target.model, request=msgspec.Raw(msg.data), attempt=attempt
+            )
         )
         left_ms = max(1, int((deadline - time.monotonic()) * 1000))
         hdrs = {H.TIMEOUT_MS: str(left_ms), H.REQUEST_ID: request_id}
@@ -181,9 +185,7 @@ class Router:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _deadline_error(route, attempt - 1)
-            with _tracer.start_as_current_span(
-                f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT
-            ) as span:
+            with _tracer.start_as_current_span(f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT) as span:
                 _describe_attempt(span, target, attempt)
                 body, hdrs = self._call(target, msg, attempt, deadline, request_id)
                 try:
@@ -210,9 +212,7 @@ class Router:
                 if not last.retryable:
                     break
         assert last is not None
-        await reply_error(
-            self.nc, reply, last, request_id=request_id, extra={H.ATTEMPTS: str(attempt)}
-        )
+        await reply_error(self.nc, reply, last, request_id=request_id, extra={H.ATTEMPTS: str(attempt)})
 
     async def _stream(
         self, msg: Msg, reply: str, request_id: str, route: Route, deadline: float, revision: int
@@ -222,9 +222,7 @@ class Router:
         for attempt, target in enumerate(route.targets, start=1):
             if deadline - time.monotonic() <= 0:
                 raise _deadline_error(route, attempt - 1)
-            with _tracer.start_as_current_span(
-                f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT
-            ) as span:
+            with _tracer.start_as_current_span(f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT) as span:
                 _describe_attempt(span, target, attempt)
                 try:
                     await self._relay_stream(msg, reply, request_id, target, attempt, deadline, revision)
@@ -345,7 +343,9 @@ def _timeout_s(headers: Mapping[str, str], default_ms: int) -> float:
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidRequest(f"{H.TIMEOUT_MS} must be a whole number of milliseconds, got {raw!r}", param=H.TIMEOUT_MS) from None
+        raise InvalidRequest(
+            f"{H.TIMEOUT_MS} must be a whole number of milliseconds, got {raw!r}", param=H.TIMEOUT_MS
+        ) from None
     if value <= 0:
         raise InvalidRequest(f"{H.TIMEOUT_MS} must be positive, got {value}", param=H.TIMEOUT_MS)
     return value / 1000

@@ -51,9 +51,7 @@ class RoutingTable:
         self.revision = config.revision
         self.defaults: RoutingDefaults = config.defaults
         self._endpoints = dict(config.endpoints)
-        self._endpoint_raw = {
-            name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()
-        }
+        self._endpoint_raw = {name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()}
         self._aliases: dict[str, Route] = {}
         for name, alias in config.aliases.items():
             targets = tuple(self._target(t.endpoint, t.model, t.weight) for t in alias.targets)
@@ -102,9 +100,7 @@ class RoutingTable:
                 return Route(name, (self._target(prefix, name[cut + 1 :]),), strategy)
             cut = name.rfind("/", 0, cut)
         if not model:
-            raise NotFound(
-                "no model given and no 'default' alias is configured", code="alias_not_found", param="model"
-            )
+            raise NotFound("no model given and no 'default' alias is configured", code="alias_not_found", param="model")
         raise NotFound(
             f"unknown model {name!r}: no alias, endpoint or endpoint/model by that name",
             param="model",

@@ -20,21 +20,56 @@ HELLO = [{"role": "user", "content": "hello katan"}]
 
 def _config(katan: Katan, limited: Katan) -> str:
     docs = [
-        {"kind": "ModelEndpoint", "metadata": {"name": "katan"},
-         "spec": {"provider": "openai", "base_url": f"{katan.base_url}/v1", "default_model": "echo",
-                  "auth": {"secretRef": "env:KATAN_KEY"}, "allowPrivate": True}},
-        {"kind": "ModelEndpoint", "metadata": {"name": "katan-wrong-key"},
-         "spec": {"provider": "openai-compatible", "base_url": f"{katan.base_url}/v1", "default_model": "echo",
-                  "auth": {"secretRef": "env:KATAN_WRONG_KEY"}, "allowPrivate": True}},
-        {"kind": "ModelEndpoint", "metadata": {"name": "katan-limited"},
-         "spec": {"provider": "openai-compatible", "base_url": f"{limited.base_url}/v1", "default_model": "echo",
-                  "auth": {"secretRef": "env:KATAN_KEY"}, "allowPrivate": True}},
-        {"kind": "ModelEndpoint", "metadata": {"name": "closed-port"},
-         "spec": {"provider": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "default_model": "x",
-                  "allowPrivate": True, "timeout_ms": 2000}},
+        {
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "katan"},
+            "spec": {
+                "provider": "openai",
+                "base_url": f"{katan.base_url}/v1",
+                "default_model": "echo",
+                "auth": {"secretRef": "env:KATAN_KEY"},
+                "allowPrivate": True,
+            },
+        },
+        {
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "katan-wrong-key"},
+            "spec": {
+                "provider": "openai-compatible",
+                "base_url": f"{katan.base_url}/v1",
+                "default_model": "echo",
+                "auth": {"secretRef": "env:KATAN_WRONG_KEY"},
+                "allowPrivate": True,
+            },
+        },
+        {
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "katan-limited"},
+            "spec": {
+                "provider": "openai-compatible",
+                "base_url": f"{limited.base_url}/v1",
+                "default_model": "echo",
+                "auth": {"secretRef": "env:KATAN_KEY"},
+                "allowPrivate": True,
+            },
+        },
+        {
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "closed-port"},
+            "spec": {
+                "provider": "openai-compatible",
+                "base_url": "http://127.0.0.1:9/v1",
+                "default_model": "x",
+                "allowPrivate": True,
+                "timeout_ms": 2000,
+            },
+        },
         {"kind": "ModelAlias", "metadata": {"name": "default"}, "spec": {"targets": [{"endpoint": "katan"}]}},
-        {"kind": "ModelAlias", "metadata": {"name": "survives-outage"},
-         "spec": {"targets": [{"endpoint": "closed-port"}, {"endpoint": "katan"}]}},
+        {
+            "kind": "ModelAlias",
+            "metadata": {"name": "survives-outage"},
+            "spec": {"targets": [{"endpoint": "closed-port"}, {"endpoint": "katan"}]},
+        },
     ]
     return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
 
@@ -46,8 +81,7 @@ def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -
     limited = start_katan(tmp_path_factory.mktemp("katan-limited"), "--rate-limit-after", "1")
     config = tmp / "config.yaml"
     config.write_text(_config(katan, limited))
-    s = start_stack(nats_server.url, config, tmp / "home",
-                    env={"KATAN_KEY": KEY, "KATAN_WRONG_KEY": "not-the-key"})
+    s = start_stack(nats_server.url, config, tmp / "home", env={"KATAN_KEY": KEY, "KATAN_WRONG_KEY": "not-the-key"})
     try:
         yield s
     finally:
@@ -96,9 +130,15 @@ def test_streaming_without_include_usage_sends_no_usage_chunk(stack: Stack) -> N
 
 
 def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     status, _, body = run(_complete(stack.url, {"messages": HELLO, "tools": tools}))
     assert status == 200, body
     choice = body["choices"][0]
@@ -141,5 +181,3 @@ def test_unreachable_endpoint_falls_back_to_the_next_target(stack: Stack) -> Non
 def test_upstream_key_never_appears_in_service_logs(stack: Stack) -> None:
     run(_complete(stack.url, {"messages": HELLO}))
     assert KEY not in stack.log()
-
-

@@ -14,7 +14,7 @@ import pytest
 
 from shared import headers as H
 from shared.client import ModelbusClient
-from shared.errors import BadUpstreamResponse, NotFound
+from shared.errors import NotFound, UpstreamUnavailable
 from shared.natsserver import EmbeddedNats
 from shared.subjects import CHAT_COMPLETIONS
 from tests.conftest import Stack, run, start_stack, stop_process
@@ -76,7 +76,7 @@ def test_alias_is_answered_by_the_mock_with_routing_headers(stack: Stack) -> Non
 
 
 def test_request_without_model_uses_the_default_alias(stack: Stack) -> None:
-    status, headers, body = run(_raw(stack.url, _body()))
+    status, headers, _ = run(_raw(stack.url, _body()))
     assert status == 200
     assert headers[H.MODEL] == "mock-default"
 
@@ -132,7 +132,7 @@ def test_bad_timeout_header_is_a_400(stack: Stack) -> None:
 
 
 def test_retryable_upstream_error_falls_back_to_the_next_target(stack: Stack) -> None:
-    status, headers, body = run(_raw(stack.url, _body(model="resilient")))
+    status, headers, _ = run(_raw(stack.url, _body(model="resilient")))
     assert status == 200
     assert headers[H.ATTEMPTS] == "2"
     assert headers[H.MODEL] == "mock-backup"
@@ -156,7 +156,7 @@ def test_exhausted_chain_returns_the_last_error(stack: Stack) -> None:
 
 
 def test_upstream_retry_after_reaches_the_client(stack: Stack) -> None:
-    status, headers, body = run(_raw(stack.url, _body(model="mock-down")))
+    status, headers, _ = run(_raw(stack.url, _body(model="mock-down")))
     assert status == 503
     assert headers[H.RETRY_AFTER] == "2"
 
@@ -170,13 +170,14 @@ def test_deadline_is_a_408_naming_what_was_tried(stack: Stack) -> None:
 
 
 def test_streaming_sends_ordered_chunks_and_a_clean_end_with_usage(stack: Stack) -> None:
-    messages = run(_stream_raw(stack.url, {"model": "fast", "stream": True, "stream_options": {"include_usage": True},
-                                           "messages": [HELLO]}))
+    messages = run(
+        _stream_raw(
+            stack.url, {"model": "fast", "stream": True, "stream_options": {"include_usage": True}, "messages": [HELLO]}
+        )
+    )
     assert [int(h[H.SEQ]) for h, _ in messages] == list(range(len(messages)))
     *chunks, (end_headers, end_body) = messages
-    text = "".join(
-        c["delta"].get("content", "") for _, data in chunks for c in json.loads(data)["choices"]
-    )
+    text = "".join(c["delta"].get("content", "") for _, data in chunks for c in json.loads(data)["choices"])
     assert text == "mock:mock-fast says: hello bus"
     assert json.loads(chunks[-1][1])["choices"][0]["finish_reason"] == "stop"
     assert end_headers[H.STATUS] == "200"
@@ -211,8 +212,9 @@ def test_client_raises_on_a_broken_stream_instead_of_returning_partial_text(stac
             await client.close()
         return got
 
-    with pytest.raises(BadUpstreamResponse):
+    with pytest.raises(UpstreamUnavailable) as caught:
         run(consume())
+    assert caught.value.http_status == 502
 
 
 def test_stream_error_before_any_chunk_is_a_single_terminator(stack: Stack) -> None:
