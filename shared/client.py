@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from opentelemetry import trace
 
 from shared import headers as H
 from shared.bus import connect, retry_after_from
@@ -115,8 +116,11 @@ class ModelbusClient:
         """
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
+        # The span covers the whole stream but is current only around the
+        # publish: an async generator must not leave context attached across yields.
+        span = _tracer.start_span("chat.completions stream")
         try:
-            with _tracer.start_as_current_span("chat.completions stream"):
+            with trace.use_span(span, end_on_exit=False):
                 await self.nc.publish(self.subject, self._body(request), reply=inbox, headers=self._headers(headers))
             deadline = time.monotonic() + timeout
             expected_seq = 0
@@ -143,7 +147,11 @@ class ModelbusClient:
                 if status != 200:
                     raise _error_of(status, hdrs, msg.data)
                 yield chunk_decoder.decode(msg.data)
+        except BaseException as exc:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            raise
         finally:
+            span.end()
             await sub.unsubscribe()
 
 

@@ -34,13 +34,19 @@ def setup_tracing(service_name: str) -> bool:
     """Install the OTel SDK for this process if an OTLP endpoint is configured.
 
     Returns whether spans are exported. ``OTEL_SERVICE_NAME`` overrides
-    ``service_name``; ``OTEL_SDK_DISABLED=true`` turns everything off;
+    ``service_name``; ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``
+    turn exporting off (context is still propagated);
     ``OTEL_TRACES_SAMPLER`` and the ``OTEL_BSP_*`` batching knobs are honoured
     by the SDK itself.
     """
     global _provider
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
+    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol != "http/protobuf":
+        log.warning("tracing: OTLP protocol %r is not supported; exporting with http/protobuf", protocol)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not endpoint or _provider is not None:
         return _provider is not None
