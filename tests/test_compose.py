@@ -1,0 +1,214 @@
+"""compose.yaml and the Dockerfile it builds from, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.config.boot_env import OPENAI_FORMAT_VENDORS
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+MODELBUS_SERVICES = ("config", "router", "providers", "secrets")
+PROVIDER_KEY_VARS = frozenset(key_var for _, key_var, *_ in OPENAI_FORMAT_VENDORS)
+"""The API key variables the built-in configuration knows (services/config/boot_env.py)."""
+KEY_LIKE = re.compile(r"API_KEY|_TOKEN|SECRET", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def scripts() -> dict[str, str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return pyproject["project"]["scripts"]
+
+
+def _argv(command: str | list[str] | None) -> list[str]:
+    if command is None:
+        return []
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.partition("=")[::2] for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def _container_ports(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            ports.add(int(entry["target"]))
+        else:
+            ports.add(int(str(entry).split("/")[0].rsplit(":", 1)[-1]))
+    return ports
+
+
+def _depends_on(service: dict[str, Any]) -> set[str]:
+    deps = service.get("depends_on") or []
+    return set(deps)
+
+
+# ---------------------------------------------------------------- infrastructure
+
+
+def test_nats_runs_with_jetstream_enabled(services: dict[str, dict[str, Any]]) -> None:
+    argv = _argv(services["nats"].get("command"))
+    assert "-js" in argv or "--jetstream" in argv
+
+
+def test_nats_keeps_its_jetstream_store_on_a_volume(services: dict[str, dict[str, Any]]) -> None:
+    argv = _argv(services["nats"]["command"])
+    flag = next(f for f in ("--store_dir", "-sd") if f in argv)
+    store_dir = argv[argv.index(flag) + 1]
+    targets = {str(v).split(":")[1] if isinstance(v, str) else v["target"] for v in services["nats"]["volumes"]}
+    assert store_dir in targets
+
+
+def test_nats_exposes_the_client_and_monitoring_ports(services: dict[str, dict[str, Any]]) -> None:
+    assert {4222, 8222} <= _container_ports(services["nats"])
+
+
+def test_jaeger_exposes_otlp_grpc_otlp_http_and_the_ui(services: dict[str, dict[str, Any]]) -> None:
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one")
+    assert {4317, 4318, 16686} <= _container_ports(jaeger)
+    assert _environment(jaeger).get("COLLECTOR_OTLP_ENABLED") == "true"
+
+
+# ---------------------------------------------------------------- modelbus services
+
+
+def test_every_modelbus_service_is_built_from_the_repository(services: dict[str, dict[str, Any]]) -> None:
+    for name in MODELBUS_SERVICES:
+        build = services[name]["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        assert (ROOT / context).resolve() == ROOT, name
+
+
+def test_every_modelbus_service_runs_a_console_script_declared_in_pyproject(
+    services: dict[str, dict[str, Any]], scripts: dict[str, str]
+) -> None:
+    for name in MODELBUS_SERVICES:
+        argv = _argv(services[name].get("command"))
+        assert argv, f"{name} has no command"
+        assert argv[0] in scripts, f"{name} runs {argv[0]!r}, which is not in [project.scripts]"
+
+
+def test_every_console_script_a_service_runs_points_at_an_importable_callable(
+    services: dict[str, dict[str, Any]], scripts: dict[str, str]
+) -> None:
+    for name in MODELBUS_SERVICES:
+        target = scripts[_argv(services[name]["command"])[0]]
+        module_name, _, attribute = target.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+        assert callable(obj), f"{target} is not callable"
+
+
+def test_each_service_runs_its_own_entry_point(services: dict[str, dict[str, Any]]) -> None:
+    expected = {
+        "config": "modelbus-config",
+        "router": "modelbus-router",
+        "providers": "modelbus-provider",
+        "secrets": "modelbus-secrets",
+    }
+    assert {name: _argv(services[name]["command"])[0] for name in MODELBUS_SERVICES} == expected
+
+
+def test_every_modelbus_service_connects_to_the_nats_service(services: dict[str, dict[str, Any]]) -> None:
+    for name in MODELBUS_SERVICES:
+        url = _environment(services[name]).get("NATS_URL", "")
+        host = re.fullmatch(r"nats://([^:/]+):(\d+)", url)
+        assert host, f"{name}: NATS_URL={url!r}"
+        assert host.group(1) in services and host.group(1) == "nats", name
+        assert int(host.group(2)) in _container_ports(services["nats"]), name
+
+
+def test_every_modelbus_service_exports_traces_to_jaeger_over_otlp_http(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in MODELBUS_SERVICES:
+        env = _environment(services[name])
+        assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://jaeger:4318", name
+        assert env.get("OTEL_SERVICE_NAME") == f"modelbus-{name}", name
+
+
+def test_every_modelbus_service_starts_after_nats_and_jaeger(services: dict[str, dict[str, Any]]) -> None:
+    for name in MODELBUS_SERVICES:
+        assert {"nats", "jaeger"} <= _depends_on(services[name]), name
+
+
+def test_the_router_runs_two_replicas(services: dict[str, dict[str, Any]]) -> None:
+    router = services["router"]
+    assert router["deploy"]["replicas"] == 2
+    assert "container_name" not in router  # a fixed name would forbid a second replica
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def test_provider_api_keys_reach_the_secrets_service(services: dict[str, dict[str, Any]]) -> None:
+    env = _environment(services["secrets"])
+    assert env.keys() >= PROVIDER_KEY_VARS
+    for var in PROVIDER_KEY_VARS:
+        # Interpolated from the host's environment, never written into the file.
+        assert env[var] in (f"${{{var}:-}}", f"${{{var}}}", f"${var}"), var
+
+
+def test_no_service_but_secrets_gets_a_provider_api_key(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if name == "secrets":
+            continue
+        assert not (PROVIDER_KEY_VARS & _environment(service).keys()), name
+        assert not [var for var in _environment(service) if KEY_LIKE.search(var)], name
+        assert "env_file" not in service, f"{name}: an env_file could carry keys"
+        for var in PROVIDER_KEY_VARS:
+            assert var not in yaml.safe_dump(service), f"{name} mentions {var}"
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def test_the_dockerfile_exists_and_installs_the_package() -> None:
+    assert DOCKERFILE.is_file()
+    lines = [line.strip() for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    assert instructions[0].startswith("FROM python:3.11")
+    assert any(re.match(r"COPY\s+\.\s+", line) for line in instructions)
+    assert any(re.search(r"\bpip install \.(\s|$)", line) for line in instructions)
+
+
+def test_the_docker_build_context_keeps_what_pip_install_needs() -> None:
+    ignored = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    needed = {"pyproject.toml", "shared", "services", pyproject["project"]["readme"]}
+    assert not needed & ignored
+    assert ".venv" in ignored and ".git" in ignored
