@@ -142,7 +142,9 @@ class Router:
                 request = decode_request(msg.data)
                 streaming = request.stream
                 deadline = time.monotonic() + _timeout_s(in_headers, table.defaults.timeout_ms)
-                route = table.resolve(request.model)
+                _check_sensitivity(in_headers)
+                agent = in_headers.get(H.AGENT)
+                route = table.resolve_agent(agent) if agent else table.resolve(request.model)
                 if not route.targets:
                     raise NoRouteAvailable(f"{route.name!r} has no usable targets")
                 span.set_attribute("modelbus.model_requested", request.model or "")
@@ -349,6 +351,15 @@ def _timeout_s(headers: Mapping[str, str], default_ms: int) -> float:
     if value <= 0:
         raise InvalidRequest(f"{H.TIMEOUT_MS} must be positive, got {value}", param=H.TIMEOUT_MS)
     return value / 1000
+
+
+def _check_sensitivity(headers: Mapping[str, str]) -> None:
+    value = headers.get(H.SENSITIVITY)
+    if value is not None and value not in H.SENSITIVITY_VALUES:
+        raise InvalidRequest(
+            f"{H.SENSITIVITY} must be one of {', '.join(H.SENSITIVITY_VALUES)}, got {value!r}",
+            param=H.SENSITIVITY,
+        )
 
 
 def _deadline_error(route: Route, attempts: int) -> DeadlineExceeded:

@@ -72,6 +72,14 @@ class RoutingTable:
         """Names of all aliases, sorted."""
         return sorted(self._aliases)
 
+    def resolve_agent(self, agent: str) -> Route:
+        """Resolve a ``Modelbus-Agent`` binding.
+
+        The configuration has no agent resources yet, so every name is unknown;
+        saying so beats silently routing the request as if no agent was named.
+        """
+        raise NotFound(f"unknown agent {agent!r}", code="agent_not_found", param="Modelbus-Agent")
+
     def resolve(self, model: str | None) -> Route:
         """Resolve a request's ``model`` field.
 

@@ -131,6 +131,20 @@ def test_bad_timeout_header_is_a_400(stack: Stack) -> None:
     assert (status, body["error"]["param"]) == (400, H.TIMEOUT_MS)
 
 
+def test_unknown_sensitivity_is_a_400_naming_the_header(stack: Stack) -> None:
+    status, _, body = run(_raw(stack.url, _body(), {H.SENSITIVITY: "secret"}))
+    assert (status, body["error"]["param"]) == (400, H.SENSITIVITY)
+    status, _, _ = run(_raw(stack.url, _body(), {H.SENSITIVITY: "confidential"}))
+    assert status == 200
+
+
+def test_unknown_agent_is_a_404_naming_it(stack: Stack) -> None:
+    status, _, body = run(_raw(stack.url, _body(model="fast"), {H.AGENT: "team-a/planner"}))
+    assert status == 404
+    assert body["error"]["code"] == "agent_not_found"
+    assert "team-a/planner" in body["error"]["message"]
+
+
 def test_retryable_upstream_error_falls_back_to_the_next_target(stack: Stack) -> None:
     status, headers, _ = run(_raw(stack.url, _body(model="resilient")))
     assert status == 200
