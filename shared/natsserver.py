@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 """Largest NATS message; above the router's default 4 MiB request limit so
@@ -130,14 +131,8 @@ class EmbeddedNats:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server gracefully (SIGTERM), then kill it if it lingers."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc, timeout_s)
 
     def __enter__(self) -> EmbeddedNats:
         self.start()
@@ -145,6 +140,18 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM a child process, wait up to ``timeout_s``, then SIGKILL it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

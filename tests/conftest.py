@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared.natsserver import EmbeddedNats, die_with_parent
+from shared.natsserver import EmbeddedNats, die_with_parent, terminate
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,14 +82,7 @@ def wait_for_line(
 
 def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
     """SIGTERM, wait, then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, timeout_s)
 
 
 class Stack:
