@@ -63,5 +63,56 @@ class ConfigChanged(Struct, kw_only=True, frozen=True):
     """Resource name changed, when one resource changed."""
 
 
+class SecretPut(Struct, kw_only=True, frozen=True):
+    """Admin → secrets service on ``modelbus.v1.secrets.put``. The value is never logged."""
+
+    name: str
+    """Secret name, e.g. ``openai-api-key`` or ``llm-providers/openai``; ``secret:<name>`` refers to it."""
+    value: str
+    """The secret value."""
+    actor: str = "unknown"
+    """Who is setting it, for the audit log."""
+
+
+class SecretDelete(Struct, kw_only=True, frozen=True):
+    """Admin → secrets service on ``modelbus.v1.secrets.delete``."""
+
+    name: str
+    """Secret name."""
+    actor: str = "unknown"
+    """Who is deleting it."""
+
+
+class SecretInfo(Struct, kw_only=True, frozen=True):
+    """What the admin view shows of a secret: presence and provenance, never the value."""
+
+    name: str
+    """Secret name."""
+    key_present: bool
+    """Whether a value is available."""
+    key_last4: str | None = None
+    """Last four characters of the value (AuroraSOC's admin view), when present."""
+    source: Literal["env", "store", "vault"] | None = None
+    """Where the value comes from."""
+    updated_at: str | None = None
+    """RFC 3339 time of the last change, for stored secrets."""
+
+
+class SecretList(Struct, kw_only=True, frozen=True):
+    """Reply of ``modelbus.v1.secrets.list``."""
+
+    items: list[SecretInfo]
+    """Every known secret, sorted by name."""
+
+
+class SecretChanged(Struct, kw_only=True, frozen=True):
+    """Event on ``modelbus.v1.secrets.changed``; carries no value."""
+
+    name: str
+    """Secret name that changed."""
+    op: Literal["set", "delete"]
+    """What happened."""
+
+
 provider_call_encoder = msgspec.json.Encoder()
 provider_call_decoder = msgspec.json.Decoder(ProviderCall)

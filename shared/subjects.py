@@ -28,6 +28,16 @@ def provider_queue(provider_type: str) -> str:
 SECRETS_GET = "modelbus.v1.secrets.get"
 """Request/reply: a provider worker asks for a credential by reference."""
 SECRETS_QUEUE = "modelbus-secrets"
+SECRETS_PUT = "modelbus.v1.secrets.put"
+"""Request/reply (admin): store a secret value; replies with :class:`shared.envelopes.SecretInfo`."""
+SECRETS_DELETE = "modelbus.v1.secrets.delete"
+"""Request/reply (admin): delete a stored secret; replies with :class:`shared.envelopes.SecretInfo`."""
+SECRETS_LIST = "modelbus.v1.secrets.list"
+"""Request/reply (admin): metadata of every secret, never a value (:class:`shared.envelopes.SecretList`)."""
+SECRETS_CHANGED = "modelbus.v1.secrets.changed"
+"""Event: a secret was set or deleted (:class:`shared.envelopes.SecretChanged`); caches drop it."""
+SECRETS_BUCKET = "modelbus_secrets"
+"""JetStream KV bucket (file storage) of AES-256-GCM encrypted secrets, owned by the secrets service."""
 
 CONFIG_BUCKET = "modelbus_config"
 """JetStream KV bucket (file storage) owned by the config service."""
@@ -38,6 +48,11 @@ CONFIG_EVENTS = "modelbus.v1.config.events"
 CONFIG_GET = "modelbus.v1.config.get"
 """Request/reply: the current compiled routing configuration."""
 CONFIG_QUEUE = "modelbus-config"
+
+AUDIT_STREAM = "MODELBUS_AUDIT"
+"""JetStream stream (file storage) of the hash-chained audit log."""
+AUDIT_SUBJECT = "modelbus.v1.audit.entries"
+"""Subject of :data:`AUDIT_STREAM`; only the config service appends to it."""
 
 SPAN_NAMES: dict[str, str] = {
     CHAT_COMPLETIONS: "route chat.completions",
