@@ -63,6 +63,12 @@ class Target(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Upstream model name at that endpoint."""
     weight: float = 1.0
     """Relative weight for the ``weighted`` strategy."""
+    capabilities: list[str] = []
+    """Tags such as ``code``, ``reasoning``, ``vision``, ``tools`` (Aegis ``capabilities``)."""
+    context_window: int | None = None
+    """Context window in tokens, when known."""
+    max_output_tokens: int | None = None
+    """Cap on output tokens to request from the provider."""
 
 
 class Alias(Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -91,6 +97,33 @@ class RoutingDefaults(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Overall deadline when the request sets no ``Modelbus-Timeout-Ms``."""
     max_request_bytes: int = 4 * 1024 * 1024
     """Requests larger than this get a 413."""
+    run_pin_ttl_s: int = 3600
+    """How long a ``Modelbus-Run-Id`` stays pinned to the revision of its first request."""
+
+
+class Agent(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """An agent binding: what ``Modelbus-Agent: <name>`` routes to."""
+
+    name: str
+    """``name`` or ``namespace/name``."""
+    model_ref: str
+    """Endpoint, alias or ``endpoint/model`` tried first (resolved in the agent's namespace first)."""
+    fallback_model_refs: list[str] = []
+    """Tried in order after ``model_ref``, on retryable errors."""
+    policies: list[str] = []
+    """Names of the AgentPolicies that apply to it."""
+
+
+class Policy(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """An AgentPolicy: limits on what an agent may use."""
+
+    name: str
+    allowed_models: list[str] | None = None
+    """Models the agent may reach (checked on every target, fallbacks included)."""
+    max_tokens_per_run: int | None = None
+    """Token budget shared by all requests with the same ``Modelbus-Run-Id``."""
+    blocked_tools: list[str] = []
+    """Tool names a request under this policy may not offer."""
 
 
 class RoutingConfig(Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -104,6 +137,10 @@ class RoutingConfig(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Aliases by name."""
     defaults: RoutingDefaults = RoutingDefaults()
     """Global settings."""
+    agents: dict[str, Agent] = {}
+    """Agents by full name."""
+    policies: dict[str, Policy] = {}
+    """Policies by full name."""
 
 
 routing_encoder = msgspec.json.Encoder()

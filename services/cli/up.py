@@ -121,8 +121,8 @@ class Supervisor:
                 await child.process.wait()  # type: ignore[union-attr]
 
 
-def build_children(args: object, nats_url: str) -> tuple[Child, list[Child]]:
-    """The config child (started first) and the rest."""
+def build_children(args: object, nats_url: str) -> tuple[list[Child], list[Child]]:
+    """The children started first, in order (secrets, then config), and the rest."""
     py = sys.executable
     common = {"NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
 
@@ -132,15 +132,18 @@ def build_children(args: object, nats_url: str) -> tuple[Child, list[Child]]:
         return Child(name, [py, "-m", module, *extra], env)
 
     config_args = ["--config", str(Path(args.config).resolve())] if args.config else []  # type: ignore[attr-defined]
-    config = child("config", "services.config", *config_args, service="config")
-    rest = [child("secrets", "services.secrets", service="secrets")]
+    first = [
+        child("secrets", "services.secrets", service="secrets"),  # boot documents may carry secrets
+        child("config", "services.config", *config_args, service="config"),
+    ]
+    rest: list[Child] = []
     routers: int = args.routers  # type: ignore[attr-defined]
     workers: int = args.provider_workers  # type: ignore[attr-defined]
     for i in range(1, routers + 1):
         rest.append(child("router" if routers == 1 else f"router-{i}", "services.router", service="router"))
     for i in range(1, workers + 1):
         rest.append(child("providers" if workers == 1 else f"providers-{i}", "services.providers", service="providers"))
-    return config, rest
+    return first, rest
 
 
 async def run_up(args: object) -> int:
@@ -161,16 +164,17 @@ async def run_up(args: object) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / 'nats'})", flush=True)
-    config, rest = build_children(args, nats_url)
-    sup = Supervisor([config, *rest])
+    first, rest = build_children(args, nats_url)
+    sup = Supervisor([*first, *rest])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     status = 0
     try:
-        await sup.start(config)
-        await sup.wait_ready([config], args.ready_timeout)  # type: ignore[attr-defined]
+        for child in first:
+            await sup.start(child)
+            await sup.wait_ready([child], args.ready_timeout)  # type: ignore[attr-defined]
         for c in rest:
             await sup.start(c)
         await sup.wait_ready(rest, args.ready_timeout)  # type: ignore[attr-defined]

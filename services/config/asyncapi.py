@@ -14,10 +14,10 @@ from shared import headers as H
 from shared.asyncapi import SPEC_SERVER_URL, application, payload
 from shared.bus import make_broker
 from shared.envelopes import ConfigChanged
-from shared.subjects import CONFIG_BUCKET, CONFIG_EVENTS
+from shared.subjects import CONFIG_EVENTS, CONFIG_STREAM
 
 broker = make_broker("config", specification_url=SPEC_SERVER_URL)
-register(broker, [])
+register(broker, {})
 
 broker.publisher(
     CONFIG_EVENTS,
@@ -33,6 +33,6 @@ app = application(
     broker,
     "config",
     "Sole writer of the routing configuration: compiles documents, stores the result in "
-    f"the JetStream KV bucket {CONFIG_BUCKET!r} (key 'routing'), announces each revision on "
+    f"the JetStream stream {CONFIG_STREAM!r} (one record per revision), announces each revision on "
     f"{CONFIG_EVENTS} and answers requests for the current configuration.",
 )

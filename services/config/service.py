@@ -1,128 +1,323 @@
-"""The config service process: compile, persist in JetStream KV, announce, answer."""
+"""The config service process: admin subjects, boot configuration, router tracking."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import BucketNotFoundError
 
 from services.config.boot_env import endpoints_from_env
-from services.config.documents import compile_config, load_documents, parse_resources
+from services.config.documents import Parsed, load_documents
+from services.config.formats import aurora_env_documents, byo_documents, convert
+from services.config.manager import ConfigManager
+from services.config.resources import SecretValue, parse_native
 from shared import headers as H
-from shared.envelopes import ConfigChanged
-from shared.routing import RoutingConfig, routing_decoder, routing_encoder
-from shared.subjects import CONFIG_BUCKET, CONFIG_EVENTS, CONFIG_GET, CONFIG_QUEUE, CONFIG_ROUTING_KEY
+from shared.admin import (
+    ApplyRequest,
+    AuditReport,
+    DeleteRequest,
+    HistoryQuery,
+    ResourceQuery,
+    RollbackRequest,
+    RouterList,
+    RouterStatus,
+    WaitRequest,
+    admin_encoder,
+)
+from shared.errors import ConfigError, DeadlineExceeded, InvalidRequest, ModelbusError, NoRouteAvailable
+from shared.routing import routing_encoder
+from shared.subjects import (
+    AUDIT_VERIFY,
+    CONFIG_APPLY,
+    CONFIG_DELETE,
+    CONFIG_GET,
+    CONFIG_HISTORY,
+    CONFIG_QUEUE,
+    CONFIG_RESOURCES,
+    CONFIG_ROLLBACK,
+    CONFIG_ROUTERS,
+    CONFIG_WAIT,
+    ROUTER_REVISIONS,
+    ROUTER_STATUS,
+    RUNS_BUCKET,
+)
 
 log = logging.getLogger("modelbus.config")
 
 EXAMPLE_CONFIG = Path(__file__).with_name("example.yaml")
-BUCKET_CONFIG = KeyValueConfig(
-    bucket=CONFIG_BUCKET,
-    history=64,
-    storage=StorageType.FILE,
-    description="modelbus routing configuration (written only by the config service)",
-)
+T = TypeVar("T")
+
+# ------------------------------------------------------------------ boot
 
 
-def load_boot_config(path: str | None) -> RoutingConfig:
-    """Compile the configuration given at boot: a file, or the built-in example.
+def _parse_as(docs: list[dict[str, Any]], source: str | None = None) -> Parsed:
+    parsed = Parsed()
+    errors: list[str] = []
+    for index, raw in enumerate(docs, start=1):
+        try:
+            converted = convert(index, raw)
+            for native in converted.documents:
+                item = parse_native(index, native, source=source or converted.source)
+                if isinstance(item, SecretValue):
+                    parsed.secrets.append(item)
+                else:
+                    parsed.resources.append(item)
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return parsed
 
-    The example also gets an endpoint for every OpenAI-format vendor whose API
-    key is in the environment.
-    """
-    if path:
-        text = Path(path).read_text()
-        docs = load_documents(text, source=path)
-    else:
-        docs = load_documents(EXAMPLE_CONFIG.read_text(), source="built-in example")
-        docs.extend(endpoints_from_env())
-    return compile_config(parse_resources(docs))
 
-
-async def open_bucket(broker: NatsBroker) -> KeyValue:
-    """The config KV bucket, created with file storage on first use."""
-    js = broker.connection.jetstream()
+def boot_defaults(env: Mapping[str, str], *, with_example: bool) -> Parsed:
+    """Boot defaults: the built-in example (without ``--config``), vendor keys, AuroraSOC ``LLM_*``
+    settings and the Aegis BYO variables, later layers overriding earlier ones."""
+    layers: list[Parsed] = []
+    if with_example:
+        layers.append(
+            _parse_as(load_documents(EXAMPLE_CONFIG.read_text(), source="built-in example"), "default:example")
+        )
+        layers.append(_parse_as(endpoints_from_env(env), "env:vendor-keys"))
     try:
-        return await js.key_value(CONFIG_BUCKET)
+        aurora = aurora_env_documents(env)
+        layers.append(_parse_as(aurora.documents, "env:aurorasoc"))
+        byo = byo_documents(env, where="environment")
+        layers.append(_parse_as(byo.documents, "env:aegis-byo"))
+    except ValueError as exc:
+        raise ConfigError(f"environment: {exc}") from None
+    merged: dict[tuple[str, str], Any] = {}
+    for layer in layers:
+        for res in layer.resources:
+            merged[(res.kind, res.name)] = res
+    return Parsed(resources=list(merged.values()))
+
+
+async def boot(manager: ConfigManager, config_path: str | None, env: Mapping[str, str]) -> None:
+    """Load the stored state, fill gaps with boot defaults, then apply the ``--config`` file."""
+    await manager.load()
+    defaults = boot_defaults(env, with_example=not config_path)
+    await manager.apply_parsed(defaults, actor="boot", action="boot", defaults=True)
+    if config_path:
+        text = Path(config_path).read_text()
+        await manager.apply_text(text, actor="boot", source=config_path, action="boot")
+    log.info("serving configuration revision %d", manager.revision)
+
+
+async def ensure_runs_bucket(nc: Client) -> None:
+    """The run-pinning bucket: entries carry their own TTL (per-message TTL)."""
+    js = nc.jetstream()
+    try:
+        await js.key_value(RUNS_BUCKET)
     except BucketNotFoundError:
-        return await js.create_key_value(config=BUCKET_CONFIG)
-
-
-class ConfigStore:
-    """Writes compiled configurations with increasing revisions."""
-
-    def __init__(self, broker: NatsBroker, kv: KeyValue) -> None:
-        self._broker = broker
-        self._kv = kv
-        self.current: RoutingConfig | None = None
-        self.current_bytes = b""
-
-    async def load_current(self) -> RoutingConfig | None:
-        """Read what is stored (after a restart, the previous state)."""
-        try:
-            entry = await self._kv.get(CONFIG_ROUTING_KEY)
-        except KeyNotFoundError:
-            return None
-        if entry.value:
-            self.current = routing_decoder.decode(entry.value)
-            self.current_bytes = entry.value
-        return self.current
-
-    async def apply(self, config: RoutingConfig) -> RoutingConfig:
-        """Store ``config`` as the next revision, unless it equals what is stored.
-
-        The write is a compare-and-swap on the KV revision, so two config
-        services can never interleave revisions.
-        """
-        try:
-            entry = await self._kv.get(CONFIG_ROUTING_KEY)
-        except KeyNotFoundError:
-            entry = None
-        previous = routing_decoder.decode(entry.value) if entry and entry.value else None
-        if previous is not None and msgspec.structs.replace(previous, revision=0) == msgspec.structs.replace(
-            config, revision=0
-        ):
-            self.current, self.current_bytes = previous, bytes(entry.value or b"") if entry else b""
-            log.info("configuration unchanged at revision %d", previous.revision)
-            return previous
-        revision = (previous.revision if previous else 0) + 1
-        new = msgspec.structs.replace(config, revision=revision)
-        data = routing_encoder.encode(new)
-        if entry is None:
-            await self._kv.create(CONFIG_ROUTING_KEY, data)
-        else:
-            await self._kv.update(CONFIG_ROUTING_KEY, data, last=entry.revision)
-        self.current, self.current_bytes = new, data
-        await self._broker.publish(
-            ConfigChanged(revision=revision), CONFIG_EVENTS, headers={H.CONFIG_REVISION: str(revision)}
-        )
-        log.info(
-            "configuration revision %d: %d endpoints, %d aliases",
-            revision,
-            len(new.endpoints),
-            len(new.aliases),
-        )
-        return new
-
-
-def register(broker: NatsBroker, store_ref: list[ConfigStore]) -> None:
-    """Control-plane subscribers of the config service."""
-
-    @broker.subscriber(CONFIG_GET, queue=CONFIG_QUEUE, max_workers=8)
-    async def get_config(msg: NatsMessage) -> NatsResponse:
-        """Reply with the current compiled routing configuration."""
-        store = store_ref[0] if store_ref else None
-        if store is None or store.current is None:
-            return NatsResponse(
-                b'{"error":{"message":"configuration not loaded yet","type":"service_unavailable","retryable":true}}',
-                headers={H.STATUS: "503"},
+        await js.create_key_value(
+            config=KeyValueConfig(
+                bucket=RUNS_BUCKET,
+                storage=StorageType.FILE,
+                history=1,
+                ttl=30 * 86400,
+                description="modelbus run pins: run id -> config revision",
             )
-        return NatsResponse(
-            store.current_bytes,
-            headers={H.STATUS: "200", H.CONFIG_REVISION: str(store.current.revision)},
         )
+
+
+# ------------------------------------------------------------------ routers
+
+
+async def gather_routers(nc: Client, *, quiet_s: float = 0.08, max_s: float = 0.5) -> list[RouterStatus]:
+    """Ask every router for its status; collect replies until they go quiet."""
+    decoder = msgspec.json.Decoder(RouterStatus)
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    replies: dict[str, RouterStatus] = {}
+    try:
+        await nc.publish(ROUTER_STATUS, b"", reply=inbox)
+        deadline = time.monotonic() + max_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=min(quiet_s, left))
+            except nats.errors.TimeoutError:
+                break
+            try:
+                status = decoder.decode(msg.data)
+            except msgspec.MsgspecError:
+                continue
+            replies[status.router_id] = status
+    finally:
+        await sub.unsubscribe()
+    return sorted(replies.values(), key=lambda s: s.router_id)
+
+
+async def wait_for_routers(nc: Client, revision: int, timeout_s: float) -> list[RouterStatus]:
+    """Return once every live router serves ``revision`` or later; raise naming the laggards."""
+    decoder = msgspec.json.Decoder(RouterStatus)
+    events = await nc.subscribe(ROUTER_REVISIONS)  # before asking, so no announcement is missed
+    try:
+        status = {s.router_id: s for s in await gather_routers(nc)}
+        deadline = time.monotonic() + timeout_s
+        while any(s.revision < revision for s in status.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                status = {s.router_id: s for s in await gather_routers(nc)}  # the dead ones drop out
+                behind = [s for s in status.values() if s.revision < revision]
+                if not behind:
+                    break
+                names = ", ".join(f"{s.router_id} at revision {s.revision}" for s in behind)
+                raise DeadlineExceeded(f"routers not at revision {revision} after {timeout_s:g}s: {names}")
+            try:
+                msg = await events.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                update = decoder.decode(msg.data)
+            except msgspec.MsgspecError:
+                continue
+            status[update.router_id] = update
+        return sorted(status.values(), key=lambda s: s.router_id)
+    finally:
+        await events.unsubscribe()
+
+
+# ------------------------------------------------------------------ admin subjects
+
+
+def _reply(body: bytes) -> NatsResponse:
+    return NatsResponse(body, headers={H.STATUS: "200"})
+
+
+def _error(err: ModelbusError) -> NatsResponse:
+    return NatsResponse(err.to_json(), headers={H.STATUS: str(err.http_status)})
+
+
+async def _serve(
+    body: bytes, decoder: msgspec.json.Decoder[T] | None, handler: Callable[[T], Awaitable[Any]]
+) -> NatsResponse:
+    """Decode, run, encode; every failure becomes an error reply, never silence."""
+    try:
+        request: Any = None
+        if decoder is not None:
+            try:
+                request = decoder.decode(body or b"{}")
+            except msgspec.MsgspecError as exc:
+                raise InvalidRequest(f"malformed admin request: {exc}", code="invalid_admin_request") from None
+        result = await handler(request)
+        return _reply(result if isinstance(result, bytes) else admin_encoder.encode(result))
+    except ModelbusError as err:
+        return _error(err)
+    except Exception:
+        log.exception("admin request failed")
+        return _error(ModelbusError("internal error in the config service"))
+
+
+class AuditVerifier:
+    """What the audit subject needs: something that walks the chain."""
+
+    async def verify(self) -> AuditReport:  # pragma: no cover - replaced when the audit log is wired
+        raise NoRouteAvailable("audit log unavailable")
+
+
+def register(broker: NatsBroker, holder: dict[str, Any]) -> None:
+    """Admin subscribers of the config service; ``holder['manager']`` is set once booted."""
+
+    def manager() -> ConfigManager:
+        m = holder.get("manager")
+        if m is None:
+            raise NoRouteAvailable("the config service is still starting")
+        return m  # type: ignore[no-any-return]
+
+    def subscriber(subject: str) -> Callable[[Callable[..., Any]], Any]:
+        return broker.subscriber(subject, queue=CONFIG_QUEUE, max_workers=8)
+
+    @subscriber(CONFIG_GET)
+    async def get_routing(msg: NatsMessage) -> NatsResponse:
+        """The current compiled routing configuration."""
+
+        async def run(_: None) -> bytes:
+            head = manager().head
+            if head is None:
+                raise NoRouteAvailable("no configuration yet")
+            return routing_encoder.encode(head.routing)
+
+        return await _serve(msg.body, None, run)
+
+    @subscriber(CONFIG_APPLY)
+    async def apply(msg: NatsMessage) -> NatsResponse:
+        """Apply documents; the reply is the new revision and the changes."""
+        return await _serve(
+            msg.body,
+            msgspec.json.Decoder(ApplyRequest),
+            lambda r: manager().apply_text(r.documents, actor=r.actor, dry_run=r.dry_run, source=r.source),
+        )
+
+    @subscriber(CONFIG_RESOURCES)
+    async def resources(msg: NatsMessage) -> NatsResponse:
+        """List resources of a kind, or one by name."""
+
+        async def run(q: ResourceQuery) -> Any:
+            return manager().query(q.kind, q.name)
+
+        return await _serve(msg.body, msgspec.json.Decoder(ResourceQuery), run)
+
+    @subscriber(CONFIG_DELETE)
+    async def delete(msg: NatsMessage) -> NatsResponse:
+        """Delete one resource."""
+        return await _serve(
+            msg.body, msgspec.json.Decoder(DeleteRequest), lambda r: manager().delete(r.kind, r.name, actor=r.actor)
+        )
+
+    @subscriber(CONFIG_HISTORY)
+    async def history(msg: NatsMessage) -> NatsResponse:
+        """Revisions, newest first."""
+        return await _serve(
+            msg.body, msgspec.json.Decoder(HistoryQuery), lambda q: manager().history(q.kind, q.name, q.limit)
+        )
+
+    @subscriber(CONFIG_ROLLBACK)
+    async def rollback(msg: NatsMessage) -> NatsResponse:
+        """Make an old revision's resources current again."""
+        return await _serve(
+            msg.body, msgspec.json.Decoder(RollbackRequest), lambda r: manager().rollback(r.to, actor=r.actor)
+        )
+
+    @subscriber(CONFIG_WAIT)
+    async def wait(msg: NatsMessage) -> NatsResponse:
+        """Reply once every live router serves the revision (read-your-writes)."""
+
+        async def run(r: WaitRequest) -> RouterList:
+            nc: Client = broker.connection
+            return RouterList(items=await wait_for_routers(nc, r.revision, r.timeout_ms / 1000))
+
+        return await _serve(msg.body, msgspec.json.Decoder(WaitRequest), run)
+
+    @subscriber(CONFIG_ROUTERS)
+    async def routers(msg: NatsMessage) -> NatsResponse:
+        """Live routers and the revision each serves."""
+
+        async def run(_: None) -> RouterList:
+            return RouterList(items=await gather_routers(broker.connection))
+
+        return await _serve(msg.body, None, run)
+
+    @subscriber(AUDIT_VERIFY)
+    async def audit_verify(msg: NatsMessage) -> NatsResponse:
+        """Walk the audit chain and report the first broken link."""
+
+        async def run(_: None) -> AuditReport:
+            verifier: AuditVerifier = holder.get("audit") or AuditVerifier()
+            return await verifier.verify()
+
+        return await _serve(msg.body, None, run)
+
+
+def service_env() -> Mapping[str, str]:
+    """The environment boot defaults are read from."""
+    return os.environ

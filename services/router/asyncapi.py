@@ -15,7 +15,7 @@ from shared.bus import make_broker
 from shared.chat import ChatCompletionRequest
 from shared.envelopes import ProviderCall
 from shared.routing import PROVIDER_TYPES, Endpoint
-from shared.subjects import CHAT_COMPLETIONS, CONFIG_BUCKET, ROUTER_QUEUE, provider_subject
+from shared.subjects import CHAT_COMPLETIONS, CONFIG_STREAM, ROUTER_QUEUE, provider_subject
 
 broker = make_broker("router", specification_url=SPEC_SERVER_URL)
 
@@ -48,6 +48,6 @@ app = application(
     broker,
     "router",
     "Stateless router workers: resolve each chat completion request against the routing "
-    f"table read from the JetStream KV bucket {CONFIG_BUCKET!r} and forward it to a provider "
+    f"table read from the JetStream stream {CONFIG_STREAM!r} and forward it to a provider "
     "worker, with retries and failover.",
 )

@@ -9,7 +9,6 @@ exactly one final answer: a reply, an error reply, or a stream terminator.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -19,9 +18,10 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError
 from opentelemetry.trace import SpanKind
 
+from services.router.follower import TableFollower
+from services.router.pins import RunPins
 from services.router.table import ResolvedTarget, Route, RoutingTable
 from shared import headers as H
 from shared.bus import RequestServer, reply_error, retry_after_from
@@ -38,8 +38,7 @@ from shared.errors import (
     UpstreamUnavailable,
     error_from_wire,
 )
-from shared.routing import routing_decoder
-from shared.subjects import CHAT_COMPLETIONS, CONFIG_BUCKET, CONFIG_ROUTING_KEY, ROUTER_QUEUE
+from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
 from shared.telemetry import extract_context, inject_headers, record_error, tracer
 
 log = logging.getLogger("modelbus.router")
@@ -61,60 +60,43 @@ class Router:
 
     def __init__(self, nc: Client, *, max_inflight: int = 512) -> None:
         self.nc = nc
-        self.table: RoutingTable | None = None
         self.router_id = uuid.uuid4().hex[:12]
         self._server = RequestServer(
             nc, CHAT_COMPLETIONS, self.serve_request, queue=ROUTER_QUEUE, max_inflight=max_inflight
         )
-        self._watch_task: asyncio.Task[None] | None = None
-        self._first_table = asyncio.Event()
+        self.follower = TableFollower(nc, self.router_id, lambda: self._server.in_flight)
+        self.pins = RunPins(nc)
+
+    @property
+    def table(self) -> RoutingTable | None:
+        """The routing table of the newest revision."""
+        return self.follower.current
 
     # ------------------------------------------------------------ life cycle
 
     async def start(self, config_timeout_s: float = 60.0) -> None:
         """Load the current configuration, then start serving requests."""
-        self._watch_task = asyncio.create_task(self._watch_config())
-        try:
-            await asyncio.wait_for(self._first_table.wait(), config_timeout_s)
-        except TimeoutError:
-            raise RuntimeError(
-                f"no routing configuration in KV bucket {CONFIG_BUCKET!r} after {config_timeout_s}s; "
-                "is the config service running?"
-            ) from None
+        await self.follower.start(config_timeout_s)
         await self._server.start()
 
     async def stop(self) -> None:
         """Stop taking requests and let those in flight finish."""
         await self._server.stop()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
+        await self.follower.stop()
 
-    def install(self, table: RoutingTable) -> None:
-        """Swap the routing table: one assignment, no lock."""
-        self.table = table
-        self._first_table.set()
-        log.info("routing table at revision %d (%d aliases)", table.revision, len(table.alias_names))
-
-    async def _watch_config(self) -> None:
-        js = self.nc.jetstream()
-        while True:
-            try:
-                kv = await js.key_value(CONFIG_BUCKET)
-                break
-            except BucketNotFoundError:
-                await asyncio.sleep(0.1)
-        watcher = await kv.watch(CONFIG_ROUTING_KEY)
-        async for entry in watcher:
-            if entry is None or not entry.value:  # end-of-initial marker, or a delete
-                continue
-            try:
-                config = routing_decoder.decode(entry.value)
-            except msgspec.MsgspecError:
-                log.exception("ignoring unreadable configuration at KV revision %d", entry.revision)
-                continue
-            if self.table is not None and config.revision <= self.table.revision:
-                continue
-            self.install(RoutingTable(config))
+    async def _table_for(self, table: RoutingTable, headers: Mapping[str, str]) -> RoutingTable:
+        """The table a request routes on: its run's pinned revision, or the current one."""
+        run_id = headers.get(H.RUN_ID)
+        if run_id is None:
+            return table
+        revision = await self.pins.revision_for(run_id, table.revision, table.defaults.run_pin_ttl_s)
+        if revision == table.revision:
+            return table
+        pinned = await self.follower.table_at(revision)
+        if pinned is None:
+            log.warning("run pinned to revision %d, which is no longer in history; using %d", revision, table.revision)
+            return table
+        return pinned
 
     # ------------------------------------------------------------ hot path
 
@@ -132,7 +114,7 @@ class Router:
             span.set_attribute("modelbus.request_id", request_id)
             streaming = False
             try:
-                table = self.table
+                table = self.follower.current
                 if table is None:
                     raise NoRouteAvailable("router has no configuration yet")
                 if len(msg.data) > table.defaults.max_request_bytes:
@@ -143,6 +125,7 @@ class Router:
                 streaming = request.stream
                 deadline = time.monotonic() + _timeout_s(in_headers, table.defaults.timeout_ms)
                 _check_sensitivity(in_headers)
+                table = await self._table_for(table, in_headers)
                 agent = in_headers.get(H.AGENT)
                 route = table.resolve_agent(agent) if agent else table.resolve(request.model)
                 if not route.targets:

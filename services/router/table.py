@@ -7,6 +7,7 @@ keeps the table it started with and the hot path takes no lock.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgspec
@@ -45,11 +46,14 @@ class Route:
 class RoutingTable:
     """Aliases and endpoints of one revision, ready for lock-free lookups."""
 
-    __slots__ = ("_aliases", "_endpoint_raw", "_endpoints", "defaults", "revision")
+    __slots__ = ("_agents", "_aliases", "_endpoint_raw", "_endpoints", "config_hash", "defaults", "revision")
 
     def __init__(self, config: RoutingConfig) -> None:
         self.revision = config.revision
         self.defaults: RoutingDefaults = config.defaults
+        self.config_hash = hashlib.sha256(routing_encoder.encode(config)).hexdigest()[:16]
+        """Equal hashes mean identical tables (revision included)."""
+        self._agents = dict(config.agents)
         self._endpoints = dict(config.endpoints)
         self._endpoint_raw = {name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()}
         self._aliases: dict[str, Route] = {}
@@ -73,12 +77,25 @@ class RoutingTable:
         return sorted(self._aliases)
 
     def resolve_agent(self, agent: str) -> Route:
-        """Resolve a ``Modelbus-Agent`` binding.
+        """Resolve a ``Modelbus-Agent`` binding: its ``model_ref``, then each fallback, in order.
 
-        The configuration has no agent resources yet, so every name is unknown;
-        saying so beats silently routing the request as if no agent was named.
+        References were canonicalised by the config service (namespace first),
+        so each resolves like a request's ``model``. A target reached twice is
+        tried once.
         """
-        raise NotFound(f"unknown agent {agent!r}", code="agent_not_found", param="Modelbus-Agent")
+        binding = self._agents.get(agent)
+        if binding is None:
+            raise NotFound(f"unknown agent {agent!r}", code="agent_not_found", param="Modelbus-Agent")
+        targets: list[ResolvedTarget] = []
+        seen: set[tuple[str, str]] = set()
+        for ref in (binding.model_ref, *binding.fallback_model_refs):
+            for target in self.resolve(ref).targets:
+                key = (target.endpoint.name, target.model)
+                if key not in seen:
+                    seen.add(key)
+                    targets.append(target)
+        first = self.resolve(binding.model_ref)
+        return Route(agent, tuple(targets), first.strategy)
 
     def resolve(self, model: str | None) -> Route:
         """Resolve a request's ``model`` field.

@@ -148,7 +148,7 @@ def test_an_endpoint_defined_twice_is_an_error() -> None:
 
 def test_a_default_provider_that_is_not_an_endpoint_is_an_error() -> None:
     defaults = document("RoutingDefaults", "{name: d}", "{default_provider: nope}")
-    assert "RoutingDefaults: spec.default_provider: no endpoint named 'nope'" in config_error(
+    assert "RoutingDefaults d: spec.default_provider: no endpoint named 'nope'" in config_error(
         docs(MOCK_ENDPOINT, defaults)
     )
 

@@ -1,0 +1,290 @@
+"""Native ``modelbus.dev/v1`` resources: spec models and strict validation.
+
+Every supported format is converted to these kinds before validation, so one
+set of rules (unknown fields are errors; errors name the document, the field
+path and the reason) covers them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.routing import PROVIDER_TYPES, Strategy
+
+API_VERSION = "modelbus.dev/v1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Metadata(_Strict):
+    """Resource identity."""
+
+    name: str = Field(min_length=1)
+    """Resource name."""
+    namespace: str | None = None
+    """Optional namespace; the full name is then ``namespace/name``."""
+    labels: dict[str, str] = {}
+    """Free-form labels (kept, not interpreted)."""
+    annotations: dict[str, str] = {}
+    """Free-form annotations (kept, not interpreted)."""
+
+
+class AuthSpec(_Strict):
+    """How an endpoint authenticates; a reference only, never a value."""
+
+    secret_ref: str = Field(alias="secretRef", min_length=1)
+    """``env:VAR``, ``secret:name``, or a bare Secret name (Orloj)."""
+
+
+class EndpointSpec(_Strict):
+    """``ModelEndpoint.spec``."""
+
+    provider: str
+    """Provider type."""
+    base_url: str | None = None
+    """API root URL."""
+    default_model: str | None = None
+    """Model used when a request names only the endpoint."""
+    options: dict[str, Any] = {}
+    """Provider-specific options."""
+    auth: AuthSpec | None = None
+    """Credential reference."""
+    allow_private: bool | None = Field(default=None, alias="allowPrivate")
+    """Allow private/loopback addresses; defaults to true for ollama and mock."""
+    timeout_ms: int = Field(default=60_000, ge=1, le=3_600_000)
+    """Upstream timeout per attempt."""
+    locality: Literal["local", "remote"] | None = None
+    """Override the derived locality."""
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDER_TYPES:
+            raise ValueError(f"unknown provider {value!r}; expected one of {', '.join(PROVIDER_TYPES)}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _is_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not a URL")
+        return value.rstrip("/")
+
+
+class TargetSpec(_Strict):
+    """One alias target."""
+
+    endpoint: str = Field(min_length=1)
+    """Endpoint name."""
+    model: str | None = None
+    """Model at that endpoint; defaults to the endpoint's ``default_model``."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative weight for the ``weighted`` strategy."""
+    capabilities: list[str] = []
+    """Tags: ``code``, ``reasoning``, ``vision``, ``tools``, ..."""
+    context_window: int | None = Field(default=None, ge=1)
+    """Context window in tokens."""
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    """Cap on output tokens to request."""
+
+
+class AliasSpec(_Strict):
+    """``ModelAlias.spec``."""
+
+    targets: list[TargetSpec] = Field(min_length=1)
+    """Targets in preference order."""
+    strategy: Strategy | None = None
+    """Selection strategy; defaults to the routing defaults."""
+
+
+class DefaultsSpec(_Strict):
+    """``RoutingDefaults.spec``."""
+
+    strategy: Strategy = "failover"
+    default_provider: str | None = None
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_delay_ms: int = Field(default=200, ge=0, le=60_000)
+    timeout_ms: int = Field(default=60_000, ge=1, le=3_600_000)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=8 * 1024 * 1024 - 65536)
+    run_pin_ttl_s: int = Field(default=3600, ge=1, le=30 * 86400)
+
+
+class AgentLimits(_Strict):
+    """Orloj ``Agent.spec.limits``; kept with the agent."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    timeout: str | None = None
+
+
+class AgentSpec(_Strict):
+    """``Agent.spec``: the routing part of an agent."""
+
+    model_ref: str = Field(min_length=1)
+    """Endpoint, alias or ``endpoint/model`` tried first."""
+    fallback_model_refs: list[str] = []
+    """Tried in order after ``model_ref`` on retryable errors."""
+    limits: AgentLimits | None = None
+    """Execution limits (informational for modelbus)."""
+
+
+class PolicySpec(_Strict):
+    """``AgentPolicy.spec``."""
+
+    allowed_models: list[str] | None = None
+    """Models the agents may reach; ``None`` allows all."""
+    max_tokens_per_run: int | None = Field(default=None, ge=1)
+    """Token budget per ``Modelbus-Run-Id``."""
+    agents: list[str] | None = None
+    """Agents it applies to (names in the policy's namespace or ``ns/name``); ``None``: every agent
+    in its namespace (every agent, when the policy has no namespace or ``apply_mode: global``)."""
+    blocked_tools: list[str] = []
+    """Tool names a request may not offer (Orloj)."""
+    apply_mode: Literal["scoped", "global"] = "scoped"
+    """Orloj: ``global`` applies to every agent; ``scoped`` to its namespace (or ``agents``)."""
+    target_systems: list[str] = []
+    """Orloj AgentSystem names; kept for round trips, modelbus has no systems."""
+    target_tasks: list[str] = []
+    """Orloj Task names; kept for round trips, modelbus has no tasks."""
+
+
+class SecretSpec(_Strict):
+    """``Secret.spec`` (Orloj): the value is handed to the secrets service, never stored in config."""
+
+    string_data: dict[str, str] | None = Field(default=None, alias="stringData")
+    data: dict[str, str] | None = None
+    """Base64-encoded values."""
+
+    @model_validator(mode="after")
+    def _one_value(self) -> SecretSpec:
+        values = {**(self.data or {}), **(self.string_data or {})}
+        if set(values) != {"value"}:
+            raise ValueError("a Secret holds exactly one entry named 'value' in stringData or data")
+        return self
+
+    def value(self) -> str:
+        """The secret's value (decoded from ``data`` when given there)."""
+        if self.string_data and "value" in self.string_data:
+            return self.string_data["value"]
+        assert self.data is not None
+        try:
+            return base64.b64decode(self.data["value"], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise ValueError("data.value: not valid base64 text") from exc
+
+
+SPECS: dict[str, type[_Strict]] = {
+    "ModelEndpoint": EndpointSpec,
+    "ModelAlias": AliasSpec,
+    "Agent": AgentSpec,
+    "AgentPolicy": PolicySpec,
+    "RoutingDefaults": DefaultsSpec,
+    "Secret": SecretSpec,
+}
+"""Native kinds; ``Secret`` is accepted but never stored in the configuration."""
+CONFIG_KINDS = tuple(k for k in SPECS if k != "Secret")
+
+
+class Resource(BaseModel):
+    """A validated resource: kind, full name, typed spec and the format it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    kind: str
+    name: str
+    spec: Any
+    source: str = API_VERSION
+
+
+class SecretValue(BaseModel):
+    """A secret found in the documents; goes to the secrets service, never into config."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    value: str
+
+    def __repr__(self) -> str:  # never show the value, even in a traceback
+        return f"SecretValue(name={self.name!r}, value=<redacted>)"
+
+    __str__ = __repr__
+
+
+class _Document(_Strict):
+    api_version: Literal["modelbus.dev/v1"] = Field(alias="apiVersion")
+    kind: str
+    metadata: Metadata
+    spec: dict[str, Any]
+
+
+def describe(index: int, doc: Mapping[str, Any]) -> str:
+    """``doc N (Kind name)`` for error messages."""
+    kind = doc.get("kind", "?")
+    meta = doc.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, Mapping) else "?"
+    return f"doc {index} ({kind} {name})"
+
+
+def format_errors(where: str, exc: ValidationError, prefix: str = "") -> str:
+    """One ``where: path: reason`` per pydantic error."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        reason = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        lines.append(f"{where}: {path}: {reason}")
+    return "; ".join(lines)
+
+
+def full_name(metadata: Metadata) -> str:
+    """``namespace/name``, or ``name`` for no namespace (Orloj's ``default`` counts as none)."""
+    if metadata.namespace and metadata.namespace != "default":
+        return f"{metadata.namespace}/{metadata.name}"
+    return metadata.name
+
+
+def parse_native(index: int, raw: Mapping[str, Any], *, source: str = API_VERSION) -> Resource | SecretValue:
+    """Validate one native document; raises ``ValueError`` with the full message."""
+    where = describe(index, raw)
+    try:
+        doc = _Document.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(format_errors(where, exc)) from None
+    spec_type = SPECS.get(doc.kind)
+    if spec_type is None:
+        raise ValueError(f"{where}: kind: unknown kind {doc.kind!r}; expected one of {', '.join(SPECS)}")
+    try:
+        spec = spec_type.model_validate(doc.spec)
+    except ValidationError as exc:
+        raise ValueError(format_errors(where, exc, "spec")) from None
+    name = full_name(doc.metadata)
+    if isinstance(spec, SecretSpec):
+        try:
+            return SecretValue(name=name, value=spec.value())
+        except ValueError as exc:
+            raise ValueError(f"{where}: spec.{exc}") from None
+    return Resource(kind=doc.kind, name=name, spec=spec, source=source)
+
+
+def spec_to_dict(resource: Resource) -> dict[str, Any]:
+    """The native spec as plain data, with field names as written in documents."""
+    data: dict[str, Any] = resource.spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+    return data
+
+
+def resource_from_stored(kind: str, name: str, spec: Mapping[str, Any], source: str) -> Resource:
+    """Rebuild a validated resource from the store."""
+    return Resource(kind=kind, name=name, spec=SPECS[kind].model_validate(spec), source=source)

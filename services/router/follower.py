@@ -1,0 +1,139 @@
+"""Follow the config log and keep the router's routing tables.
+
+The router consumes the config stream with an ordered consumer starting at the
+last message: it gets the current state first and every later revision after
+it, with no window in between. An ordered consumer detects gaps in its own
+delivery and recreates itself from the right place, so a lost message or a
+reconnect cannot leave the router behind without it noticing; and since each
+record holds the whole state, catching up is taking the newest record.
+
+Recent tables are kept by revision so a pinned run (``Modelbus-Run-Id``) can
+keep using the revision its first request was routed at; older ones are read
+back from the stream on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from services.router.table import RoutingTable
+from shared.admin import RouterStatus, RoutingRecord, admin_encoder
+from shared.subjects import CONFIG_LOG, CONFIG_STREAM, ROUTER_REVISIONS, ROUTER_STATUS
+
+log = logging.getLogger("modelbus.router")
+
+KEEP_TABLES = 64
+"""Tables kept in memory by revision, for pinned runs."""
+
+_record_decoder = msgspec.json.Decoder(RoutingRecord)
+
+
+class TableFollower:
+    """Owns the current table and the recent ones; announces every install."""
+
+    def __init__(self, nc: Client, router_id: str, in_flight: Callable[[], int]) -> None:
+        self.nc = nc
+        self.router_id = router_id
+        self.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.current: RoutingTable | None = None
+        self._in_flight = in_flight
+        self._tables: OrderedDict[int, RoutingTable] = OrderedDict()
+        self._first = asyncio.Event()
+        self._subs: list[object] = []
+
+    async def start(self, timeout_s: float) -> None:
+        """Subscribe to status requests and the config log; wait for the first table."""
+        self._subs.append(await self.nc.subscribe(ROUTER_STATUS, cb=self._answer_status))
+        js = self.nc.jetstream()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                await js.stream_info(CONFIG_STREAM)
+                break
+            except NotFoundError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(
+                        f"config stream {CONFIG_STREAM!r} does not exist after {timeout_s}s; "
+                        "is the config service running?"
+                    ) from None
+                await asyncio.sleep(0.1)
+        self._subs.append(
+            await js.subscribe(
+                CONFIG_LOG,
+                stream=CONFIG_STREAM,
+                cb=self._on_record,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST,
+            )
+        )
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._first.wait(), max(left, 0.1))
+        except TimeoutError:
+            raise RuntimeError(
+                f"no configuration revision after {timeout_s}s; is the config service running?"
+            ) from None
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except Exception:  # the connection may already be closing
+                pass
+
+    def status(self) -> RouterStatus:
+        table = self.current
+        return RouterStatus(
+            router_id=self.router_id,
+            revision=table.revision if table else 0,
+            config_hash=table.config_hash if table else "",
+            in_flight=self._in_flight(),
+            started_at=self.started_at,
+        )
+
+    async def _answer_status(self, msg: Msg) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, admin_encoder.encode(self.status()))
+
+    async def _on_record(self, msg: Msg) -> None:
+        try:
+            record = _record_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            log.exception("ignoring an unreadable config record")
+            return
+        table = RoutingTable(record.routing)
+        self._remember(table)
+        if self.current is None or table.revision > self.current.revision:
+            self.current = table  # the swap: one assignment, no lock on the hot path
+            self._first.set()
+            log.info("routing table at revision %d (%d aliases)", table.revision, len(table.alias_names))
+            await self.nc.publish(ROUTER_REVISIONS, admin_encoder.encode(self.status()))
+
+    def _remember(self, table: RoutingTable) -> None:
+        self._tables[table.revision] = table
+        self._tables.move_to_end(table.revision)
+        while len(self._tables) > KEEP_TABLES:
+            self._tables.popitem(last=False)
+
+    async def table_at(self, revision: int) -> RoutingTable | None:
+        """The table of an older revision, from memory or the config stream."""
+        table = self._tables.get(revision)
+        if table is not None:
+            return table
+        try:
+            msg = await self.nc.jetstream().get_msg(CONFIG_STREAM, seq=revision)
+        except NotFoundError:
+            return None
+        table = RoutingTable(_record_decoder.decode(msg.data or b"").routing)
+        self._remember(table)
+        return table

@@ -1,0 +1,200 @@
+"""Admin messages: configuration changes, queries, router status and audit.
+
+These travel on the ``modelbus.v1.config.*``, ``modelbus.v1.router.*`` and
+``modelbus.v1.audit.*`` subjects (see :mod:`shared.subjects`). The CLI, the
+HTTP admin API and tests all speak them; replies use the usual
+``Modelbus-Status`` header and error envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+from shared.routing import RoutingConfig
+
+
+class StoredResource(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One configuration resource in modelbus's native form."""
+
+    kind: str
+    """``ModelEndpoint``, ``ModelAlias``, ``Agent``, ``AgentPolicy`` or ``RoutingDefaults``."""
+    name: str
+    """Full name: ``name`` or ``namespace/name``."""
+    spec: dict[str, Any]
+    """The native ``spec`` (modelbus.dev/v1)."""
+    source: str = "modelbus.dev/v1"
+    """The format it was written in: ``orloj.dev/v1``, ``aegis``, ``env:aurorasoc``, ..."""
+
+
+class Change(Struct, kw_only=True, frozen=True):
+    """What one revision did to one resource."""
+
+    op: Literal["create", "update", "delete"]
+    kind: str
+    name: str
+
+
+class ConfigRecord(Struct, kw_only=True, frozen=True):
+    """One message of the config log: everything at one revision."""
+
+    revision: int
+    """Stream sequence of this record."""
+    time: str
+    """RFC 3339 UTC time of the change."""
+    actor: str
+    """Who made it (``boot``, ``cli:alice``, ``http:admin``, ...)."""
+    action: Literal["apply", "delete", "rollback", "boot"]
+    """What kind of change."""
+    changes: list[Change]
+    """Resources created, updated or deleted."""
+    resources: list[StoredResource]
+    """The whole desired state after the change."""
+    routing: RoutingConfig
+    """The compiled routing configuration routers serve."""
+
+
+class RoutingRecord(Struct, kw_only=True, frozen=True):
+    """The part of a :class:`ConfigRecord` a router reads (other fields are skipped)."""
+
+    revision: int
+    routing: RoutingConfig
+
+
+class ApplyRequest(Struct, kw_only=True, frozen=True):
+    """Apply documents (multi-document YAML or JSON, any supported format)."""
+
+    documents: str
+    """The file's text."""
+    actor: str = "unknown"
+    """Who applies."""
+    dry_run: bool = False
+    """Validate and report the changes without storing anything."""
+    source: str = "<input>"
+    """File name, for error messages."""
+
+
+class ApplyResult(Struct, kw_only=True, frozen=True):
+    """Outcome of an apply, delete or rollback."""
+
+    revision: int
+    """The new revision (or the current one when nothing changed or on a dry run)."""
+    changes: list[Change]
+    """What changed; empty when the state already matched."""
+    dry_run: bool = False
+    secrets: list[str] = []
+    """Names of secrets handed to the secrets service (never values)."""
+
+
+class ResourceQuery(Struct, kw_only=True, frozen=True):
+    """List resources of a kind, or one by name."""
+
+    kind: str | None = None
+    name: str | None = None
+
+
+class ResourceList(Struct, kw_only=True, frozen=True):
+    """Reply of a resource query."""
+
+    revision: int
+    items: list[StoredResource]
+
+
+class DeleteRequest(Struct, kw_only=True, frozen=True):
+    kind: str
+    name: str
+    actor: str = "unknown"
+
+
+class HistoryQuery(Struct, kw_only=True, frozen=True):
+    """Revisions, newest first; filtered to one resource when kind and name are set."""
+
+    kind: str | None = None
+    name: str | None = None
+    limit: int = 50
+
+
+class HistoryEntry(Struct, kw_only=True, frozen=True):
+    revision: int
+    time: str
+    actor: str
+    action: str
+    changes: list[Change]
+
+
+class HistoryList(Struct, kw_only=True, frozen=True):
+    items: list[HistoryEntry]
+
+
+class RollbackRequest(Struct, kw_only=True, frozen=True):
+    """Make the state of revision ``to`` current again, as a new revision."""
+
+    to: int
+    actor: str = "unknown"
+
+
+class WaitRequest(Struct, kw_only=True, frozen=True):
+    revision: int
+    timeout_ms: int = 10_000
+
+
+class RouterStatus(Struct, kw_only=True, frozen=True):
+    """What a router reports about itself."""
+
+    router_id: str
+    revision: int
+    """Revision of the routing table it serves."""
+    config_hash: str
+    """sha256 of the compiled config it serves: equal hashes mean identical tables."""
+    in_flight: int = 0
+    started_at: str = ""
+
+
+class RouterList(Struct, kw_only=True, frozen=True):
+    items: list[RouterStatus]
+
+
+class AuditReport(Struct, kw_only=True, frozen=True):
+    """Result of walking the audit chain."""
+
+    ok: bool
+    entries: int
+    """Entries checked."""
+    broken_at: int | None = None
+    """Stream sequence of the first broken link."""
+    reason: str | None = None
+
+
+KINDS = ("ModelEndpoint", "ModelAlias", "Agent", "AgentPolicy", "RoutingDefaults")
+"""Configuration kinds, in display order."""
+_KIND_NAMES = {
+    **{k.lower(): k for k in KINDS},
+    "endpoint": "ModelEndpoint",
+    "endpoints": "ModelEndpoint",
+    "modelendpoints": "ModelEndpoint",
+    "model-endpoint": "ModelEndpoint",
+    "model-endpoints": "ModelEndpoint",
+    "alias": "ModelAlias",
+    "aliases": "ModelAlias",
+    "modelaliases": "ModelAlias",
+    "agents": "Agent",
+    "policy": "AgentPolicy",
+    "policies": "AgentPolicy",
+    "agentpolicies": "AgentPolicy",
+    "defaults": "RoutingDefaults",
+}
+
+
+def canonical_kind(kind: str) -> str:
+    """``endpoints``, ``alias``, ``agentpolicy``... → the kind's canonical name."""
+    found = _KIND_NAMES.get(kind.strip().lower())
+    if found is None:
+        from shared.errors import InvalidRequest
+
+        raise InvalidRequest(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}", param="kind")
+    return found
+
+
+admin_encoder = msgspec.json.Encoder()
