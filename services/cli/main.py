@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from services.cli.admin import add_parsers as add_admin_parsers
 from services.cli.up import default_data_dir, run_file, run_up
 from shared.bus import DEFAULT_NATS_URL
 
@@ -51,6 +52,10 @@ async def _complete(args: argparse.Namespace) -> int:
         print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
         return 1
     headers = {"Modelbus-Timeout-Ms": str(int(args.timeout * 1000))}
+    if args.agent:
+        headers["Modelbus-Agent"] = args.agent
+    if args.run_id:
+        headers["Modelbus-Run-Id"] = args.run_id
     try:
         if args.stream:
             body["stream"] = True
@@ -81,6 +86,29 @@ async def _complete(args: argparse.Namespace) -> int:
         await client.close()
 
 
+async def _admin(args: argparse.Namespace) -> int:
+    from shared.bus import connect
+    from shared.errors import ModelbusError
+
+    args.nats_url = getattr(args, "nats_url", None) or args.nats_url_global
+    url = _discover_url(args)
+    try:
+        nc = await connect("modelbus-cli", url)
+    except Exception as exc:
+        print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return int(await args.admin(nc, args))
+    except ModelbusError as exc:
+        print(f"error: {exc.http_status} {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await nc.drain()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="modelbus", description="Bring-your-own-LLM model router on NATS.")
@@ -106,11 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("prompt", help="the user message")
     complete.add_argument("--model", help="alias, endpoint or endpoint/model (default: alias 'default')")
     complete.add_argument("--system", help="a system message")
+    complete.add_argument("--agent", help="route as this agent (Modelbus-Agent: name or namespace/name)")
+    complete.add_argument("--run-id", help="Modelbus-Run-Id: pin this run to the revision of its first request")
     complete.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     complete.add_argument("--max-tokens", type=int)
     complete.add_argument("--timeout", type=float, default=60.0, help="seconds")
     complete.add_argument("--nats-url", help="NATS server (default: NATS_URL or the running modelbus up)")
     complete.add_argument("-v", "--verbose", action="store_true", help="print routing details to stderr")
+
+    add_admin_parsers(sub)
+    parser.add_argument("--nats-url", dest="nats_url_global", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -130,6 +163,14 @@ def main(argv: list[str] | None = None) -> None:
 
         run(up())
         sys.exit(code[0] if code else 1)
+    if getattr(args, "admin", None) is not None:
+        code3: list[int] = []
+
+        async def admin() -> None:
+            code3.append(await _admin(args))
+
+        run(admin())
+        sys.exit(code3[0] if code3 else 1)
     if args.command == "complete":
         code2: list[int] = []
 

@@ -6,8 +6,9 @@ import argparse
 import os
 from typing import Any
 
+from services.config.audit import AuditLog
 from services.config.manager import ConfigManager
-from services.config.service import boot, ensure_runs_bucket, register, service_env
+from services.config.service import AuditVerifier, boot, ensure_runs_bucket, register, service_env
 from services.config.store import ConfigLog
 from shared.bus import make_broker, run
 from shared.errors import ConfigError
@@ -28,7 +29,10 @@ async def _main(config_path: str | None) -> None:
         config_log = ConfigLog(nc.jetstream())
         await config_log.ensure()
         await ensure_runs_bucket(nc)
-        manager = ConfigManager(nc, config_log)
+        audit = AuditLog(nc.jetstream())
+        await audit.ensure_stream()
+        holder["audit"] = AuditVerifier(audit)
+        manager = ConfigManager(nc, config_log, auditor=audit)
         try:
             await boot(manager, config_path, service_env())
         except (ConfigError, OSError) as exc:

@@ -262,13 +262,20 @@ class ConfigManager:
                 CONFIG_EVENTS, _encoder.encode(event), headers={H.CONFIG_REVISION: str(record.revision)}
             )
         if self.auditor is not None:
-            await self.auditor.append(
-                record.actor,
-                record.action,
-                _target(record.changes),
-                revision=record.revision,
-                details={"changes": len(record.changes)},
-            )
+            try:
+                await self.auditor.append(
+                    record.actor,
+                    record.action,
+                    _target(record.changes),
+                    revision=record.revision,
+                    details={"changes": len(record.changes)},
+                )
+            except Exception as exc:
+                log.error("revision %d applied but not audited: %s", record.revision, exc)
+                raise ModelbusError(
+                    f"revision {record.revision} was applied, but appending to the audit log failed "
+                    f"({type(exc).__name__}); see the config service log"
+                ) from None
 
     async def _put_secret(self, name: str, value: str, actor: str) -> None:
         try:

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 
+from services.config.audit import AuditLog
 from services.config.boot_env import endpoints_from_env
 from services.config.documents import Parsed, load_documents
 from services.config.formats import aurora_env_documents, byo_documents, convert
@@ -219,10 +220,20 @@ async def _serve(
 
 
 class AuditVerifier:
-    """What the audit subject needs: something that walks the chain."""
+    """Walks the audit chain for ``modelbus audit verify``."""
 
-    async def verify(self) -> AuditReport:  # pragma: no cover - replaced when the audit log is wired
-        raise NoRouteAvailable("audit log unavailable")
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    async def verify(self) -> AuditReport:
+        report = await self.audit.verify()
+        broken = report.broken
+        return AuditReport(
+            ok=report.ok,
+            entries=report.checked,
+            broken_at=broken.sequence if broken else None,
+            reason=broken.reason if broken else None,
+        )
 
 
 def register(broker: NatsBroker, holder: dict[str, Any]) -> None:
@@ -312,7 +323,9 @@ def register(broker: NatsBroker, holder: dict[str, Any]) -> None:
         """Walk the audit chain and report the first broken link."""
 
         async def run(_: None) -> AuditReport:
-            verifier: AuditVerifier = holder.get("audit") or AuditVerifier()
+            verifier: AuditVerifier | None = holder.get("audit")
+            if verifier is None:
+                raise NoRouteAvailable("the config service is still starting")
             return await verifier.verify()
 
         return await _serve(msg.body, None, run)

@@ -1,0 +1,298 @@
+"""Admin commands of the ``modelbus`` CLI, spoken over the config service's NATS subjects."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+import yaml
+from nats.aio.client import Client
+
+from shared import headers as H
+from shared.admin import (
+    KINDS,
+    ApplyRequest,
+    ApplyResult,
+    AuditReport,
+    DeleteRequest,
+    HistoryList,
+    HistoryQuery,
+    ResourceList,
+    ResourceQuery,
+    RollbackRequest,
+    RouterList,
+    StoredResource,
+    WaitRequest,
+    admin_encoder,
+    canonical_kind,
+)
+from shared.errors import DeadlineExceeded, ModelbusError, error_from_wire
+from shared.subjects import (
+    AUDIT_VERIFY,
+    CONFIG_APPLY,
+    CONFIG_DELETE,
+    CONFIG_HISTORY,
+    CONFIG_RESOURCES,
+    CONFIG_ROLLBACK,
+    CONFIG_ROUTERS,
+    CONFIG_WAIT,
+)
+
+T = TypeVar("T")
+
+
+def actor() -> str:
+    """Who the CLI acts as, for the audit log."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli:unknown"
+
+
+async def call(nc: Client, subject: str, request: Any, reply_type: type[T], *, timeout: float = 30.0) -> T:
+    """One admin request; error replies become the typed error."""
+    body = b"" if request is None else admin_encoder.encode(request)
+    try:
+        msg = await nc.request(subject, body, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise ModelbusError("the config service is not running (no responders on the admin subjects)") from None
+    except nats.errors.TimeoutError:
+        raise DeadlineExceeded(f"no answer from the config service within {timeout:g}s") from None
+    status = int((msg.headers or {}).get(H.STATUS, "0") or 0)
+    if status != 200:
+        raise error_from_wire(status, msg.data)
+    return msgspec.json.decode(msg.data, type=reply_type)
+
+
+def _print_result(verb: str, result: ApplyResult) -> None:
+    lines = [f"{c.kind} {c.name} {c.op}{'d' if c.op.endswith('e') else 'ed'}" for c in result.changes]
+    prefix = "dry run: " if result.dry_run else ""
+    if not lines:
+        print(f"{prefix}{verb}: no changes (revision {result.revision})")
+    for line in lines:
+        print(f"{prefix}{line}")
+    for name in result.secrets:
+        print(f"{prefix}secret {name} handed to the secrets service")
+    if result.changes and not result.dry_run:
+        print(f"revision {result.revision}")
+
+
+async def wait_for(nc: Client, revision: int, timeout_s: float) -> None:
+    """Block until every live router serves ``revision``; print them."""
+    routers = await call(
+        nc,
+        CONFIG_WAIT,
+        WaitRequest(revision=revision, timeout_ms=int(timeout_s * 1000)),
+        RouterList,
+        timeout=timeout_s + 5,
+    )
+    if not routers.items:
+        print(f"warning: no live routers; nothing to wait for at revision {revision}", file=sys.stderr)
+    else:
+        print(f"{len(routers.items)} router(s) at revision {revision} or later")
+
+
+async def cmd_apply(nc: Client, args: argparse.Namespace) -> int:
+    if args.filename == "-":
+        text, source = sys.stdin.read(), "<stdin>"
+    else:
+        path = Path(args.filename)
+        text, source = path.read_text(), str(path)
+    result = await call(
+        nc, CONFIG_APPLY, ApplyRequest(documents=text, actor=actor(), dry_run=args.dry_run, source=source), ApplyResult
+    )
+    _print_result("apply", result)
+    if args.wait and not args.dry_run:
+        await wait_for(nc, result.revision, args.wait_timeout)
+    return 0
+
+
+def _table(items: list[StoredResource]) -> str:
+    rows = [("KIND", "NAME", "SUMMARY", "SOURCE")]
+    for r in items:
+        rows.append((r.kind, r.name, _summary(r), r.source))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _summary(r: StoredResource) -> str:
+    s = r.spec
+    if r.kind == "ModelEndpoint":
+        return f"{s.get('provider')} {s.get('base_url', '')} {s.get('default_model', '')}".strip()
+    if r.kind == "ModelAlias":
+        return ", ".join(f"{t['endpoint']}/{t.get('model', '*')}" for t in s.get("targets", []))
+    if r.kind == "Agent":
+        return " -> ".join([s.get("model_ref", ""), *s.get("fallback_model_refs", [])])
+    if r.kind == "AgentPolicy":
+        parts = []
+        if s.get("allowed_models") is not None:
+            parts.append(f"allowed_models={','.join(s['allowed_models'])}")
+        if s.get("max_tokens_per_run"):
+            parts.append(f"max_tokens_per_run={s['max_tokens_per_run']}")
+        return " ".join(parts)
+    return json.dumps(s, sort_keys=True)
+
+
+def as_document(r: StoredResource) -> dict[str, Any]:
+    """A resource as a native document (what ``-o yaml`` prints; it can be re-applied)."""
+    name, _, namespace = r.name.rpartition("/")[::-1] if "/" in r.name else (r.name, "", "")
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "modelbus.dev/v1", "kind": r.kind, "metadata": metadata, "spec": r.spec}
+
+
+async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
+    if args.kind.lower() in ("router", "routers"):
+        routers = await call(nc, CONFIG_ROUTERS, None, RouterList)
+        if args.output == "json":
+            print(json.dumps(msgspec.to_builtins(routers), indent=2))
+            return 0
+        print(f"{'ROUTER':14} {'REVISION':>8}  {'IN-FLIGHT':>9}  {'CONFIG-HASH':16}  STARTED")
+        for s in routers.items:
+            print(f"{s.router_id:14} {s.revision:>8}  {s.in_flight:>9}  {s.config_hash:16}  {s.started_at}")
+        return 0
+    kind = None if args.kind.lower() == "all" else canonical_kind(args.kind)
+    listing = await call(nc, CONFIG_RESOURCES, ResourceQuery(kind=kind, name=args.name), ResourceList)
+    if args.output == "json":
+        print(json.dumps([as_document(r) for r in listing.items], indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump_all([as_document(r) for r in listing.items], sort_keys=False).rstrip())
+    else:
+        print(_table(listing.items))
+    return 0
+
+
+async def cmd_describe(nc: Client, args: argparse.Namespace) -> int:
+    kind = canonical_kind(args.kind)
+    listing = await call(nc, CONFIG_RESOURCES, ResourceQuery(kind=kind, name=args.name), ResourceList)
+    resource = listing.items[0]
+    history = await call(nc, CONFIG_HISTORY, HistoryQuery(kind=kind, name=args.name, limit=5), HistoryList)
+    print(yaml.safe_dump(as_document(resource), sort_keys=False).rstrip())
+    print(f"# source: {resource.source}; current revision: {listing.revision}")
+    for h in history.items:
+        ops = ", ".join(c.op for c in h.changes)
+        print(f"# revision {h.revision}  {h.time}  {h.actor}  {h.action}: {ops}")
+    return 0
+
+
+async def cmd_delete(nc: Client, args: argparse.Namespace) -> int:
+    result = await call(nc, CONFIG_DELETE, DeleteRequest(kind=args.kind, name=args.name, actor=actor()), ApplyResult)
+    _print_result("delete", result)
+    return 0
+
+
+async def cmd_history(nc: Client, args: argparse.Namespace) -> int:
+    kind = canonical_kind(args.kind) if args.kind else None
+    history = await call(nc, CONFIG_HISTORY, HistoryQuery(kind=kind, name=args.name, limit=args.limit), HistoryList)
+    print(f"{'REVISION':>8}  {'TIME':24}  {'ACTOR':16}  {'ACTION':8}  CHANGES")
+    for h in history.items:
+        changes = ", ".join(f"{c.op} {c.kind} {c.name}" for c in h.changes)
+        print(f"{h.revision:>8}  {h.time:24}  {h.actor:16}  {h.action:8}  {changes}")
+    return 0
+
+
+async def cmd_rollback(nc: Client, args: argparse.Namespace) -> int:
+    result = await call(nc, CONFIG_ROLLBACK, RollbackRequest(to=args.to, actor=actor()), ApplyResult)
+    _print_result(f"rollback to {args.to}", result)
+    if args.wait and result.changes:
+        await wait_for(nc, result.revision, args.wait_timeout)
+    return 0
+
+
+async def cmd_audit_verify(nc: Client, args: argparse.Namespace) -> int:
+    report = await call(nc, AUDIT_VERIFY, None, AuditReport, timeout=120)
+    if report.ok:
+        print(f"audit chain intact: {report.entries} entries verified")
+        return 0
+    print(
+        f"audit chain BROKEN at stream sequence {report.broken_at}: {report.reason} ({report.entries} entries checked)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+async def cmd_create_secret(nc: Client, args: argparse.Namespace) -> int:
+    if bool(args.from_literal) == bool(args.from_file):
+        print("error: give exactly one of --from-literal value=... or --from-file PATH", file=sys.stderr)
+        return 2
+    if args.from_literal:
+        key, sep, value = args.from_literal.partition("=")
+        if not sep or key != "value":
+            print("error: --from-literal takes value=<secret>", file=sys.stderr)
+            return 2
+    else:
+        value = Path(args.from_file).read_text().rstrip("\n")
+    name, _, namespace = args.name.rpartition("/")[::-1] if "/" in args.name else (args.name, "", "")
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    doc = {
+        "apiVersion": "modelbus.dev/v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "spec": {"stringData": {"value": value}},
+    }
+    result = await call(
+        nc, CONFIG_APPLY, ApplyRequest(documents=json.dumps(doc), actor=actor(), source="create secret"), ApplyResult
+    )
+    print(f"secret {args.name} stored" if result.secrets else f"secret {args.name}: nothing stored")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the admin subcommands."""
+    kinds = ", ".join(KINDS)
+    apply = sub.add_parser("apply", help="apply configuration documents (any supported format)")
+    apply.add_argument("-f", "--filename", required=True, help="file, or - for standard input")
+    apply.add_argument("--dry-run", action="store_true", help="validate and show changes; store nothing")
+    apply.add_argument("--wait", action="store_true", help="return once every live router serves the new revision")
+    apply.add_argument("--wait-timeout", type=float, default=10.0, help="seconds (default 10)")
+    apply.set_defaults(admin=cmd_apply)
+
+    get = sub.add_parser("get", help=f"list resources ({kinds}, all) or routers")
+    get.add_argument("kind")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    get.set_defaults(admin=cmd_get)
+
+    describe = sub.add_parser("describe", help="one resource with its recent history")
+    describe.add_argument("kind")
+    describe.add_argument("name")
+    describe.set_defaults(admin=cmd_describe)
+
+    delete = sub.add_parser("delete", help="delete one resource")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.set_defaults(admin=cmd_delete)
+
+    history = sub.add_parser("history", help="configuration revisions, newest first")
+    history.add_argument("kind", nargs="?")
+    history.add_argument("name", nargs="?")
+    history.add_argument("--limit", type=int, default=50)
+    history.set_defaults(admin=cmd_history)
+
+    rollback = sub.add_parser("rollback", help="make an earlier revision current again (as a new revision)")
+    rollback.add_argument("--to", type=int, required=True, help="revision to return to")
+    rollback.add_argument("--wait", action="store_true")
+    rollback.add_argument("--wait-timeout", type=float, default=10.0)
+    rollback.set_defaults(admin=cmd_rollback)
+
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="walk the chain and report the first broken link")
+    verify.set_defaults(admin=cmd_audit_verify)
+
+    create = sub.add_parser("create", help="create a secret")
+    create_sub = create.add_subparsers(dest="create_what", required=True)
+    secret = create_sub.add_parser("secret", help="store a secret (encrypted) for auth.secretRef")
+    secret.add_argument("name")
+    secret.add_argument("--from-literal", help="value=<secret>")
+    secret.add_argument("--from-file", help="read the value from a file")
+    secret.set_defaults(admin=cmd_create_secret)
