@@ -32,6 +32,8 @@ MODEL = "Modelbus-Model"
 """Upstream model that answered."""
 ATTEMPTS = "Modelbus-Attempts"
 """Number of upstream attempts made for this request."""
+ROUTER = "Modelbus-Router"
+"""Id of the router worker that answered (matches ``modelbus get routers``)."""
 RETRY_AFTER = "Retry-After"
 """Seconds to wait before retrying, on 429 and 503 replies when known."""
 

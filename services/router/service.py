@@ -190,6 +190,7 @@ class Router:
                 span.set_attribute("modelbus.status", status)
                 if status == 200:
                     out = _success_headers(resp_headers, target, attempt, request_id, revision)
+                    out[H.ROUTER] = self.router_id
                     await self.nc.publish(reply, resp.data, headers=out)
                     return
                 last = error_from_wire(status, resp.data, retry_after=retry_after_from(resp_headers))
@@ -302,6 +303,7 @@ class Router:
                         await self._terminate(reply, error, seq, request_id, attempt)
                         return
                     out = _success_headers(part_headers, target, attempt, request_id, revision)
+                    out[H.ROUTER] = self.router_id
                     out[H.STREAM] = H.STREAM_END
                     out[H.SEQ] = str(seq)
                     await self.nc.publish(reply, part.data, headers=out)
