@@ -57,10 +57,24 @@ async def main(args: argparse.Namespace) -> None:
     server = EmbeddedNats(tmp / "nats")
     url = server.start()
     stack = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(tmp / "home"), "up", "--nats-url", url,
-         "--routers", str(args.routers)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "MODELBUS_LOG_LEVEL": "WARNING"}, preexec_fn=die_with_parent,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "--data-dir",
+            str(tmp / "home"),
+            "up",
+            "--nats-url",
+            url,
+            "--routers",
+            str(args.routers),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MODELBUS_LOG_LEVEL": "WARNING"},
+        preexec_fn=die_with_parent,
     )
     try:
         assert stack.stdout is not None
@@ -103,7 +117,9 @@ async def main(args: argparse.Namespace) -> None:
                 requests += 1
 
         first = msgspec.json.decode(
-            (await nc.request(CONFIG_APPLY, msgspec.json.encode(ApplyRequest(documents=alias("m-0"))), timeout=10)).data,
+            (
+                await nc.request(CONFIG_APPLY, msgspec.json.encode(ApplyRequest(documents=alias("m-0"))), timeout=10)
+            ).data,
             type=ApplyResult,
         )
         await asyncio.wait_for(done.setdefault(first.revision, asyncio.Event()).wait(), 10)
@@ -124,8 +140,10 @@ async def main(args: argparse.Namespace) -> None:
         print(f"\n{args.changes} changes, {args.routers} routers, {args.concurrency} requests in flight meanwhile\n")
         print("| apply → all routers on the revision | p50 | p90 | p99 | max |")
         print("|---|---|---|---|---|")
-        print(f"| ms | {statistics.median(samples):.2f} | {_pct(samples, 0.9):.2f} | "
-              f"{_pct(samples, 0.99):.2f} | {max(samples):.2f} |")
+        print(
+            f"| ms | {statistics.median(samples):.2f} | {_pct(samples, 0.9):.2f} | "
+            f"{_pct(samples, 0.99):.2f} | {max(samples):.2f} |"
+        )
         print(f"\nrequests during the changes: {requests}, failed: {errors}")
     finally:
         stack.terminate()

@@ -13,12 +13,24 @@ from scripts import gen_asyncapi
 from services.providers.registry import ADAPTERS
 from shared.routing import PROVIDER_TYPES
 from shared.subjects import (
+    AUDIT_VERIFY,
     CHAT_COMPLETIONS,
+    CONFIG_APPLY,
+    CONFIG_DELETE,
     CONFIG_EVENTS,
     CONFIG_GET,
+    CONFIG_HISTORY,
     CONFIG_QUEUE,
+    CONFIG_RESOURCES,
+    CONFIG_ROLLBACK,
+    CONFIG_ROUTERS,
+    CONFIG_WAIT,
     ROUTER_QUEUE,
+    SECRETS_CHANGED,
+    SECRETS_DELETE,
     SECRETS_GET,
+    SECRETS_LIST,
+    SECRETS_PUT,
     SECRETS_QUEUE,
     provider_queue,
     provider_subject,
@@ -149,10 +161,21 @@ def test_secrets_document_answers_secrets_get_in_the_secrets_queue_group() -> No
 
 def test_documents_name_only_their_own_service_subjects() -> None:
     expected = {
-        "config": {CONFIG_GET, CONFIG_EVENTS},
+        "config": {
+            CONFIG_GET,
+            CONFIG_EVENTS,
+            CONFIG_APPLY,
+            CONFIG_RESOURCES,
+            CONFIG_DELETE,
+            CONFIG_HISTORY,
+            CONFIG_ROLLBACK,
+            CONFIG_WAIT,
+            CONFIG_ROUTERS,
+            AUDIT_VERIFY,
+        },
         "router": {CHAT_COMPLETIONS} | {provider_subject(t) for t in PROVIDER_TYPES},
         "providers": {provider_subject(t) for t in ADAPTERS} | {SECRETS_GET},
-        "secrets": {SECRETS_GET},
+        "secrets": {SECRETS_GET, SECRETS_PUT, SECRETS_DELETE, SECRETS_LIST, SECRETS_CHANGED},
     }
     for service, subjects in expected.items():
         assert set(_channels(_doc(service))) == subjects, service

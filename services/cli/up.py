@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.keyfile import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, generate_master_key_file
 from shared.logs import READY_MARKER
 from shared.natsserver import EmbeddedNats, NatsServerError, die_with_parent
 
@@ -121,13 +122,32 @@ class Supervisor:
                 await child.process.wait()  # type: ignore[union-attr]
 
 
-def build_children(args: object, nats_url: str) -> tuple[list[Child], list[Child]]:
+def ensure_master_key(data_dir: Path) -> Path | None:
+    """The master key file for the secrets store, generated (0600) on first run.
+
+    ``None`` when the operator supplies the key (``MODELBUS_MASTER_KEY`` or
+    ``MODELBUS_MASTER_KEY_FILE``): theirs is used as given.
+    """
+    if os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_FILE_ENV):
+        return None
+    path = data_dir / "master.key"
+    if not path.exists():
+        generate_master_key_file(path)
+        print(f"[modelbus] generated the secrets master key {path} (mode 0600); back it up", flush=True)
+    return path
+
+
+def build_children(
+    args: object, nats_url: str, master_key_file: Path | None = None
+) -> tuple[list[Child], list[Child]]:
     """The children started first, in order (secrets, then config), and the rest."""
     py = sys.executable
     common = {"NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
 
     def child(name: str, module: str, *extra: str, service: str) -> Child:
         env = dict(common)
+        if service == "secrets" and master_key_file is not None:
+            env[MASTER_KEY_FILE_ENV] = str(master_key_file)
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
         return Child(name, [py, "-m", module, *extra], env)
 
@@ -164,7 +184,7 @@ async def run_up(args: object) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / 'nats'})", flush=True)
-    first, rest = build_children(args, nats_url)
+    first, rest = build_children(args, nats_url, ensure_master_key(data_dir))
     sup = Supervisor([*first, *rest])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

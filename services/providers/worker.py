@@ -61,7 +61,8 @@ class ProviderWorker:
         ]
 
     async def start(self) -> None:
-        """Subscribe to every type's subject."""
+        """Subscribe to secret invalidations, then to every type's subject."""
+        await self.credentials.watch_invalidations()
         for server in self._servers:
             await server.start()
 

@@ -1,1 +1,1 @@
-"""The secrets service: hands credentials to provider workers by reference, nothing else."""
+"""The secrets service: hands credentials to provider workers by reference, and keeps the encrypted secrets store."""

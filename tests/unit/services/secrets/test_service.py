@@ -1,4 +1,9 @@
-"""The secrets service's logic: references in, values out, and nothing leaked on failure."""
+"""The secrets service's logic: references in, values out, and nothing leaked on failure.
+
+These run without a store (no master key): env references, ORLOJ_SECRET_*
+variables and the refusals. The stored-secret paths run against a real
+nats-server in tests/integration/test_secrets.py.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,23 @@ import logging
 import msgspec
 import pytest
 
-from services.secrets.service import answer, resolve
+from services.secrets.service import SecretsService, StoreUnavailable, orloj_env_names
 from shared import headers as H
-from shared.envelopes import Credential
+from shared.envelopes import Credential, SecretList
 from shared.errors import InvalidRequest, NotFound, error_from_wire
+from tests.conftest import run
 
 VALUE = "sk-live-do-not-leak"
-ENV = {"OPENAI_API_KEY": VALUE, "EMPTY_KEY": ""}
+ORLOJ_VALUE = "sk-orloj-do-not-leak-either"
+ENV = {"OPENAI_API_KEY": VALUE, "EMPTY_KEY": "", "ORLOJ_SECRET_SEARCH_API_KEY": ORLOJ_VALUE}
+
+
+def resolve(ref: str, env: dict[str, str]) -> str:
+    return run(SecretsService(env=env).resolve(ref))
+
+
+def answer(body: bytes, env: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    return run(SecretsService(env=env).answer_get(body))
 
 
 def test_an_env_reference_resolves_from_the_given_environment() -> None:
@@ -46,8 +61,8 @@ def test_an_unsupported_source_is_not_found_naming_the_reference() -> None:
     assert "'vault'" in caught.value.message
 
 
-@pytest.mark.parametrize("ref", ["OPENAI_API_KEY", "env:", ""])
-def test_a_reference_without_scheme_and_name_is_invalid(ref: str) -> None:
+@pytest.mark.parametrize("ref", ["env:", "", "has space", "-leading-dash", "trailing/"])
+def test_a_reference_that_is_neither_scheme_name_nor_a_secret_name_is_invalid(ref: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         resolve(ref, ENV)
     assert caught.value.param == "ref"
@@ -109,11 +124,11 @@ def test_a_malformed_request_is_answered_with_400_and_never_raises(body: bytes) 
 
 
 def test_a_refusal_is_rebuilt_by_a_peer_as_the_same_typed_error() -> None:
-    reply, headers = answer(b'{"ref": "nocolon"}', ENV)
+    reply, headers = answer(b'{"ref": "no colon"}', ENV)
     err = error_from_wire(int(headers[H.STATUS]), reply)
     assert isinstance(err, InvalidRequest)
     assert err.param == "ref"
-    assert "'nocolon'" in err.message
+    assert "'no colon'" in err.message
 
 
 def test_no_value_is_logged_when_requests_are_refused_or_answered(
@@ -129,3 +144,96 @@ def test_no_value_is_logged_when_requests_are_refused_or_answered(
         answer(body, ENV)
     assert caplog.records, "refusals should be logged"
     assert VALUE not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [
+        ("search-api-key", "ORLOJ_SECRET_SEARCH_API_KEY"),
+        ("openai-api-key", "ORLOJ_SECRET_openai-api-key"),
+        ("openai-api-key", "ORLOJ_SECRET_openai_api_key"),
+        ("team-a/openai", "ORLOJ_SECRET_TEAM_A_OPENAI"),
+    ],
+)
+def test_a_bare_name_resolves_from_the_orloj_secret_variable(name: str, variable: str) -> None:
+    assert resolve(name, {variable: ORLOJ_VALUE}) == ORLOJ_VALUE
+
+
+def test_the_orloj_variable_is_tried_as_written_before_any_normalised_form() -> None:
+    assert orloj_env_names("openai-api-key") == [
+        "ORLOJ_SECRET_openai-api-key",
+        "ORLOJ_SECRET_openai_api_key",
+        "ORLOJ_SECRET_OPENAI_API_KEY",
+    ]
+    env = {"ORLOJ_SECRET_openai_api_key": "lower", "ORLOJ_SECRET_OPENAI_API_KEY": "upper"}
+    assert resolve("openai-api-key", env) == "lower"
+
+
+@pytest.mark.parametrize("ref", ["secret:openai-api-key", "openai-api-key"])
+def test_a_stored_secret_without_a_master_key_is_a_503_naming_the_missing_key(ref: str) -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        resolve(ref, ENV)
+    err = caught.value
+    assert err.http_status == 503
+    assert ref in err.message
+    assert "MODELBUS_MASTER_KEY" in err.message
+    body, headers = answer(msgspec.json.encode({"ref": ref}), ENV)
+    assert headers == {H.STATUS: "503"}
+    assert json.loads(body)["error"]["code"] == "master_key_missing"
+
+
+def test_putting_a_secret_without_a_master_key_is_a_503_and_announces_nothing() -> None:
+    announced: list[object] = []
+
+    async def publish(change: object) -> None:
+        announced.append(change)
+
+    service = SecretsService(env=ENV, publish_change=publish)
+    body, headers = run(service.answer_put(b'{"name": "openai-api-key", "value": "sk-new-value-123456"}'))
+    assert headers == {H.STATUS: "503"}
+    assert "MODELBUS_MASTER_KEY" in json.loads(body)["error"]["message"]
+    assert b"sk-new-value-123456" not in body
+    assert announced == []
+
+
+def test_the_list_without_a_store_shows_orloj_variables_as_env_secrets_without_values() -> None:
+    body, headers = run(SecretsService(env=ENV).answer_list(b""))
+    assert headers == {H.STATUS: "200"}
+    listing = msgspec.json.decode(body, type=SecretList)
+    assert [(i.name, i.source, i.key_present, i.key_last4) for i in listing.items] == [
+        ("SEARCH_API_KEY", "env", True, ORLOJ_VALUE[-4:])
+    ]
+    assert ORLOJ_VALUE.encode() not in body
+    assert VALUE.encode() not in body
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("answer_put", b"not json"),
+        ("answer_put", b'{"name": "x"}'),
+        ("answer_put", b'{"name": 5, "value": "v"}'),
+        ("answer_delete", b"[]"),
+        ("answer_delete", b"{}"),
+        ("answer_list", b"not json"),
+        ("answer_list", b"[1, 2]"),
+    ],
+)
+def test_a_malformed_admin_request_is_answered_with_400(method: str, body: bytes) -> None:
+    reply, headers = run(getattr(SecretsService(env=ENV), method)(body))
+    assert headers == {H.STATUS: "400"}
+    assert json.loads(reply)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"name": "bad name", "value": "v"}', "name"),
+        (b'{"name": "has:colon", "value": "v"}', "name"),
+        (b'{"name": "ok", "value": ""}', "value"),
+    ],
+)
+def test_a_put_with_an_invalid_name_or_empty_value_names_the_field(body: bytes, param: str) -> None:
+    reply, headers = run(SecretsService(env=ENV).answer_put(body))
+    assert headers == {H.STATUS: "400"}
+    assert json.loads(reply)["error"]["param"] == param

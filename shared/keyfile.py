@@ -1,0 +1,43 @@
+"""The master key file of the secrets store, shared by ``modelbus up`` and the secrets service.
+
+``modelbus up`` creates one on first run in its data directory; the secrets
+service reads it through ``MODELBUS_MASTER_KEY_FILE``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+KEY_BYTES = 32
+"""AES-256."""
+MASTER_KEY_ENV = "MODELBUS_MASTER_KEY"
+MASTER_KEY_FILE_ENV = "MODELBUS_MASTER_KEY_FILE"
+
+
+def generate_master_key_file(path: str | os.PathLike[str]) -> None:
+    """Write a new random master key to ``path`` with mode 0600.
+
+    Refuses (:class:`FileExistsError`) to replace an existing file: losing the
+    old key would make every stored secret unreadable. ``~`` is expanded and
+    the parent directory is created (mode 0700) if missing.
+    """
+    target = Path(path).expanduser()
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n"
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise FileExistsError(
+            f"master key file {target} already exists; refusing to overwrite it "
+            "(the secrets it protects would become unreadable)"
+        ) from None
+    try:
+        os.fchmod(fd, 0o600)  # the umask could only have narrowed it; make it exact
+        os.write(fd, text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
