@@ -105,6 +105,14 @@ class SecretList(Struct, kw_only=True, frozen=True):
     """Every known secret, sorted by name."""
 
 
+class SecretsDescribe(Struct, kw_only=True, frozen=True):
+    """Admin → secrets service on ``modelbus.v1.secrets.describe``."""
+
+    refs: list[str]
+    """References as endpoints hold them (``env:VAR``, ``secret:name``, bare names);
+    each :class:`SecretInfo` in the reply has ``name`` set to the reference."""
+
+
 class SecretChanged(Struct, kw_only=True, frozen=True):
     """Event on ``modelbus.v1.secrets.changed``; carries no value."""
 
