@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +34,7 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.natsserver import EmbeddedNats, die_with_parent  # noqa: E402
+from scripts.stack import running_stack  # noqa: E402
 
 CONFIG = """\
 apiVersion: modelbus.dev/v1
@@ -102,78 +100,51 @@ class _Sink(BaseHTTPRequestHandler):
 
 
 async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="modelbus-latency-"))
-    (tmp / "config.yaml").write_text(CONFIG)
-    env = {**os.environ, "MODELBUS_LOG_LEVEL": "WARNING"}
+    env: dict[str, str] = {}
     sink = None
     if args.trace:
         sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
         threading.Thread(target=sink.serve_forever, daemon=True).start()
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink.server_port}"
-    server = EmbeddedNats(tmp / "nats")
-    url = server.start()
-    stack = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "--data-dir",
-            str(tmp / "home"),
-            "up",
-            "--nats-url",
-            url,
-            "--config",
-            str(tmp / "config.yaml"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        preexec_fn=die_with_parent,
-    )
+    config = Path(tempfile.mkdtemp(prefix="modelbus-latency-config-")) / "config.yaml"
+    config.write_text(CONFIG)
     try:
-        assert stack.stdout is not None
-        for line in stack.stdout:
-            if line.startswith("ready "):
-                break
-        else:
-            raise RuntimeError("stack did not start")
-        threading.Thread(target=lambda: [None for _ in stack.stdout], daemon=True).start()  # type: ignore[union-attr]
-        nc = await nats.connect(url)
-        echo = await nats.connect(url)
-
-        async def echo_reply(msg: nats.aio.msg.Msg) -> None:
-            await msg.respond(msg.data)
-
-        await echo.subscribe("latency.echo", cb=echo_reply)
-        await echo.flush()
-        rows = []
-        for name, subject in (
-            ("nats floor (nats-py echo)", "latency.echo"),
-            ("modelbus mock path", "llm.v1.chat.completions"),
-        ):
-            seq = await _sequential(nc, subject, BODY, args.requests)
-            rps, errors = await _concurrent(nc, subject, BODY, args.requests * 2, args.concurrency)
-            rows.append((name, statistics.median(seq), _percentile(seq, 0.9), _percentile(seq, 0.99), rps, errors))
-        floor = rows[0][1]
-        print(
-            f"\n{args.requests} sequential requests, {args.requests * 2} at concurrency {args.concurrency}, "
-            f"tracing {'on (OTLP/HTTP export)' if args.trace else 'off'}\n"
-        )
-        print(f"| path | p50 ms | p90 ms | p99 ms | req/s @{args.concurrency} | errors |")
-        print("|---|---|---|---|---|---|")
-        for name, p50, p90, p99, rps, errors in rows:
-            print(f"| {name} | {p50:.3f} | {p90:.3f} | {p99:.3f} | {rps:,.0f} | {errors} |")
-        print(f"\nmodelbus mock path minus the NATS floor at p50: {rows[1][1] - floor:.3f} ms")
-        await nc.close()
-        await echo.close()
+        with running_stack("--config", str(config), env=env, prefix="modelbus-latency-") as url:
+            await measure(url, args)
     finally:
-        stack.terminate()
-        stack.wait(20)
-        server.stop()
         if sink is not None:
             sink.shutdown()
+
+
+async def measure(url: str, args: argparse.Namespace) -> None:
+    nc = await nats.connect(url)
+    echo = await nats.connect(url)
+
+    async def echo_reply(msg: nats.aio.msg.Msg) -> None:
+        await msg.respond(msg.data)
+
+    await echo.subscribe("latency.echo", cb=echo_reply)
+    await echo.flush()
+    rows = []
+    for name, subject in (
+        ("nats floor (nats-py echo)", "latency.echo"),
+        ("modelbus mock path", "llm.v1.chat.completions"),
+    ):
+        seq = await _sequential(nc, subject, BODY, args.requests)
+        rps, errors = await _concurrent(nc, subject, BODY, args.requests * 2, args.concurrency)
+        rows.append((name, statistics.median(seq), _percentile(seq, 0.9), _percentile(seq, 0.99), rps, errors))
+    floor = rows[0][1]
+    print(
+        f"\n{args.requests} sequential requests, {args.requests * 2} at concurrency {args.concurrency}, "
+        f"tracing {'on (OTLP/HTTP export)' if args.trace else 'off'}\n"
+    )
+    print(f"| path | p50 ms | p90 ms | p99 ms | req/s @{args.concurrency} | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, p50, p90, p99, rps, errors in rows:
+        print(f"| {name} | {p50:.3f} | {p90:.3f} | {p99:.3f} | {rps:,.0f} | {errors} |")
+    print(f"\nmodelbus mock path minus the NATS floor at p50: {rows[1][1] - floor:.3f} ms")
+    await nc.close()
+    await echo.close()
 
 
 if __name__ == "__main__":

@@ -16,12 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,8 +27,8 @@ import nats
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.stack import running_stack  # noqa: E402
 from shared.admin import ApplyRequest, ApplyResult, RouterStatus  # noqa: E402
-from shared.natsserver import EmbeddedNats, die_with_parent  # noqa: E402
 from shared.subjects import CHAT_COMPLETIONS, CONFIG_APPLY, ROUTER_REVISIONS  # noqa: E402
 
 
@@ -53,102 +49,70 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="modelbus-propagation-"))
-    server = EmbeddedNats(tmp / "nats")
-    url = server.start()
-    stack = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "--data-dir",
-            str(tmp / "home"),
-            "up",
-            "--nats-url",
-            url,
-            "--routers",
-            str(args.routers),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "MODELBUS_LOG_LEVEL": "WARNING"},
-        preexec_fn=die_with_parent,
-    )
-    try:
-        assert stack.stdout is not None
-        for line in stack.stdout:
-            if line.startswith("ready "):
-                break
-        else:
-            raise RuntimeError("stack did not start")
-        threading.Thread(target=lambda: [None for _ in stack.stdout], daemon=True).start()  # type: ignore[union-attr]
-        nc = await nats.connect(url)
-        status_decoder = msgspec.json.Decoder(RouterStatus)
-        reached: dict[int, set[str]] = {}
-        done: dict[int, asyncio.Event] = {}
-        finished_at: dict[int, float] = {}
+    with running_stack("--routers", str(args.routers), prefix="modelbus-propagation-") as url:
+        await measure(url, args)
 
-        async def on_revision(msg: nats.aio.msg.Msg) -> None:
-            status = status_decoder.decode(msg.data)
-            routers = reached.setdefault(status.revision, set())
-            routers.add(status.router_id)
-            if len(routers) == args.routers and status.revision not in finished_at:
-                finished_at[status.revision] = time.perf_counter()
-                done.setdefault(status.revision, asyncio.Event()).set()
 
-        await nc.subscribe(ROUTER_REVISIONS, cb=on_revision)
-        await nc.flush()
-        errors = 0
-        requests = 0
-        stop = asyncio.Event()
+async def measure(url: str, args: argparse.Namespace) -> None:
+    nc = await nats.connect(url)
+    status_decoder = msgspec.json.Decoder(RouterStatus)
+    reached: dict[int, set[str]] = {}
+    done: dict[int, asyncio.Event] = {}
+    finished_at: dict[int, float] = {}
 
-        async def traffic() -> None:
-            nonlocal errors, requests
-            body = json.dumps({"model": "hot", "messages": [{"role": "user", "content": "hi"}]}).encode()
-            while not stop.is_set():
-                try:
-                    reply = await nc.request(CHAT_COMPLETIONS, body, timeout=10)
-                    if (reply.headers or {}).get("Modelbus-Status") != "200":
-                        errors += 1
-                except Exception:
+    async def on_revision(msg: nats.aio.msg.Msg) -> None:
+        status = status_decoder.decode(msg.data)
+        routers = reached.setdefault(status.revision, set())
+        routers.add(status.router_id)
+        if len(routers) == args.routers and status.revision not in finished_at:
+            finished_at[status.revision] = time.perf_counter()
+            done.setdefault(status.revision, asyncio.Event()).set()
+
+    await nc.subscribe(ROUTER_REVISIONS, cb=on_revision)
+    await nc.flush()
+    errors = 0
+    requests = 0
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        nonlocal errors, requests
+        body = json.dumps({"model": "hot", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        while not stop.is_set():
+            try:
+                reply = await nc.request(CHAT_COMPLETIONS, body, timeout=10)
+                if (reply.headers or {}).get("Modelbus-Status") != "200":
                     errors += 1
-                requests += 1
+            except Exception:
+                errors += 1
+            requests += 1
 
-        first = msgspec.json.decode(
-            (
-                await nc.request(CONFIG_APPLY, msgspec.json.encode(ApplyRequest(documents=alias("m-0"))), timeout=10)
-            ).data,
-            type=ApplyResult,
+    first = msgspec.json.decode(
+        (await nc.request(CONFIG_APPLY, msgspec.json.encode(ApplyRequest(documents=alias("m-0"))), timeout=10)).data,
+        type=ApplyResult,
+    )
+    await asyncio.wait_for(done.setdefault(first.revision, asyncio.Event()).wait(), 10)
+    workers = [asyncio.create_task(traffic()) for _ in range(args.concurrency)]
+    samples: list[float] = []
+    for i in range(1, args.changes + 1):
+        started = time.perf_counter()
+        reply = await nc.request(
+            CONFIG_APPLY, msgspec.json.encode(ApplyRequest(documents=alias(f"m-{i}"), actor="bench")), timeout=10
         )
-        await asyncio.wait_for(done.setdefault(first.revision, asyncio.Event()).wait(), 10)
-        workers = [asyncio.create_task(traffic()) for _ in range(args.concurrency)]
-        samples: list[float] = []
-        for i in range(1, args.changes + 1):
-            started = time.perf_counter()
-            reply = await nc.request(
-                CONFIG_APPLY, msgspec.json.encode(ApplyRequest(documents=alias(f"m-{i}"), actor="bench")), timeout=10
-            )
-            result = msgspec.json.decode(reply.data, type=ApplyResult)
-            event = done.setdefault(result.revision, asyncio.Event())
-            await asyncio.wait_for(event.wait(), 10)
-            samples.append((finished_at[result.revision] - started) * 1000)
-        stop.set()
-        await asyncio.gather(*workers)
-        await nc.close()
-        print(f"\n{args.changes} changes, {args.routers} routers, {args.concurrency} requests in flight meanwhile\n")
-        print("| apply → all routers on the revision | p50 | p90 | p99 | max |")
-        print("|---|---|---|---|---|")
-        print(
-            f"| ms | {statistics.median(samples):.2f} | {_pct(samples, 0.9):.2f} | "
-            f"{_pct(samples, 0.99):.2f} | {max(samples):.2f} |"
-        )
-        print(f"\nrequests during the changes: {requests}, failed: {errors}")
-    finally:
-        stack.terminate()
-        stack.wait(30)
-        server.stop()
+        result = msgspec.json.decode(reply.data, type=ApplyResult)
+        event = done.setdefault(result.revision, asyncio.Event())
+        await asyncio.wait_for(event.wait(), 10)
+        samples.append((finished_at[result.revision] - started) * 1000)
+    stop.set()
+    await asyncio.gather(*workers)
+    await nc.close()
+    print(f"\n{args.changes} changes, {args.routers} routers, {args.concurrency} requests in flight meanwhile\n")
+    print("| apply → all routers on the revision | p50 | p90 | p99 | max |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| ms | {statistics.median(samples):.2f} | {_pct(samples, 0.9):.2f} | "
+        f"{_pct(samples, 0.99):.2f} | {max(samples):.2f} |"
+    )
+    print(f"\nrequests during the changes: {requests}, failed: {errors}")
 
 
 if __name__ == "__main__":

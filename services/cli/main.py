@@ -12,7 +12,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from services.cli.admin import add_parsers as add_admin_parsers
 from services.cli.up import default_data_dir, run_file, run_up
@@ -150,32 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelbus`` console script."""
     args = build_parser().parse_args(argv)
-    from shared.bus import run
-
     if args.command == "up":
         if args.routers < 1 or args.provider_workers < 1:
             print("error: --routers and --provider-workers must be at least 1", file=sys.stderr)
             sys.exit(2)
-        code: list[int] = []
-
-        async def up() -> None:
-            code.append(await run_up(args))
-
-        run(up())
-        sys.exit(code[0] if code else 1)
+        _exit_with(run_up(args))
     if getattr(args, "admin", None) is not None:
-        code3: list[int] = []
-
-        async def admin() -> None:
-            code3.append(await _admin(args))
-
-        run(admin())
-        sys.exit(code3[0] if code3 else 1)
+        _exit_with(_admin(args))
     if args.command == "complete":
-        code2: list[int] = []
+        _exit_with(_complete(args))
 
-        async def complete() -> None:
-            code2.append(await _complete(args))
 
-        run(complete())
-        sys.exit(code2[0] if code2 else 1)
+def _exit_with(main: Coroutine[Any, Any, int]) -> None:
+    """Run a command's coroutine (on uvloop) and exit with its status."""
+    from shared.bus import run
+
+    status: list[int] = []
+
+    async def wrapper() -> None:
+        status.append(await main)
+
+    run(wrapper())
+    sys.exit(status[0] if status else 1)
