@@ -12,6 +12,7 @@ attributes only, never on message text::
     ├── PolicyDenied                  403 permission_error
     ├── NotFound                      404 not_found_error
     ├── DeadlineExceeded              408 timeout_error
+    ├── Conflict                      409 conflict_error
     ├── ConfigError                   400 config_error
     ├── NoRouteAvailable              503 service_unavailable   (retryable)
     └── ProviderError(status, retryable, retry_after, provider, model)
@@ -42,6 +43,7 @@ __all__ = [
     "BadUpstreamRequest",
     "BadUpstreamResponse",
     "ConfigError",
+    "Conflict",
     "DeadlineExceeded",
     "ErrorBody",
     "ErrorEnvelope",
@@ -184,6 +186,14 @@ class DeadlineExceeded(ModelbusError):
     default_code = "deadline_exceeded"
 
 
+class Conflict(ModelbusError):
+    """The state changed since the caller read it; re-read and retry (409)."""
+
+    status = 409
+    type = "conflict_error"
+    default_code = "revision_conflict"
+
+
 class ConfigError(ModelbusError):
     """A configuration document is invalid; the message names doc, path and reason."""
 
@@ -288,6 +298,7 @@ _BY_STATUS: dict[int, type[ModelbusError]] = {
     403: PolicyDenied,
     404: NotFound,
     408: DeadlineExceeded,
+    409: Conflict,
     413: PayloadTooLarge,
     429: RateLimited,
     502: BadUpstreamResponse,

@@ -28,6 +28,7 @@ from shared.subjects import (
     ROUTER_QUEUE,
     SECRETS_CHANGED,
     SECRETS_DELETE,
+    SECRETS_DESCRIBE,
     SECRETS_GET,
     SECRETS_LIST,
     SECRETS_PUT,
@@ -175,7 +176,7 @@ def test_documents_name_only_their_own_service_subjects() -> None:
         },
         "router": {CHAT_COMPLETIONS} | {provider_subject(t) for t in PROVIDER_TYPES},
         "providers": {provider_subject(t) for t in ADAPTERS} | {SECRETS_GET},
-        "secrets": {SECRETS_GET, SECRETS_PUT, SECRETS_DELETE, SECRETS_LIST, SECRETS_CHANGED},
+        "secrets": {SECRETS_GET, SECRETS_PUT, SECRETS_DELETE, SECRETS_LIST, SECRETS_DESCRIBE, SECRETS_CHANGED},
     }
     for service, subjects in expected.items():
         assert set(_channels(_doc(service))) == subjects, service

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from services.config.audit import AuditLog
+from services.config.http_api import AdminHttpError, AdminHttpServer, start_admin_http
 from services.config.manager import ConfigManager
 from services.config.service import AuditVerifier, boot, ensure_runs_bucket, register, service_env
 from services.config.store import ConfigLog
@@ -23,6 +24,7 @@ async def _main(config_path: str | None) -> None:
     broker = make_broker("config")
     holder: dict[str, Any] = {}
     register(broker, holder)
+    http: list[AdminHttpServer] = []
 
     async def start() -> None:
         nc = broker.connection
@@ -39,8 +41,19 @@ async def _main(config_path: str | None) -> None:
             log.error("invalid configuration: %s", exc)
             raise SystemExit(2) from None
         holder["manager"] = manager
+        try:
+            server = await start_admin_http(manager, nc, holder["audit"], service_env())
+        except AdminHttpError as exc:
+            log.error("invalid admin HTTP settings: %s", exc)
+            raise SystemExit(2) from None
+        if server is not None:
+            http.append(server)
 
-    await serve(log, broker, on_start=start, ready_detail="config")
+    async def stop() -> None:
+        for server in http:
+            await server.stop()
+
+    await serve(log, broker, on_start=start, on_stop=stop, ready_detail="config")
 
 
 def main(argv: list[str] | None = None) -> None:

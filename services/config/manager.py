@@ -38,7 +38,7 @@ from shared.admin import (
     canonical_kind,
 )
 from shared.envelopes import ConfigChanged, SecretInfo, SecretPut
-from shared.errors import ConfigError, ModelbusError, NotFound, error_from_wire
+from shared.errors import ConfigError, Conflict, ModelbusError, NotFound, error_from_wire
 from shared.subjects import CONFIG_EVENTS, SECRETS_PUT
 
 log = logging.getLogger("modelbus.config")
@@ -111,16 +111,31 @@ class ConfigManager:
         return await self.apply_parsed(parsed, actor=actor, dry_run=dry_run, action=action)
 
     async def apply_parsed(
-        self, parsed: Parsed, *, actor: str, dry_run: bool = False, action: Action = "apply", defaults: bool = False
+        self,
+        parsed: Parsed,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        action: Action = "apply",
+        defaults: bool = False,
+        expected_revision: int | None = None,
     ) -> ApplyResult:
         """Create or replace the parsed resources; hand secrets to the secrets service.
 
         With ``defaults=True`` a resource only fills a gap or replaces another
-        boot default; it never replaces what an operator applied.
+        boot default; it never replaces what an operator applied. With
+        ``expected_revision`` the apply is optimistic: it fails with
+        :class:`Conflict` if anything was committed since that revision (for
+        changes computed from a read of the state).
         """
         incoming = [stored(r) for r in parsed.resources]
 
         def mutate(state: State) -> State:
+            if expected_revision is not None and self.revision != expected_revision:
+                raise Conflict(
+                    f"the configuration moved from revision {expected_revision} to {self.revision} "
+                    "since it was read; re-read and retry"
+                )
             new = dict(state)
             for res in incoming:
                 key = (res.kind, res.name)

@@ -34,5 +34,5 @@ app = application(
     "Resolves credential references for provider workers: env:VAR (this service's own environment), "
     "secret:NAME (stored secrets) and bare NAME (ORLOJ_SECRET_<NAME>, then the stored secret). Stored "
     f"secrets are AES-256-GCM encrypted in the JetStream KV bucket {SECRETS_BUCKET!r} and administered "
-    "with put, delete and list requests. Values are never logged, traced or included in errors.",
+    "with put, delete, list and describe requests. Values are never logged, traced or included in errors.",
 )

@@ -11,10 +11,11 @@ References (``CredentialRequest.ref``):
   replaced by ``_``, and upper-cased with every other character ``_`` (Orloj's
   own normalisation); then the stored secret ``NAME``.
 
-Admin subjects put, delete and list stored secrets; every change is announced
-on ``modelbus.v1.secrets.changed`` (name and operation only) so provider
-workers drop cached copies. Errors name references and secret names, never a
-value, and no value is ever logged or put on a span.
+Admin subjects put, delete and list stored secrets, and describe credential
+references (whether a value is behind them, and where from); every change is
+announced on ``modelbus.v1.secrets.changed`` (name and operation only) so
+provider workers drop cached copies. Errors name references and secret names,
+never a value, and no value is ever logged or put on a span.
 """
 
 from __future__ import annotations
@@ -39,19 +40,30 @@ from shared.envelopes import (
     SecretInfo,
     SecretList,
     SecretPut,
+    SecretsDescribe,
 )
 from shared.errors import InvalidRequest, ModelbusError, NotFound
-from shared.subjects import SECRETS_DELETE, SECRETS_GET, SECRETS_LIST, SECRETS_PUT, SECRETS_QUEUE
+from shared.subjects import (
+    SECRETS_DELETE,
+    SECRETS_DESCRIBE,
+    SECRETS_GET,
+    SECRETS_LIST,
+    SECRETS_PUT,
+    SECRETS_QUEUE,
+)
 
 log = logging.getLogger("modelbus.secrets")
 
 ORLOJ_ENV_PREFIX = "ORLOJ_SECRET_"
 """Orloj's prefix for secrets given as environment variables."""
+MAX_DESCRIBE_REFS = 1000
+"""Most references one describe request may ask about."""
 
 _request_decoder = msgspec.json.Decoder(CredentialRequest)
 _put_decoder = msgspec.json.Decoder(SecretPut)
 _delete_decoder = msgspec.json.Decoder(SecretDelete)
 _list_decoder = msgspec.json.Decoder(dict[str, Any])
+_describe_decoder = msgspec.json.Decoder(SecretsDescribe)
 _encoder = msgspec.json.Encoder()
 
 Reply = tuple[bytes, dict[str, str]]
@@ -194,6 +206,39 @@ class SecretsService:
         items.sort(key=lambda info: (info.name, info.source or ""))
         return SecretList(items=items)
 
+    async def describe(self, req: SecretsDescribe) -> SecretList:
+        """Whether a value is behind each reference, and where it comes from; never a value.
+
+        Items come back in the order asked, each named by its reference, and
+        follow :meth:`resolve`'s rules. A reference that does not resolve (an
+        unset variable, a secret that is not stored, a malformed reference, or
+        a stored secret while the store is locked) is ``key_present: false``.
+        """
+        if len(req.refs) > MAX_DESCRIBE_REFS:
+            raise InvalidRequest(f"refs: at most {MAX_DESCRIBE_REFS} references per request", param="refs")
+        stored: dict[str, SecretInfo] = {}
+        if self.store is not None and any(not ref.startswith("env:") for ref in req.refs):
+            stored = {info.name: info for info in await self.store.infos()}
+        return SecretList(items=[self._describe_ref(ref, stored) for ref in req.refs])
+
+    def _describe_ref(self, ref: str, stored: Mapping[str, SecretInfo]) -> SecretInfo:
+        absent = SecretInfo(name=ref, key_present=False)
+        scheme, sep, rest = ref.partition(":")
+        if sep and scheme == "env" and rest:
+            value = self.env.get(rest)
+            return SecretInfo(name=ref, key_present=True, key_last4=last4(value), source="env") if value else absent
+        if sep and scheme == "secret" and name_problem(rest) is None:
+            info = stored.get(rest)
+            return msgspec.structs.replace(info, name=ref) if info is not None else absent
+        if sep or name_problem(ref) is not None:
+            return absent
+        for variable in orloj_env_names(ref):
+            value = self.env.get(variable)
+            if value:
+                return SecretInfo(name=ref, key_present=True, key_last4=last4(value), source="env")
+        info = stored.get(ref)
+        return msgspec.structs.replace(info, name=ref) if info is not None else absent
+
     async def _announce(self, change: SecretChanged) -> None:
         # The change is made; a lost event only means caches keep a value until its TTL.
         if self.publish_change is None:
@@ -243,6 +288,14 @@ class SecretsService:
             except msgspec.MsgspecError as exc:
                 return _refused(InvalidRequest(f"malformed secret list request: {exc}"))
         return await _answer(self.list_secrets(), "secret list")
+
+    async def answer_describe(self, body: bytes) -> Reply:
+        """The reply to ``modelbus.v1.secrets.describe``; never raises."""
+        try:
+            req = _describe_decoder.decode(body)
+        except msgspec.MsgspecError as exc:
+            return _refused(InvalidRequest(f"malformed secret describe: {exc}"))
+        return await _answer(self.describe(req), "secret describe")
 
 
 async def _answer(work: Awaitable[msgspec.Struct], what: str) -> Reply:
@@ -296,4 +349,11 @@ def register(broker: NatsBroker, service: SecretsService) -> None:
     async def list_secrets(msg: NatsMessage) -> NatsResponse:
         """Reply with a :class:`shared.envelopes.SecretList`: metadata only, never a value."""
         body, headers = await service.answer_list(msg.body)
+        return NatsResponse(body, headers=headers)
+
+    @broker.subscriber(SECRETS_DESCRIBE, queue=SECRETS_QUEUE, max_workers=4)
+    async def describe_secrets(msg: NatsMessage) -> NatsResponse:
+        """Reply to a :class:`shared.envelopes.SecretsDescribe` with a :class:`shared.envelopes.SecretList`
+        holding one item per reference, named by it: presence and provenance, never a value."""
+        body, headers = await service.answer_describe(msg.body)
         return NatsResponse(body, headers=headers)
