@@ -1,4 +1,4 @@
-"""The master key file of the secrets store, shared by ``modelbus up`` and the secrets service.
+"""Private files ``modelbus up`` generates: the secrets master key and the admin token.
 
 ``modelbus up`` creates one on first run in its data directory; the secrets
 service reads it through ``MODELBUS_MASTER_KEY_FILE``.
@@ -15,6 +15,25 @@ KEY_BYTES = 32
 """AES-256."""
 MASTER_KEY_ENV = "MODELBUS_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "MODELBUS_MASTER_KEY_FILE"
+ADMIN_TOKEN_ENV = "MODELBUS_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE_ENV = "MODELBUS_ADMIN_TOKEN_FILE"
+
+
+def write_new_private_file(path: str | os.PathLike[str], content: bytes) -> Path:
+    """Create ``path`` with mode 0600 holding ``content``; never replace an existing file.
+
+    ``~`` is expanded and the parent directory is created (mode 0700) if missing.
+    """
+    target = Path(path).expanduser()
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask could only have narrowed it; make it exact
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
 
 
 def generate_master_key_file(path: str | os.PathLike[str]) -> None:
@@ -24,20 +43,11 @@ def generate_master_key_file(path: str | os.PathLike[str]) -> None:
     old key would make every stored secret unreadable. ``~`` is expanded and
     the parent directory is created (mode 0700) if missing.
     """
-    target = Path(path).expanduser()
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n"
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_private_file(path, text)
     except FileExistsError:
         raise FileExistsError(
-            f"master key file {target} already exists; refusing to overwrite it "
+            f"master key file {path} already exists; refusing to overwrite it "
             "(the secrets it protects would become unreadable)"
         ) from None
-    try:
-        os.fchmod(fd, 0o600)  # the umask could only have narrowed it; make it exact
-        os.write(fd, text)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

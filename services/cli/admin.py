@@ -33,6 +33,7 @@ from shared.admin import (
     canonical_kind,
 )
 from shared.errors import DeadlineExceeded, ModelbusError, error_from_wire
+from shared.probe import probe_endpoint
 from shared.subjects import (
     AUDIT_VERIFY,
     CONFIG_APPLY,
@@ -246,6 +247,19 @@ async def cmd_create_secret(nc: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_test_endpoint(nc: Client, args: argparse.Namespace) -> int:
+    result = await probe_endpoint(nc, args.name, timeout_ms=int(args.timeout * 1000))
+    if args.output == "json":
+        print(json.dumps(msgspec.to_builtins(result), indent=2))
+    elif result.ok:
+        print(f"ok: {result.endpoint} answered with model {result.model} in {result.latency_ms:.1f} ms")
+    else:
+        err = result.error
+        detail = f"{err.status} {err.message}" if err else "unknown error"
+        print(f"failed: {result.endpoint} after {result.latency_ms:.1f} ms: {detail}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register the admin subcommands."""
     kinds = ", ".join(KINDS)
@@ -288,6 +302,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="walk the chain and report the first broken link")
     verify.set_defaults(admin=cmd_audit_verify)
+
+    test = sub.add_parser("test", help="probe an endpoint with a one-token request")
+    test_sub = test.add_subparsers(dest="test_what", required=True)
+    endpoint = test_sub.add_parser("endpoint", help="one-token reachability probe through the bus")
+    endpoint.add_argument("name")
+    endpoint.add_argument("--timeout", type=float, default=15.0, help="seconds")
+    endpoint.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    endpoint.set_defaults(admin=cmd_test_endpoint)
 
     create = sub.add_parser("create", help="create a secret")
     create_sub = create.add_subparsers(dest="create_what", required=True)

@@ -12,12 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.keyfile import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, generate_master_key_file
+from shared.keyfile import (
+    ADMIN_TOKEN_ENV,
+    ADMIN_TOKEN_FILE_ENV,
+    MASTER_KEY_ENV,
+    MASTER_KEY_FILE_ENV,
+    generate_master_key_file,
+    write_new_private_file,
+)
 from shared.logs import READY_MARKER
 from shared.natsserver import EmbeddedNats, NatsServerError, die_with_parent
 
@@ -137,8 +145,19 @@ def ensure_master_key(data_dir: Path) -> Path | None:
     return path
 
 
+def ensure_admin_token(data_dir: Path) -> Path | None:
+    """The HTTP admin API's bearer token file, generated (0600) on first run, unless one is given."""
+    if os.environ.get(ADMIN_TOKEN_ENV) or os.environ.get(ADMIN_TOKEN_FILE_ENV):
+        return None
+    path = data_dir / "admin.token"
+    if not path.exists():
+        write_new_private_file(path, secrets.token_urlsafe(32).encode() + b"\n")
+        print(f"[modelbus] generated the admin API token {path} (mode 0600)", flush=True)
+    return path
+
+
 def build_children(
-    args: object, nats_url: str, master_key_file: Path | None = None
+    args: object, nats_url: str, master_key_file: Path | None = None, admin_token_file: Path | None = None
 ) -> tuple[list[Child], list[Child]]:
     """The children started first, in order (secrets, then config), and the rest."""
     py = sys.executable
@@ -148,6 +167,8 @@ def build_children(
         env = dict(common)
         if service == "secrets" and master_key_file is not None:
             env[MASTER_KEY_FILE_ENV] = str(master_key_file)
+        if service == "config" and admin_token_file is not None:
+            env[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file)
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
         return Child(name, [py, "-m", module, *extra], env)
 
@@ -184,7 +205,7 @@ async def run_up(args: object) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / 'nats'})", flush=True)
-    first, rest = build_children(args, nats_url, ensure_master_key(data_dir))
+    first, rest = build_children(args, nats_url, ensure_master_key(data_dir), ensure_admin_token(data_dir))
     sup = Supervisor([*first, *rest])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -53,7 +53,6 @@ from starlette.routing import Route
 
 from services.config.llm_providers import LlmConfig, LlmProviders, ProviderKeyBody
 from services.config.manager import ConfigManager
-from services.config.probe import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
 from services.config.service import AuditVerifier, gather_routers
 from shared.admin import RouterList, admin_encoder
 from shared.errors import (
@@ -65,6 +64,7 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from shared.probe import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
 
 log = logging.getLogger("modelbus.config.http")
 

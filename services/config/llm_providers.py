@@ -33,7 +33,6 @@ from pydantic import ValidationError
 from services.config.documents import Parsed
 from services.config.formats import AURORA_BACKENDS
 from services.config.manager import ConfigManager
-from services.config.probe import ProbeResult, probe_endpoint
 from services.config.resources import API_VERSION, Resource, format_errors, resource_from_stored
 from shared import headers as H
 from shared.admin import ApplyResult, ConfigRecord, StoredResource
@@ -47,6 +46,7 @@ from shared.errors import (
     NotFound,
     error_from_wire,
 )
+from shared.probe import ProbeResult, probe_endpoint
 from shared.subjects import SECRETS_DELETE, SECRETS_DESCRIBE, SECRETS_PUT
 
 ENDPOINT = "ModelEndpoint"

@@ -108,6 +108,22 @@ def test_every_standard_alias_answers_with_no_keys(up: Up) -> None:
         assert f"mock:mock-{alias} says: hi" in result.stdout
 
 
+def test_test_endpoint_probes_with_one_token_and_reports_the_model(up: Up) -> None:
+    result = up.cli("test", "endpoint", "mock")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: mock answered with model mock-1 in ")
+    missing = up.cli("test", "endpoint", "no-such-endpoint")
+    assert missing.returncode == 1
+    assert "404" in missing.stderr
+
+
+def test_up_generates_its_master_key_and_admin_token_privately(up: Up) -> None:
+    for name in ("master.key", "admin.token"):
+        path = up.home / name
+        assert path.is_file()
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
 def test_complete_exits_non_zero_with_the_error_message(up: Up) -> None:
     result = up.cli("complete", "--model", "no-such-model", "hi")
     assert result.returncode == 1
