@@ -218,6 +218,32 @@ spec:
     assert reply.headers[H.ENDPOINT] == "katan"
 
 
+def test_aegis_config_json_default_session_env_is_applied_and_routed(stack: Stack, katan: Katan) -> None:
+    token = "session-token-7f3a9c"
+    doc = {
+        "defaultSessionEnv": {
+            "ANTHROPIC_BASE_URL": f"{katan.base_url}/v1",
+            "ANTHROPIC_AUTH_TOKEN": token,
+            "ANTHROPIC_DEFAULT_MODEL": "echo",
+            "ANTHROPIC_DEFAULT_FAST_MODEL": "echo",
+            "API_TIMEOUT_MS": "20000",
+        },
+        "port": 9100,  # an Aegis server setting: reported as ignored, not an error
+    }
+    result = apply(stack.url, json.dumps(doc))
+    assert result.secrets == ["byo/default-session"]
+    wait_routers(stack.url, result.revision)
+    byo = resources(stack.url, "ModelEndpoint", "byo").items[0]
+    assert byo.source == "aegis-byo"
+    assert byo.spec["auth"] == {"secretRef": "secret:byo/default-session"}
+    assert byo.spec["timeout_ms"] == 20000
+    assert token not in json.dumps(msgspec.to_builtins(resources(stack.url)))
+    reply = ask(stack.url, "fast")
+    assert reply.status == 200, reply.body
+    assert reply.headers[H.ENDPOINT] == "byo"
+    assert token not in stack.log()
+
+
 def test_aegis_default_session_env_rejects_keys_outside_the_allowlist(stack: Stack) -> None:
     doc = json.dumps({"defaultSessionEnv": {"ANTHROPIC_BASE_URL": "https://x.example/v1", "OPENAI_API_KEY": "sk-1"}})
     with pytest.raises(ModelbusError) as caught:
