@@ -126,15 +126,20 @@ def start_stack(
     return Stack(nats_url, proc, output)
 
 
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    """A real nats-server with JetStream, private to the test module."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), log_file=None)
+def private_nats(tmp_path_factory: pytest.TempPathFactory, name: str = "nats") -> Iterator[EmbeddedNats]:
+    """Run a real nats-server with JetStream in a fresh temp dir for as long as the caller iterates."""
+    server = EmbeddedNats(tmp_path_factory.mktemp(name), log_file=None)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A real nats-server with JetStream, private to the test module."""
+    yield from private_nats(tmp_path_factory)
 
 
 # ---------------------------------------------------------------- llm-katan

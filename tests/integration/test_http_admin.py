@@ -28,7 +28,17 @@ from shared.envelopes import SecretList, SecretsDescribe
 from shared.errors import error_from_wire
 from shared.natsserver import EmbeddedNats, die_with_parent
 from shared.subjects import CONFIG_WAIT, SECRETS_DESCRIBE
-from tests.conftest import ROOT, Katan, Stack, run, start_katan, start_stack, stop_process, wait_for_line
+from tests.conftest import (
+    ROOT,
+    Katan,
+    Stack,
+    private_nats,
+    run,
+    start_katan,
+    start_stack,
+    stop_process,
+    wait_for_line,
+)
 
 TOKEN = "admin-token-for-tests-5b2e0c"
 RIGHT_KEY = "katan-right-key-7c1f9e4d"
@@ -513,12 +523,7 @@ def test_routers_lists_the_live_routers_and_their_revisions(admin: Admin) -> Non
 @pytest.fixture(scope="module")
 def lone_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A second server, so a config service started alone cannot touch the stack's configuration."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("lone-nats"), log_file=None)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_nats(tmp_path_factory, "lone-nats")
 
 
 def listening(line: str) -> bool:
