@@ -99,6 +99,18 @@ class RoutingDefaults(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Requests larger than this get a 413."""
     run_pin_ttl_s: int = 3600
     """How long a ``Modelbus-Run-Id`` stays pinned to the revision of its first request."""
+    max_retry_after_ms: int = 30_000
+    """Cap on a provider's ``Retry-After`` hint between attempts."""
+    breaker_failures: int = 5
+    """Failures of one target (endpoint and model) within ``breaker_window_s`` that open its breaker."""
+    breaker_window_s: float = 30.0
+    """Window in which failures are counted."""
+    breaker_cooldown_s: float = 30.0
+    """How long an open breaker skips its target before letting one probe through."""
+    stream_idle_timeout_ms: int = 60_000
+    """Longest silence tolerated between two chunks of a stream."""
+    byo_enabled: bool = True
+    """Whether requests may bring their own endpoint (``Modelbus-Env``)."""
 
 
 class Agent(Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -118,6 +118,12 @@ class DefaultsSpec(_Strict):
     timeout_ms: int = Field(default=60_000, ge=1, le=3_600_000)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=8 * 1024 * 1024 - 65536)
     run_pin_ttl_s: int = Field(default=3600, ge=1, le=30 * 86400)
+    max_retry_after_ms: int = Field(default=30_000, ge=0, le=3_600_000)
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    breaker_window_s: float = Field(default=30.0, gt=0, le=3600)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3600)
+    stream_idle_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
+    byo_enabled: bool = True
 
 
 class AgentLimits(_Strict):

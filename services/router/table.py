@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import msgspec
 
 from shared.errors import NotFound
-from shared.routing import Endpoint, RoutingConfig, RoutingDefaults, Strategy, routing_encoder
+from shared.routing import Endpoint, Policy, RoutingConfig, RoutingDefaults, Strategy, routing_encoder
 from shared.subjects import provider_subject
 
 DEFAULT_ALIAS = "default"
@@ -30,6 +30,15 @@ class ResolvedTarget:
     endpoint_raw: msgspec.Raw
     """The endpoint spec, encoded once, embedded as-is in every ProviderCall."""
     weight: float = 1.0
+    capabilities: frozenset[str] = frozenset()
+    """From the alias target (Aegis ``capabilities``)."""
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(endpoint name, model)``: what breakers, stats and policies are kept per."""
+        return (self.endpoint.name, self.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +50,23 @@ class Route:
     targets: tuple[ResolvedTarget, ...]
     """Candidates in preference order."""
     strategy: Strategy
+    policies: tuple[Policy, ...] = ()
+    """The policies of the agent the request runs as (none without ``Modelbus-Agent``)."""
 
 
 class RoutingTable:
     """Aliases and endpoints of one revision, ready for lock-free lookups."""
 
-    __slots__ = ("_agents", "_aliases", "_endpoint_raw", "_endpoints", "config_hash", "defaults", "revision")
+    __slots__ = (
+        "_agents",
+        "_aliases",
+        "_endpoint_raw",
+        "_endpoints",
+        "_policies",
+        "config_hash",
+        "defaults",
+        "revision",
+    )
 
     def __init__(self, config: RoutingConfig) -> None:
         self.revision = config.revision
@@ -54,14 +74,33 @@ class RoutingTable:
         self.config_hash = hashlib.sha256(routing_encoder.encode(config)).hexdigest()[:16]
         """Equal hashes mean identical tables (revision included)."""
         self._agents = dict(config.agents)
+        self._policies = dict(config.policies)
         self._endpoints = dict(config.endpoints)
         self._endpoint_raw = {name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()}
         self._aliases: dict[str, Route] = {}
         for name, alias in config.aliases.items():
-            targets = tuple(self._target(t.endpoint, t.model, t.weight) for t in alias.targets)
+            targets = tuple(
+                self._target(
+                    t.endpoint,
+                    t.model,
+                    t.weight,
+                    frozenset(t.capabilities),
+                    t.context_window,
+                    t.max_output_tokens,
+                )
+                for t in alias.targets
+            )
             self._aliases[name] = Route(name, targets, alias.strategy or config.defaults.strategy)
 
-    def _target(self, endpoint_name: str, model: str, weight: float = 1.0) -> ResolvedTarget:
+    def _target(
+        self,
+        endpoint_name: str,
+        model: str,
+        weight: float = 1.0,
+        capabilities: frozenset[str] = frozenset(),
+        context_window: int | None = None,
+        max_output_tokens: int | None = None,
+    ) -> ResolvedTarget:
         endpoint = self._endpoints[endpoint_name]
         return ResolvedTarget(
             endpoint=endpoint,
@@ -69,6 +108,9 @@ class RoutingTable:
             subject=provider_subject(endpoint.provider),
             endpoint_raw=self._endpoint_raw[endpoint_name],
             weight=weight,
+            capabilities=capabilities,
+            context_window=context_window,
+            max_output_tokens=max_output_tokens,
         )
 
     @property
@@ -95,7 +137,8 @@ class RoutingTable:
                     seen.add(key)
                     targets.append(target)
         first = self.resolve(binding.model_ref)
-        return Route(agent, tuple(targets), first.strategy)
+        policies = tuple(self._policies[p] for p in binding.policies if p in self._policies)
+        return Route(agent, tuple(targets), first.strategy, policies)
 
     def resolve(self, model: str | None) -> Route:
         """Resolve a request's ``model`` field.
