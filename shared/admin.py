@@ -140,7 +140,31 @@ class WaitRequest(Struct, kw_only=True, frozen=True):
     timeout_ms: int = 10_000
 
 
-class RouterStatus(Struct, kw_only=True, frozen=True):
+class TargetHealth(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One router's view of one target (endpoint and model)."""
+
+    endpoint: str
+    model: str
+    in_flight: int = 0
+    latency_ewma_ms: float | None = None
+    """EWMA of non-streamed latency."""
+    ttft_ewma_ms: float | None = None
+    """EWMA of time to first token (streams)."""
+    errors: int = 0
+    successes: int = 0
+    last_error_status: int | None = None
+
+
+class BreakerState(Struct, kw_only=True, frozen=True):
+    """An open circuit breaker (shared by every router)."""
+
+    endpoint: str
+    model: str
+    retry_after_s: float
+    """Seconds until one probe request is let through."""
+
+
+class RouterStatus(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """What a router reports about itself."""
 
     router_id: str
@@ -150,6 +174,10 @@ class RouterStatus(Struct, kw_only=True, frozen=True):
     """sha256 of the compiled config it serves: equal hashes mean identical tables."""
     in_flight: int = 0
     started_at: str = ""
+    targets: list[TargetHealth] = []
+    """Per-target latency, in-flight and error counts (status replies only, not announcements)."""
+    breakers: list[BreakerState] = []
+    """Open breakers (status replies only)."""
 
 
 class RouterList(Struct, kw_only=True, frozen=True):

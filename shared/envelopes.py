@@ -30,6 +30,9 @@ class ProviderCall(Struct, kw_only=True, frozen=True):
     """The client's ``ChatCompletionRequest`` JSON, byte for byte."""
     attempt: int = 1
     """Attempt number within the request, from 1."""
+    credential: str | None = None
+    """A credential that came with the request itself (a BYO endpoint's token).
+    Used for this call only: never cached, logged or traced."""
 
 
 class CredentialRequest(Struct, kw_only=True, frozen=True):

@@ -36,6 +36,9 @@ ATTEMPTS = "Modelbus-Attempts"
 """Number of upstream attempts made for this request."""
 ROUTER = "Modelbus-Router"
 """Id of the router worker that answered (matches ``modelbus get routers``)."""
+USAGE = "Modelbus-Usage"
+"""``<prompt_tokens> <completion_tokens>`` on a provider's success reply or clean stream end,
+so routers can charge token budgets without decoding bodies."""
 RETRY_AFTER = "Retry-After"
 """Seconds to wait before retrying, on 429 and 503 replies when known."""
 

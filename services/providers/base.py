@@ -11,12 +11,16 @@ stream and error mapping, with the same private helper names in every module
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import ClassVar, Protocol
 
 import httpx
 
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.routing import Endpoint
+
+call_credential: ContextVar[str | None] = ContextVar("call_credential", default=None)
+"""A credential that came with the current call (BYO); set by the worker for one call only."""
 
 CredentialGetter = Callable[[str, str], Awaitable[str]]
 """``(ref, endpoint_name) -> secret value``; raises a ProviderError when unavailable."""
@@ -44,7 +48,11 @@ class EndpointConnection:
         return self._http
 
     async def credential(self) -> str | None:
-        """The endpoint's secret, or ``None`` when it declares no auth."""
+        """The call's own credential (BYO), else the endpoint's secret, else ``None``."""
+        inline = call_credential.get()
+        if inline is not None:
+            self.secrets_used.add(inline)
+            return inline
         if not self.endpoint.auth_ref:
             return None
         value = await self._get_credential(self.endpoint.auth_ref, self.endpoint.name)

@@ -11,7 +11,9 @@ demos:
 ``itl_ms``          delay between streamed chunks
 ``fail_status``     fail every call with this HTTP status (429, 503, ...)
 ``fail_message``    message of that failure
-``retry_after``     seconds sent as ``Retry-After`` with that failure
+``retry_after``     seconds sent as ``Retry-After`` with that failure; a list gives
+                    one value per failure, in order (the last one repeats)
+``fail_times``      fail only the first N calls (per worker), then answer
 ``fail_after_chunks`` stream this many chunks, then fail with ``fail_status``
 =================== ======================================================
 
@@ -64,6 +66,7 @@ class MockAdapter:
     def __init__(self, connection: EndpointConnection) -> None:
         self.connection = connection
         self.options: dict[str, Any] = dict(connection.endpoint.options)
+        self._failures = 0
 
     # ------------------------------------------------------------ behaviour
 
@@ -71,7 +74,13 @@ class MockAdapter:
         status = self.options.get("fail_status")
         if not status:
             return None
+        fail_times = self.options.get("fail_times")
+        if fail_times is not None and self._failures >= int(fail_times):
+            return None
         retry_after = self.options.get("retry_after")
+        if isinstance(retry_after, list):
+            retry_after = retry_after[min(self._failures, len(retry_after) - 1)] if retry_after else None
+        self._failures += 1
         return error_from_status(
             int(status),
             str(self.options.get("fail_message") or f"mock failure {status}"),

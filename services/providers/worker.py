@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
-from services.providers.base import ChatAdapter, EndpointConnection
+from services.providers.base import ChatAdapter, EndpointConnection, call_credential
 from services.providers.credentials import CredentialCache
 from services.providers.registry import ADAPTERS
 from shared import headers as H
@@ -119,6 +119,8 @@ class ProviderWorker:
                 except msgspec.MsgspecError as exc:
                     raise InvalidRequest(f"malformed provider call: {exc}", code="invalid_provider_call") from exc
                 request = decode_request(bytes(call.request))
+                if call.credential is not None:
+                    call_credential.set(call.credential)  # this task only: never cached on the adapter
                 streaming = request.stream
                 _describe_call(span, adapter, call.model, request)
                 timeout_s = _timeout_s(in_headers, adapter.connection.endpoint.timeout_ms)
@@ -133,11 +135,10 @@ class ProviderWorker:
                         completion.usage,
                         [c.finish_reason for c in completion.choices if c.finish_reason],
                     )
-                    await self.nc.publish(
-                        reply,
-                        encoder.encode(completion),
-                        headers={H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model},
-                    )
+                    headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
+                    if completion.usage is not None:
+                        headers[H.USAGE] = f"{completion.usage.prompt_tokens} {completion.usage.completion_tokens}"
+                    await self.nc.publish(reply, encoder.encode(completion), headers=headers)
             except ModelbusError as err:
                 if adapter is not None:
                     err.scrub(adapter.connection.secrets_used)
@@ -210,17 +211,16 @@ class ProviderWorker:
             span, response_model, last.id if last else None, usage_chunk.usage if usage_chunk else None, finish_reasons
         )
         body = encoder.encode(usage_chunk) if usage_chunk is not None and request.include_usage else b""
-        await self.nc.publish(
-            reply,
-            body,
-            headers={
-                H.STATUS: "200",
-                H.STREAM: H.STREAM_END,
-                H.SEQ: str(seq),
-                H.PROVIDER: adapter.connection.endpoint.provider,
-                H.MODEL: response_model,
-            },
-        )
+        end = {
+            H.STATUS: "200",
+            H.STREAM: H.STREAM_END,
+            H.SEQ: str(seq),
+            H.PROVIDER: adapter.connection.endpoint.provider,
+            H.MODEL: response_model,
+        }
+        if usage_chunk is not None and usage_chunk.usage is not None:
+            end[H.USAGE] = f"{usage_chunk.usage.prompt_tokens} {usage_chunk.usage.completion_tokens}"
+        await self.nc.publish(reply, body, headers=end)
 
 
 def _timeout_s(headers: Mapping[str, str], endpoint_timeout_ms: int) -> float:

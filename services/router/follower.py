@@ -27,7 +27,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from services.router.table import RoutingTable
-from shared.admin import RouterStatus, RoutingRecord, admin_encoder
+from shared.admin import BreakerState, RouterStatus, RoutingRecord, TargetHealth, admin_encoder
 from shared.subjects import CONFIG_LOG, CONFIG_STREAM, ROUTER_REVISIONS, ROUTER_STATUS
 
 log = logging.getLogger("modelbus.router")
@@ -41,7 +41,15 @@ _record_decoder = msgspec.json.Decoder(RoutingRecord)
 class TableFollower:
     """Owns the current table and the recent ones; announces every install."""
 
-    def __init__(self, nc: Client, router_id: str, in_flight: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        router_id: str,
+        in_flight: Callable[[], int],
+        *,
+        health: Callable[[], tuple[list[TargetHealth], list[BreakerState]]] | None = None,
+    ) -> None:
+        self._health = health
         self.nc = nc
         self.router_id = router_id
         self.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -91,19 +99,23 @@ class TableFollower:
             except Exception:  # the connection may already be closing
                 pass
 
-    def status(self) -> RouterStatus:
+    def status(self, *, detailed: bool = False) -> RouterStatus:
+        """Revision and load; with ``detailed``, per-target health and open breakers too."""
         table = self.current
+        targets, breakers = self._health() if (detailed and self._health) else ([], [])
         return RouterStatus(
             router_id=self.router_id,
             revision=table.revision if table else 0,
             config_hash=table.config_hash if table else "",
             in_flight=self._in_flight(),
             started_at=self.started_at,
+            targets=targets,
+            breakers=breakers,
         )
 
     async def _answer_status(self, msg: Msg) -> None:
         if msg.reply:
-            await self.nc.publish(msg.reply, admin_encoder.encode(self.status()))
+            await self.nc.publish(msg.reply, admin_encoder.encode(self.status(detailed=True)))
 
     async def _on_record(self, msg: Msg) -> None:
         try:

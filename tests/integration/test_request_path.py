@@ -163,7 +163,7 @@ def test_non_retryable_upstream_error_fails_at_once(stack: Stack) -> None:
 def test_exhausted_chain_returns_the_last_error(stack: Stack) -> None:
     status, headers, body = run(_raw(stack.url, _body(model="all-down")))
     assert status == 503
-    assert headers[H.ATTEMPTS] == "2"
+    assert headers[H.ATTEMPTS] == "4"  # both targets, then max_retries (2) more passes
     assert body["error"]["code"] == "no_provider_worker"
     assert "anthropic" in body["error"]["message"]
     assert body["error"]["retryable"] is True

@@ -11,9 +11,7 @@ from shared.routing import Alias, Endpoint, RoutingConfig, RoutingDefaults, Targ
 from shared.subjects import provider_subject
 
 ENDPOINTS = {
-    "mock": Endpoint(
-        name="mock", provider="mock", default_model="mock-1", locality="local", allow_private=True
-    ),
+    "mock": Endpoint(name="mock", provider="mock", default_model="mock-1", locality="local", allow_private=True),
     "openai": Endpoint(
         name="openai",
         provider="openai",
@@ -22,9 +20,7 @@ ENDPOINTS = {
         auth_ref="env:OPENAI_API_KEY",
         options={"organization": "org-1"},
     ),
-    "together": Endpoint(
-        name="together", provider="openai-compatible", base_url="https://api.together.xyz/v1"
-    ),
+    "together": Endpoint(name="together", provider="openai-compatible", base_url="https://api.together.xyz/v1"),
     "team/ep": Endpoint(name="team/ep", provider="anthropic", default_model="claude-x"),
     "team": Endpoint(name="team", provider="ollama", default_model="llama3"),
 }
