@@ -21,6 +21,7 @@ service hands to the secrets service and never stores.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +173,8 @@ def _aegis(index: int, raw: Mapping[str, Any]) -> Converted:
         endpoint: dict[str, Any] = {"provider": provider}
         if base_url:
             endpoint["base_url"] = base_url
+            if self_hosted(base_url):
+                endpoint["allowPrivate"] = True
         if p.get("api_version"):
             endpoint["options"] = {"api_version": str(p["api_version"])}
         api_key = p.get("api_key")
@@ -216,6 +219,26 @@ def _aegis(index: int, raw: Mapping[str, Any]) -> Converted:
             raise ValueError(f"{where}: spec.llm_selection.{unknown[0]}: unknown field")
         out.documents.append(_native("RoutingDefaults", "aegis-llm-selection", dict(selection)))
     return out
+
+
+def self_hosted(base_url: str | None) -> bool:
+    """Whether a URL names a host on the operator's own network: a loopback or private IP
+    literal, ``localhost``, or a single-label service name (``http://ollama:11434``).
+
+    Aegis and AuroraSOC have no ``allowPrivate`` field and their documented setups
+    point at such hosts, so endpoints read from them get ``allowPrivate`` for these
+    URLs. A public hostname that resolves inward is still refused by the SSRF guard.
+    """
+    host = urlsplit(base_url).hostname if base_url else None
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost") or ("." not in host and ":" not in host):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
 def _aegis_provider(kind: str, base_url: str | None, api_version: object) -> str:
@@ -266,8 +289,7 @@ def byo_documents(env: Mapping[str, Any], *, where: str = "environment", literal
             spec["auth"] = {"secretRef": "secret:byo/default-session"}
         else:
             spec["auth"] = {"secretRef": "env:ANTHROPIC_AUTH_TOKEN"}
-    host = urlsplit(str(base_url)).hostname or ""
-    if host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost"):
+    if self_hosted(str(base_url)):
         spec["allowPrivate"] = True
     out.documents.append(_native("ModelEndpoint", "byo", spec))
     fast = env.get("ANTHROPIC_DEFAULT_FAST_MODEL") or model
@@ -318,7 +340,7 @@ def aurora_env_documents(env: Mapping[str, str]) -> Converted:
                 spec["base_url"] = url
         if env.get(api_key_var):
             spec["auth"] = {"secretRef": f"env:{api_key_var}"}
-        if key in ("ollama", "vllm"):
+        if key in ("ollama", "vllm") or self_hosted(spec.get("base_url")):
             spec["allowPrivate"] = True
         out.documents.append(_native("ModelEndpoint", name, spec))
         if key == backend:

@@ -16,6 +16,7 @@ from typing import ClassVar, Protocol
 
 import httpx
 
+from services.providers.ssrf import Resolver, SsrfGuard, system_resolver
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.routing import Endpoint
 
@@ -29,10 +30,13 @@ CredentialGetter = Callable[[str, str], Awaitable[str]]
 class EndpointConnection:
     """One endpoint's connection state, shared by all requests to it."""
 
-    def __init__(self, endpoint: Endpoint, get_credential: CredentialGetter) -> None:
+    def __init__(
+        self, endpoint: Endpoint, get_credential: CredentialGetter, *, resolver: Resolver = system_resolver
+    ) -> None:
         self.endpoint = endpoint
         self._get_credential = get_credential
         self._http: httpx.AsyncClient | None = None
+        self.guard = SsrfGuard(endpoint.name, allow_private=endpoint.allow_private, resolver=resolver)
         self.secrets_used: set[str] = set()
         """Credential values this connection has sent; scrubbed from every error."""
 
@@ -43,9 +47,14 @@ class EndpointConnection:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.endpoint.timeout_ms / 1000),
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-                follow_redirects=False,
+                follow_redirects=False,  # a public URL must not bounce a request into private space
+                event_hooks={"request": [self._check_destination]},
             )
         return self._http
+
+    async def _check_destination(self, request: httpx.Request) -> None:
+        """SSRF guard on every request this connection sends (see :mod:`services.providers.ssrf`)."""
+        await self.guard.check_url(str(request.url))
 
     async def credential(self) -> str | None:
         """The call's own credential (BYO), else the endpoint's secret, else ``None``."""

@@ -35,6 +35,8 @@ _tracer = tracer("modelbus.providers")
 
 RETIRE_GRACE_S = 5.0
 """Extra time an old endpoint connection stays open after its spec changes."""
+MAX_ADAPTERS = 512
+"""Endpoint connections kept per worker; the least recently created go first (BYO hosts add up)."""
 
 
 class ProviderWorker:
@@ -249,9 +251,7 @@ def _describe_call(span: Span, adapter: ChatAdapter, model: str, request: ChatCo
         span.set_attribute("gen_ai.request.top_p", request.top_p)
 
 
-def _describe_response(
-    span: Span, model: str, response_id: str | None, usage: Usage | None, finish: list[str]
-) -> None:
+def _describe_response(span: Span, model: str, response_id: str | None, usage: Usage | None, finish: list[str]) -> None:
     span.set_attribute("gen_ai.response.model", model)
     if response_id:
         span.set_attribute("gen_ai.response.id", response_id)

@@ -400,6 +400,7 @@ def test_the_probe_of_an_endpoint_on_a_closed_port_reports_the_error(admin: Admi
             "base_url": "http://127.0.0.1:9/v1",
             "default_model": "x",
             "timeout_ms": 2000,
+            "allowPrivate": True,  # reach the closed port rather than be stopped by the SSRF guard
         },
     )
     result = admin.post("/api/v1/apply", content=documents(closed)).json()
