@@ -50,6 +50,7 @@ class ProviderWorker:
         self.types = types
         self.credentials = CredentialCache(nc)
         self._adapters: dict[bytes, ChatAdapter] = {}
+        self._retiring: set[ChatAdapter] = set()
         self._by_name: dict[str, bytes] = {}
         self._servers = [
             RequestServer(
@@ -89,12 +90,26 @@ class ProviderWorker:
         old = self._by_name.get(endpoint.name)
         self._by_name[endpoint.name] = raw_endpoint
         if old is not None and old != raw_endpoint:
-            # The spec changed: close the old pool once calls on it have had time to end.
-            retired = self._adapters.pop(old, None)
-            if retired is not None:
-                delay = endpoint.timeout_ms / 1000 + RETIRE_GRACE_S
-                asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(retired.connection.aclose()))
+            self._retire(old)  # the spec changed
+        while len(self._adapters) > MAX_ADAPTERS:
+            self._retire(next(iter(self._adapters)))
         return adapter
+
+    def _retire(self, raw_endpoint: bytes) -> None:
+        """Forget a connection and close its pool once calls on it have had time to end."""
+        retired = self._adapters.pop(raw_endpoint, None)
+        if retired is None:
+            return
+        name = retired.connection.endpoint.name
+        if self._by_name.get(name) == raw_endpoint:
+            del self._by_name[name]
+        self._retiring.add(retired)
+        delay = retired.connection.endpoint.timeout_ms / 1000 + RETIRE_GRACE_S
+        asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self._close(retired)))
+
+    async def _close(self, adapter: ChatAdapter) -> None:
+        self._retiring.discard(adapter)
+        await adapter.connection.aclose()
 
     def _serve_for(self, provider_type: str):  # type: ignore[no-untyped-def]
         async def serve(msg: Msg) -> None:
