@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -147,7 +148,9 @@ def error_headers(err: ModelbusError, request_id: str | None = None) -> dict[str
     """Headers of an error reply."""
     out = {H.STATUS: str(err.http_status)}
     if err.retry_after is not None:
-        out[H.RETRY_AFTER] = str(max(0, round(err.retry_after)))
+        seconds = max(0.0, err.retry_after)
+        out[H.RETRY_AFTER] = str(math.ceil(seconds))  # never tell a client to come back early
+        out[H.RETRY_AFTER_MS] = str(round(seconds * 1000))
     if request_id:
         out[H.REQUEST_ID] = request_id
     return out
@@ -169,9 +172,15 @@ async def reply_error(
 
 
 def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
-    """The ``Retry-After`` seconds of a reply, if present and numeric."""
+    """The retry hint of a reply in seconds: the exact millisecond header, else ``Retry-After``."""
     if not headers:
         return None
+    precise = headers.get(H.RETRY_AFTER_MS)
+    if precise is not None:
+        try:
+            return max(0.0, float(precise) / 1000)
+        except ValueError:
+            pass
     raw = headers.get(H.RETRY_AFTER)
     if raw is None:
         return None

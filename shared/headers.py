@@ -40,7 +40,9 @@ USAGE = "Modelbus-Usage"
 """``<prompt_tokens> <completion_tokens>`` on a provider's success reply or clean stream end,
 so routers can charge token budgets without decoding bodies."""
 RETRY_AFTER = "Retry-After"
-"""Seconds to wait before retrying, on 429 and 503 replies when known."""
+"""Whole seconds to wait before retrying (rounded up), on 429 and 503 replies when known."""
+RETRY_AFTER_MS = "Modelbus-Retry-After-Ms"
+"""The same hint in milliseconds, exact; routers read this one."""
 
 # Streaming.
 SEQ = "Modelbus-Seq"
