@@ -158,6 +158,19 @@ async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
         print(f"{'ROUTER':14} {'REVISION':>8}  {'IN-FLIGHT':>9}  {'CONFIG-HASH':16}  STARTED")
         for s in routers.items:
             print(f"{s.router_id:14} {s.revision:>8}  {s.in_flight:>9}  {s.config_hash:16}  {s.started_at}")
+        for s in routers.items:
+            if s.targets:
+                print(f"\nrouter {s.router_id}: targets")
+                header = f"{'ENDPOINT/MODEL':32} {'IN-FLIGHT':>9} {'LATENCY-EWMA':>12} {'TTFT-EWMA':>10}"
+                print(f"  {header} {'OK':>7} {'ERRORS':>6}")
+                for t in s.targets:
+                    latency = f"{t.latency_ewma_ms:.1f}ms" if t.latency_ewma_ms is not None else "-"
+                    ttft = f"{t.ttft_ewma_ms:.1f}ms" if t.ttft_ewma_ms is not None else "-"
+                    last = f" (last {t.last_error_status})" if t.last_error_status else ""
+                    name = f"{t.endpoint}/{t.model}"
+                    print(f"  {name:32} {t.in_flight:>9} {latency:>12} {ttft:>10} {t.successes:>7} {t.errors:>6}{last}")
+            for b in s.breakers:
+                print(f"  breaker OPEN {b.endpoint}/{b.model}: probe in {b.retry_after_s:.1f}s")
         return 0
     kind = None if args.kind.lower() == "all" else canonical_kind(args.kind)
     listing = await call(nc, CONFIG_RESOURCES, ResourceQuery(kind=kind, name=args.name), ResourceList)
