@@ -5,6 +5,7 @@ Adding a provider means one adapter module, one line here, one test module.
 
 from __future__ import annotations
 
+from services.providers.anthropic import AnthropicAdapter
 from services.providers.base import ChatAdapter
 from services.providers.mock import MockAdapter
 from services.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
@@ -13,4 +14,5 @@ ADAPTERS: dict[str, type[ChatAdapter]] = {
     "mock": MockAdapter,
     "openai": OpenAIAdapter,
     "openai-compatible": OpenAICompatibleAdapter,
+    "anthropic": AnthropicAdapter,
 }
