@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from services.providers.anthropic import AnthropicAdapter
 from services.providers.base import ChatAdapter
+from services.providers.gemini import GeminiAdapter
 from services.providers.mock import MockAdapter
 from services.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
 
@@ -15,4 +16,5 @@ ADAPTERS: dict[str, type[ChatAdapter]] = {
     "openai": OpenAIAdapter,
     "openai-compatible": OpenAICompatibleAdapter,
     "anthropic": AnthropicAdapter,
+    "gemini": GeminiAdapter,
 }
