@@ -160,6 +160,12 @@ class Katan:
         self.base_url = f"http://127.0.0.1:{port}"
 
 
+def _drain(proc: subprocess.Popen[str]) -> None:
+    if proc.stdout is not None:
+        for _ in proc.stdout:
+            pass
+
+
 def start_katan(tmp: Path, *args: str, timeout_s: float = 30.0) -> Katan:
     """llm-katan in echo mode on a free loopback port with every provider enabled."""
     port = free_port()
@@ -192,6 +198,8 @@ def start_katan(tmp: Path, *args: str, timeout_s: float = 30.0) -> Katan:
             raise RuntimeError(f"llm-katan exited: {proc.stdout.read() if proc.stdout else ''}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
+                # Drain its output for its whole life: a full pipe would block its logging, then it.
+                threading.Thread(target=_drain, args=(proc,), daemon=True).start()
                 return Katan(port, proc)
         time.sleep(0.05)
     proc.kill()

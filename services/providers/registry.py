@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from services.providers.anthropic import AnthropicAdapter
 from services.providers.base import ChatAdapter
+from services.providers.bedrock import BedrockAdapter
 from services.providers.gemini import GeminiAdapter
 from services.providers.mock import MockAdapter
 from services.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
@@ -17,4 +18,5 @@ ADAPTERS: dict[str, type[ChatAdapter]] = {
     "openai-compatible": OpenAICompatibleAdapter,
     "anthropic": AnthropicAdapter,
     "gemini": GeminiAdapter,
+    "bedrock": BedrockAdapter,
 }
