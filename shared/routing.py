@@ -22,6 +22,8 @@ PROVIDER_TYPES: tuple[str, ...] = (
     "bedrock",
     "ollama",
     "gemini",
+    "deepseek",
+    "vllm",
 )
 """Provider types the contract knows; each has its own subject and worker adapter."""
 LOCAL_PROVIDER_TYPES: frozenset[str] = frozenset({"mock", "ollama"})

@@ -61,6 +61,10 @@ class OpenAIAdapter:
             headers["authorization"] = f"Bearer {key}"
         return headers
 
+    def _url(self, model: str) -> str:
+        """Where a call for ``model`` goes; Azure puts the deployment in the path."""
+        return self.url
+
     def _map_request(self, request: ChatCompletionRequest, model: str) -> bytes:
         if request.stream:
             # Always ask for usage so spans and budgets see it; the worker only
@@ -100,8 +104,9 @@ class OpenAIAdapter:
         """POST the request and return the validated completion."""
         body = self._map_request(request, model)
         headers = await self._headers()
+        url = self._url(model)
         try:
-            response = await self.connection.http.post(self.url, content=body, headers=headers, timeout=timeout_s)
+            response = await self.connection.http.post(url, content=body, headers=headers, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise transport_error(exc, endpoint=self.endpoint.name, provider=self.provider_type, model=model) from None
         if response.status_code != 200:
@@ -117,7 +122,7 @@ class OpenAIAdapter:
         headers["accept"] = "text/event-stream"
         try:
             async with self.connection.http.stream(
-                "POST", self.url, content=body, headers=headers, timeout=timeout_s
+                "POST", self._url(model), content=body, headers=headers, timeout=timeout_s
             ) as response:
                 if response.status_code != 200:
                     raise self._map_error(response, await response.aread(), model)
