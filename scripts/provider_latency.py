@@ -46,12 +46,24 @@ def endpoints(base: str) -> dict[str, dict[str, Any]]:
         "openai": {"provider": "openai", "base_url": f"{base}/v1", "auth": {"secretRef": "env:BENCH_KEY"}},
         "anthropic": {"provider": "anthropic", "base_url": f"{base}/v1", "auth": {"secretRef": "env:BENCH_KEY"}},
         "azure-openai": {
-            "provider": "azure-openai", "base_url": base, "options": {"api_version": "2024-10-21"},
+            "provider": "azure-openai",
+            "base_url": base,
+            "options": {"api_version": "2024-10-21"},
             "auth": {"secretRef": "env:BENCH_KEY"},
         },
-        "gemini": {"provider": "gemini", "base_url": base, "auth": {"secretRef": "env:BENCH_KEY"}},
-        "bedrock": {"provider": "bedrock", "base_url": base, "options": {"region": "us-east-1"},
-                    "auth": {"secretRef": "env:BENCH_AWS"}},
+        # llm-katan's Gemini route checks only `Authorization: Bearer` (or ?key=), not x-goog-api-key.
+        "gemini": {
+            "provider": "gemini",
+            "base_url": base,
+            "options": {"credential": "access_token"},
+            "auth": {"secretRef": "env:BENCH_KEY"},
+        },
+        "bedrock": {
+            "provider": "bedrock",
+            "base_url": base,
+            "options": {"region": "us-east-1"},
+            "auth": {"secretRef": "env:BENCH_AWS"},
+        },
     }
 
 
@@ -69,7 +81,11 @@ def direct_request(kind: str, base: str) -> tuple[str, dict[str, str], bytes]:
         return f"{base}/v1/messages", {"x-api-key": KEY, "anthropic-version": "2023-06-01"}, json.dumps(body).encode()
     if kind == "gemini":
         body = {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}
-        return f"{base}/v1beta/models/echo:generateContent", {"x-goog-api-key": KEY}, json.dumps(body).encode()
+        return (
+            f"{base}/v1beta/models/echo:generateContent",
+            {"authorization": f"Bearer {KEY}"},
+            json.dumps(body).encode(),
+        )
     raise KeyError(kind)
 
 
@@ -133,15 +149,20 @@ async def measure(url: str, base: str, kinds: list[str], args: argparse.Namespac
 
 def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="modelbus-provider-latency-"))
-    katan = start_katan(tmp, "--validate-keys", "--api-keys",
-                        f"openai={KEY},anthropic={KEY},azure_openai={KEY},vertexai={KEY}")
+    katan = start_katan(
+        tmp,
+        "--validate-keys",
+        "--api-keys",
+        f"openai={KEY},anthropic={KEY},azure_openai={KEY},vertexai={KEY},bedrock={AWS['access_key_id']}",
+    )
     try:
         kinds = [k for k in endpoints(katan.base_url) if k in ADAPTERS]
         docs = []
         for kind in kinds:
             spec = endpoints(katan.base_url)[kind] | {"allowPrivate": True, "default_model": "echo"}
-            docs.append({"apiVersion": "modelbus.dev/v1", "kind": "ModelEndpoint", "metadata": {"name": kind},
-                         "spec": spec})
+            docs.append(
+                {"apiVersion": "modelbus.dev/v1", "kind": "ModelEndpoint", "metadata": {"name": kind}, "spec": spec}
+            )
         config = tmp / "config.yaml"
         config.write_text("\n---\n".join(json.dumps(d) for d in docs))
         env = {"BENCH_KEY": KEY, "BENCH_AWS": json.dumps(AWS)}
