@@ -49,9 +49,7 @@ def test_retry_after_as_a_past_http_date_means_no_wait() -> None:
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
 
 
-@pytest.mark.parametrize(
-    "headers", [{}, {"retry-after": ""}, {"retry-after": "whenever"}, {"retry-after-ms": "x"}]
-)
+@pytest.mark.parametrize("headers", [{}, {"retry-after": ""}, {"retry-after": "whenever"}, {"retry-after-ms": "x"}])
 def test_a_missing_or_garbage_retry_hint_is_none(headers: dict[str, str]) -> None:
     assert parse_retry_after(headers) is None
 
@@ -85,9 +83,7 @@ def test_a_non_json_body_is_passed_on_trimmed_and_short() -> None:
     assert len(upstream_message(b"x" * 10_000, 502)) == 200
 
 
-@pytest.mark.parametrize(
-    "body", [b"", b"   ", b"{}", b'{"error": {"message": ""}}', b'{"error": null}']
-)
+@pytest.mark.parametrize("body", [b"", b"   ", b"{}", b'{"error": {"message": ""}}', b'{"error": null}'])
 def test_a_body_without_a_message_falls_back_to_the_status(body: bytes) -> None:
     assert upstream_message(body, 503) == "HTTP 503"
 
@@ -102,9 +98,7 @@ def test_a_body_that_is_not_utf8_does_not_raise() -> None:
 
 def test_an_error_status_becomes_a_typed_error_with_provider_message_and_retry_hint() -> None:
     response = httpx.Response(429, headers={"retry-after": "3"})
-    err = status_error(
-        response, b'{"error": {"message": "slow down"}}', provider="openai", model="gpt-x"
-    )
+    err = status_error(response, b'{"error": {"message": "slow down"}}', provider="openai", model="gpt-x")
     assert isinstance(err, RateLimited)
     assert err.retry_after == 3.0
     assert err.message == "openai returned 429: slow down"
@@ -118,9 +112,7 @@ def secret_request() -> httpx.Request:
     return httpx.Request("POST", SECRET_URL)
 
 
-@pytest.mark.parametrize(
-    "exc_type", [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout]
-)
+@pytest.mark.parametrize("exc_type", [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout])
 def test_an_httpx_timeout_is_a_retryable_upstream_timeout(
     exc_type: type[httpx.TimeoutException],
 ) -> None:
@@ -133,9 +125,7 @@ def test_an_httpx_timeout_is_a_retryable_upstream_timeout(
     assert (err.provider, err.model) == ("gemini", "m")
 
 
-@pytest.mark.parametrize(
-    "exc_type", [httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError]
-)
+@pytest.mark.parametrize("exc_type", [httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError])
 def test_a_connection_failure_is_a_retryable_upstream_unavailable(
     exc_type: type[httpx.TransportError],
 ) -> None:
@@ -155,3 +145,16 @@ def test_a_transport_error_never_repeats_the_request_url(
     assert "SECRET" not in err.message
     assert "SECRET" not in err.to_json().decode()
     assert "SECRET" not in repr(err)
+
+
+def test_anthropic_rate_limit_reset_times_are_a_fallback_retry_hint() -> None:
+    import datetime as dt
+
+    from services.providers.http import parse_retry_after
+
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=50)).isoformat().replace("+00:00", "Z")
+    hint = parse_retry_after({"anthropic-ratelimit-requests-reset": soon, "anthropic-ratelimit-tokens-reset": later})
+    assert hint is not None and 45 <= hint <= 50
+    assert parse_retry_after({"retry-after": "3", "anthropic-ratelimit-tokens-reset": later}) == 3.0
+    assert parse_retry_after({"anthropic-ratelimit-tokens-reset": "not a time"}) is None
