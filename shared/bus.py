@@ -24,6 +24,7 @@ from typing import Any
 import nats
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
+from faststream.security import SASLPlaintext
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -49,8 +50,26 @@ async def _report_error(err: Exception) -> None:
     log.error("nats: %s", err)
 
 
+def identity_from_env() -> dict[str, str]:
+    """``user``/``password``/``inbox_prefix`` from ``NATS_USER``, ``NATS_PASSWORD`` and
+    ``MODELBUS_INBOX_PREFIX``, for connecting as a broker identity (see :mod:`shared.identities`)."""
+    out: dict[str, str] = {}
+    user, password = os.environ.get("NATS_USER"), os.environ.get("NATS_PASSWORD")
+    if user and password:
+        out["user"], out["password"] = user, password
+    prefix = os.environ.get("MODELBUS_INBOX_PREFIX")
+    if prefix:
+        out["inbox_prefix"] = prefix
+    return out
+
+
 def make_broker(service: str, url: str | None = None, **kwargs: Any) -> NatsBroker:
     """A FastStream NATS broker for a service, with msgspec and our tracing middleware."""
+    identity = identity_from_env()
+    if "user" in identity:
+        kwargs.setdefault("security", SASLPlaintext(username=identity["user"], password=identity["password"]))
+    if "inbox_prefix" in identity:
+        kwargs.setdefault("inbox_prefix", identity["inbox_prefix"])
     return NatsBroker(
         nats_url(url),
         name=f"modelbus-{service}",
@@ -66,7 +85,10 @@ def make_broker(service: str, url: str | None = None, **kwargs: Any) -> NatsBrok
 
 
 async def connect(name: str, url: str | None = None, **kwargs: Any) -> Client:
-    """A plain nats-py connection, for clients and tools."""
+    """A plain nats-py connection, for clients and tools (identity from the environment
+    unless given)."""
+    for key, value in identity_from_env().items():
+        kwargs.setdefault(key, value)
     return await nats.connect(
         nats_url(url),
         name=name,

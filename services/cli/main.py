@@ -18,6 +18,7 @@ from typing import Any
 
 from services.cli.admin import add_parsers as add_admin_parsers
 from services.cli.up import default_data_dir, run_file, run_up
+from shared import identities
 from shared.bus import DEFAULT_NATS_URL
 
 
@@ -32,6 +33,22 @@ def _discover_url(args: argparse.Namespace) -> str:
         return str(json.loads(marker.read_text())["nats_url"])
     except (OSError, ValueError, KeyError):
         return DEFAULT_NATS_URL
+
+
+def identity_kwargs(args: argparse.Namespace, role: str) -> dict[str, str]:
+    """Connection credentials for ``role``: ``NATS_USER``/``NATS_PASSWORD`` from the
+    environment when set (``shared.bus`` reads them), else the identities a local secure
+    ``modelbus up`` generated in its data directory, else none."""
+    if os.environ.get("NATS_USER") or args.nats_url or os.environ.get("NATS_URL"):
+        return {}
+    data_dir = Path(args.data_dir).expanduser()
+    try:
+        if not json.loads(run_file(data_dir).read_text()).get("secure"):
+            return {}
+        passwords = json.loads((data_dir / identities.IDENTITIES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"user": role, "password": passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
 
 
 async def _complete(args: argparse.Namespace) -> int:
@@ -49,7 +66,7 @@ async def _complete(args: argparse.Namespace) -> int:
         body["max_tokens"] = args.max_tokens
     url = _discover_url(args)
     try:
-        client = await ModelbusClient.connect(url)
+        client = await ModelbusClient.connect(url, **identity_kwargs(args, "client"))
     except Exception as exc:
         print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +112,7 @@ async def _admin(args: argparse.Namespace) -> int:
     args.nats_url = getattr(args, "nats_url", None) or args.nats_url_global
     url = _discover_url(args)
     try:
-        nc = await connect("modelbus-cli", url)
+        nc = await connect("modelbus-cli", url, **identity_kwargs(args, "admin"))
     except Exception as exc:
         print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
         return 1
@@ -131,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--provider-workers", type=int, default=1, help="provider worker processes")
     up.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for services")
     up.add_argument("--demo", action="store_true", help="send one demo completion once ready")
+    up.add_argument("--insecure", action="store_true",
+                    help="embedded NATS without per-role identities (default: secure, see docs/security.md)")
 
     complete = sub.add_parser("complete", help="send one completion and print the answer")
     complete.add_argument("prompt", help="the user message")

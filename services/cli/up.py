@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import identities
 from shared.keyfile import (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_FILE_ENV,
@@ -157,7 +158,12 @@ def ensure_admin_token(data_dir: Path) -> Path | None:
 
 
 def build_children(
-    args: object, nats_url: str, master_key_file: Path | None = None, admin_token_file: Path | None = None
+    args: object,
+    nats_url: str,
+    master_key_file: Path | None = None,
+    admin_token_file: Path | None = None,
+    *,
+    passwords: dict[str, str] | None = None,
 ) -> tuple[list[Child], list[Child]]:
     """The children started first, in order (secrets, then config), and the rest."""
     py = sys.executable
@@ -170,6 +176,8 @@ def build_children(
         if service == "config" and admin_token_file is not None:
             env[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file)
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
+        if passwords is not None:
+            env.update(identities.connection_env(service, passwords))
         return Child(name, [py, "-m", module, *extra], env)
 
     config_args = ["--config", str(Path(args.config).resolve())] if args.config else []  # type: ignore[attr-defined]
@@ -193,11 +201,15 @@ async def run_up(args: object) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     server: EmbeddedNats | None = None
     nats_url = args.nats_url  # type: ignore[attr-defined]
+    passwords: dict[str, str] | None = None
     if not nats_url:
+        secure = not args.insecure  # type: ignore[attr-defined]
+        passwords = identities.load_or_create(data_dir) if secure else None
         server = EmbeddedNats(
             data_dir / "nats",
             port=args.nats_port or -1,  # type: ignore[attr-defined]
             log_file=data_dir / "nats-server.log",
+            extra_config=identities.render_authorization(passwords) if passwords else "",
         )
         try:
             nats_url = server.start()  # main thread: PR_SET_PDEATHSIG follows the forking thread
@@ -205,7 +217,9 @@ async def run_up(args: object) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / 'nats'})", flush=True)
-    first, rest = build_children(args, nats_url, ensure_master_key(data_dir), ensure_admin_token(data_dir))
+    first, rest = build_children(
+        args, nats_url, ensure_master_key(data_dir), ensure_admin_token(data_dir), passwords=passwords
+    )
     sup = Supervisor([*first, *rest])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -219,11 +233,16 @@ async def run_up(args: object) -> int:
         for c in rest:
             await sup.start(c)
         await sup.wait_ready(rest, args.ready_timeout)  # type: ignore[attr-defined]
-        run_file(data_dir).write_text(json.dumps({"nats_url": nats_url, "pid": os.getpid()}))
+        run_file(data_dir).write_text(
+            json.dumps({"nats_url": nats_url, "pid": os.getpid(), "secure": passwords is not None})
+        )
         names = ",".join(c.name for c in sup.children)
-        print(f"ready nats={nats_url} services={names}", flush=True)
+        creds = ""
+        if passwords is not None:
+            creds = f" creds={identities.write_client_file(data_dir, nats_url, passwords)}"
+        print(f"ready nats={nats_url}{creds} services={names}", flush=True)
         if args.demo:  # type: ignore[attr-defined]
-            await _demo(nats_url)
+            await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {})
         exited = asyncio.create_task(sup.wait_any_exit())
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -245,12 +264,19 @@ async def run_up(args: object) -> int:
     return status
 
 
-async def _demo(nats_url: str) -> None:
+async def _demo(nats_url: str, identity: dict[str, str]) -> None:
     """Send one completion through the bus and print it (``make run``)."""
     from shared.client import ModelbusClient
     from shared.errors import ModelbusError
 
-    client = await ModelbusClient.connect(nats_url)
+    kwargs = {}
+    if identity:
+        kwargs = {
+            "user": identity[identities.USER_ENV],
+            "password": identity[identities.PASSWORD_ENV],
+            "inbox_prefix": identity[identities.INBOX_ENV],
+        }
+    client = await ModelbusClient.connect(nats_url, **kwargs)
     try:
         completion, headers = await client.complete(
             {"model": "default", "messages": [{"role": "user", "content": "Hello from modelbus!"}]}, timeout=30
