@@ -122,6 +122,7 @@ class ModelbusError(Exception):
         for value in secrets:
             if value and value in self.message:
                 self.message = self.message.replace(value, "[redacted]")
+        self.args = (self.message,)  # str(), repr() and tracebacks must not keep the old text
 
     def to_body(self) -> ErrorBody:
         """The wire form of this error."""

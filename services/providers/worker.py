@@ -25,7 +25,7 @@ from shared import headers as H
 from shared.bus import RequestServer, reply_error
 from shared.chat import ChatCompletionChunk, ChatCompletionRequest, Usage, decode_request, encoder
 from shared.envelopes import provider_call_decoder
-from shared.errors import InvalidRequest, ModelbusError
+from shared.errors import AuthFailed, InvalidRequest, ModelbusError
 from shared.routing import endpoint_decoder
 from shared.subjects import provider_queue, provider_subject
 from shared.telemetry import extract_context, record_error, tracer
@@ -158,7 +158,7 @@ class ProviderWorker:
                     await self.nc.publish(reply, encoder.encode(completion), headers=headers)
             except ModelbusError as err:
                 if adapter is not None:
-                    err.scrub(adapter.connection.secrets_used)
+                    _sanitize(err, adapter)
                 record_error(span, err, err.http_status)
                 if not streaming:
                     await reply_error(self.nc, reply, err, request_id=request_id)
@@ -206,7 +206,7 @@ class ProviderWorker:
                 await self.nc.publish(reply, encoder.encode(chunk), headers={H.SEQ: str(seq)})
                 seq += 1
         except ModelbusError as err:
-            err.scrub(adapter.connection.secrets_used)
+            _sanitize(err, adapter)
             record_error(span, err, err.http_status)
             await reply_error(
                 self.nc, reply, err, request_id=request_id, extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)}
@@ -238,6 +238,24 @@ class ProviderWorker:
         if usage_chunk is not None and usage_chunk.usage is not None:
             end[H.USAGE] = f"{usage_chunk.usage.prompt_tokens} {usage_chunk.usage.completion_tokens}"
         await self.nc.publish(reply, body, headers=end)
+
+
+def _sanitize(err: ModelbusError, adapter: ChatAdapter) -> None:
+    """Make an adapter error safe to send: no credential may leave in it.
+
+    Values this connection sent are scrubbed. An upstream auth failure loses the
+    upstream's text entirely: providers quote keys in them, sometimes the one they
+    *expected* (which we never sent, so scrubbing cannot catch it).
+    """
+    err.scrub(adapter.connection.secrets_used)
+    if isinstance(err, AuthFailed):
+        endpoint = adapter.connection.endpoint
+        ref = f" (credential {endpoint.auth_ref})" if endpoint.auth_ref else ""
+        err.message = (
+            f"endpoint {endpoint.name!r}: the provider rejected the credential with {err.http_status}{ref}; "
+            "its own message is withheld because it can quote keys"
+        )
+        err.args = (err.message,)
 
 
 def _timeout_s(headers: Mapping[str, str], endpoint_timeout_ms: int) -> float:

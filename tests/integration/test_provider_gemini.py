@@ -239,7 +239,9 @@ def test_an_ai_studio_key_travels_in_x_goog_api_key_never_in_the_url(stack: Stac
     # llm-katan only looks at Authorization and ?key=, so the header key counts as missing there.
     status, _, body = run(_complete(stack.url, {"model": "gemini-api-key", "messages": HELLO}))
     assert status == 401
-    assert "missing Authorization header or ?key= query parameter" in body["error"]["message"]
+    # llm-katan accepts only Bearer or ?key=, so the x-goog-api-key header is refused: the key went
+    # in neither the URL nor Authorization (the upstream's own text is withheld on auth failures).
+    assert "rejected the credential with 401" in body["error"]["message"]
     assert body["error"]["retryable"] is False
 
 
