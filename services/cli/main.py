@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.admin import add_parsers as add_admin_parsers
+from services.cli.secrets_cmd import add_parser as add_secrets_parser
 from services.cli.up import default_data_dir, run_file, run_up
 from shared import identities
 from shared.bus import DEFAULT_NATS_URL
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("-v", "--verbose", action="store_true", help="print routing details to stderr")
 
     add_admin_parsers(sub)
+    add_secrets_parser(sub)
     parser.add_argument("--nats-url", dest="nats_url_global", default=None, help=argparse.SUPPRESS)
     return parser
 

@@ -3,15 +3,21 @@
 Start-up order matters: the master key is read and checked against the
 secrets store *before* any subscription exists, so a wrong key stops the
 process (exit status 2) without having answered anything or written anything.
+
+``modelbus-secrets rotate-master-key --new-key-file PATH`` re-encrypts the
+store under a new master key instead of serving (:mod:`services.secrets.rotate_cmd`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from services.secrets.crypto import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeyError, SecretCipher, load_master_key
+from services.secrets import rotate_cmd
+from services.secrets.crypto import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeyError, load_keyring
 from services.secrets.service import SecretsService, register
 from services.secrets.store import SecretStore, StoreStartupError, ensure_no_locked_data
+from services.secrets.vault import VaultConfigError, vault_from_env
 from shared.bus import make_broker, run
 from shared.envelopes import SecretChanged
 from shared.logs import setup_logging
@@ -20,15 +26,20 @@ from shared.subjects import SECRETS_BUCKET, SECRETS_CHANGED
 from shared.telemetry import setup_tracing
 
 EXIT_BAD_KEY = 2
-"""Exit status when the master key is malformed or does not match the store."""
+"""Exit status when the master key is malformed or does not match the store, or the Vault settings are unusable."""
 
 
 async def _main() -> None:
     log = setup_logging("secrets")
     setup_tracing("modelbus-secrets")
     try:
-        key = load_master_key()
+        keys = load_keyring()
     except MasterKeyError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(EXIT_BAD_KEY) from None
+    try:
+        vault = vault_from_env(os.environ)
+    except VaultConfigError as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(EXIT_BAD_KEY) from None
     broker = make_broker("secrets")
@@ -36,12 +47,12 @@ async def _main() -> None:
     async def publish_change(change: SecretChanged) -> None:
         await broker.publish(change, SECRETS_CHANGED)
 
-    service = SecretsService(publish_change=publish_change)
+    service = SecretsService(publish_change=publish_change, vault=vault)
     register(broker, service)
     await broker.connect()  # serve() reuses this connection; no subscription exists yet
     try:
         js = broker.connection.jetstream()
-        if key is None:
+        if keys is None:
             await ensure_no_locked_data(js)
             log.warning(
                 "no master key configured (%s or %s): serving env: references only; "
@@ -50,19 +61,28 @@ async def _main() -> None:
                 MASTER_KEY_FILE_ENV,
             )
         else:
-            service.store = await SecretStore.open(js, SecretCipher(key.key), key_source=key.source)
+            service.store = await SecretStore.open(js, keys.ring, key_source=keys.source)
             log.info("secrets store %s unlocked", SECRETS_BUCKET)
     except StoreStartupError as exc:
         log.error("cannot start: %s", exc)
         await broker.stop()
         raise SystemExit(EXIT_BAD_KEY) from None
-    state = "store unlocked" if service.store is not None else "store locked: no master key"
-    await serve(log, broker, ready_detail=f"secrets ({state})")
+    state = (
+        f"store unlocked, key id {', '.join(keys.ring.key_ids)}" if keys is not None else "store locked: no master key"
+    )
+    if vault is not None:
+        # Address, mount and prefix only: the token is never logged.
+        state += f"; Vault first at {vault.kv.address}, {vault.where('')}"
+    await serve(log, broker, ready_detail=f"secrets ({state})", on_stop=vault.aclose if vault is not None else None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the secrets service."""
-    argparse.ArgumentParser(prog="modelbus-secrets", description=__doc__).parse_args(argv)
+    """Run the secrets service, or its ``rotate-master-key`` command."""
+    parser = argparse.ArgumentParser(prog="modelbus-secrets", description=__doc__)
+    rotate_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    if args.command == rotate_cmd.COMMAND:
+        raise SystemExit(rotate_cmd.run_command(args))
     run(_main())
 
 

@@ -3,7 +3,9 @@
 Layout of the bucket (file storage, 5 revisions of history per key):
 
 ================================ ==============================================
-``keycheck``                      key-check record (:meth:`SecretCipher.keycheck`)
+``keycheck``                      key-check record of the store's active master key
+``keycheck.next``                 key-check record of the key a rotation is moving to
+                                  (only while one is under way)
 ``secret.<base64url(name)>``      one :class:`~services.secrets.crypto.SealedRecord` per secret
 ================================ ==============================================
 
@@ -12,9 +14,10 @@ so names are encoded with unpadded URL-safe base64 (alphabet ``[A-Za-z0-9_-]``),
 which is reversible and always a single valid token. Deleting a secret purges
 its key, so older encrypted revisions go too.
 
-Opening the store checks the master key against the bucket before anything is
-written: a wrong key or a locked bucket stops the service with
-:class:`StoreStartupError` and leaves the bucket as it was.
+Opening the store checks the master keys against the bucket before anything is
+written: a wrong key, a locked bucket, or secrets sealed under a key the
+service was not given (an unfinished rotation) stop the service with
+:class:`StoreStartupError` and leave the bucket as it was.
 """
 
 from __future__ import annotations
@@ -32,9 +35,14 @@ from nats.js.kv import KeyValue
 from services.secrets.crypto import (
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
+    PREVIOUS_KEY_ENV,
+    PREVIOUS_KEY_FILE_ENV,
+    KeyNotAvailable,
+    Keyring,
     RecordUnreadable,
     SecretCipher,
     now_rfc3339,
+    record_key_id,
 )
 from shared.envelopes import SecretInfo
 from shared.subjects import SECRETS_BUCKET
@@ -48,7 +56,9 @@ BUCKET_CONFIG = KeyValueConfig(
     storage=StorageType.FILE,
 )
 KEYCHECK_KEY = "keycheck"
-"""KV key of the key-check record."""
+"""KV key of the key-check record of the store's active master key."""
+NEXT_KEYCHECK_KEY = "keycheck.next"
+"""KV key of the key-check record of the key an unfinished rotation is moving to."""
 SECRET_KEY_PREFIX = "secret."
 """Prefix of every secret's KV key."""
 LAST4_MIN_LENGTH = 12
@@ -59,6 +69,18 @@ _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
 
 class StoreStartupError(Exception):
     """The store cannot be opened safely; the message tells the operator what to do."""
+
+
+class StoreKeyRetired(Exception):
+    """The store's active master key is one this service does not hold: a rotation finished without it.
+
+    Writing now would seal a secret under a key the store has moved away from.
+    """
+
+    def __init__(self, key_id: str | None) -> None:
+        super().__init__(key_id)
+        self.key_id = key_id
+        """The store's active key id, when its key check names one."""
 
 
 def name_problem(name: str) -> str | None:
@@ -111,11 +133,49 @@ async def _keys(kv: KeyValue) -> list[str]:
         return []
 
 
-def _mismatch(key_source: str) -> StoreStartupError:
+async def _read(kv: KeyValue, key: str) -> bytes | None:
+    try:
+        return (await kv.get(key)).value or b""
+    except KeyNotFoundError:
+        return None
+
+
+def _check_key_id(check: bytes, ring: Keyring) -> str | None:
+    """Which key a key-check record is for: the id it names, or the held key it opens with."""
+    try:
+        return record_key_id(check) or ring.verifying_key_id(check)
+    except RecordUnreadable:
+        return None
+
+
+def _ids(ring: Keyring) -> str:
+    return ", ".join(ring.key_ids)
+
+
+def _mismatch(key_source: str, ring: Keyring, active: str | None = None) -> StoreStartupError:
+    store_key = f" (its active master key is key id {active})" if active else ""
     return StoreStartupError(
-        f"master key does not match the secrets store (JetStream KV bucket {SECRETS_BUCKET!r}): "
-        f"its stored secrets do not decrypt with the key from {key_source}. Nothing was changed. "
-        "Start the secrets service with the master key the secrets were stored with."
+        f"master key does not match the secrets store (JetStream KV bucket {SECRETS_BUCKET!r}){store_key}: "
+        f"its stored secrets do not decrypt with the key from {key_source} (key id {_ids(ring)}). "
+        "Nothing was changed. Start the secrets service with the master key the secrets were stored with"
+        f"{' (after a master-key rotation, the new key)' if active else ''}."
+    )
+
+
+# Records written before key ids name no key; they belong to the key of the key
+# check beside them. When that key check does not open either, this names it.
+_UNNAMED_ACTIVE_KEY = "<the store's active key, written before key ids>"
+
+
+def _missing_keys(counts: dict[str, int], key_source: str, ring: Keyring) -> StoreStartupError:
+    needed = "; ".join(f"{n} under key id {kid}" for kid, n in sorted(counts.items()))
+    return StoreStartupError(
+        f"the secrets store (JetStream KV bucket {SECRETS_BUCKET!r}) holds secrets sealed under a master key "
+        f"this service was not given ({needed}); it holds key id {_ids(ring)} from {key_source}. "
+        "A master-key rotation is probably unfinished. Start the service with the new key in "
+        f"{MASTER_KEY_ENV} (or {MASTER_KEY_FILE_ENV}) and the old one in {PREVIOUS_KEY_ENV} "
+        f"(or {PREVIOUS_KEY_FILE_ENV}), then run `modelbus secrets rotate-master-key` again to finish. "
+        "Nothing was changed."
     )
 
 
@@ -140,65 +200,115 @@ async def ensure_no_locked_data(js: JetStreamContext) -> None:
 class SecretStore:
     """Get, put, delete and list sealed secrets in the bucket."""
 
-    def __init__(self, kv: KeyValue, cipher: SecretCipher) -> None:
+    def __init__(self, kv: KeyValue, ring: Keyring) -> None:
         self._kv = kv
-        self._cipher = cipher
+        self._ring = ring
 
     @classmethod
-    async def open(cls, js: JetStreamContext, cipher: SecretCipher, *, key_source: str) -> SecretStore:
-        """Create the bucket if absent, check the key against it, and write the key check if new.
+    async def open(cls, js: JetStreamContext, ring: Keyring, *, key_source: str) -> SecretStore:
+        """Create the bucket if absent, check the keys against it, and write the key check if new.
 
-        ``key_source`` names where the key came from, for the error message.
+        ``key_source`` names where the keys came from, for error messages.
         """
         try:
             kv = await js.key_value(SECRETS_BUCKET)
         except BucketNotFoundError:
             kv = await js.create_key_value(config=BUCKET_CONFIG)
-        store = cls(kv, cipher)
-        await store._check_key(key_source)
+        store = cls(kv, ring)
+        await store._check_keys(key_source)
         return store
 
-    async def _check_key(self, key_source: str) -> None:
-        try:
-            check: bytes | None = (await self._kv.get(KEYCHECK_KEY)).value
-        except KeyNotFoundError:
-            check = None
-        if check is not None:
-            if not self._cipher.verifies(check):
-                raise _mismatch(key_source)
-            return
+    async def _check_keys(self, key_source: str) -> None:
+        """Refuse, changing nothing, unless every stored secret opens with a held key.
+
+        The key check (or, during a rotation, the next key's check) must open
+        with a held key; then every record must name a held key. Records from
+        before key ids belong to the key check's key. Only reading the records'
+        JSON, no decryption: a damaged record still shows up when it is read.
+        """
+        check = await _read(self._kv, KEYCHECK_KEY)
+        upcoming = await _read(self._kv, NEXT_KEYCHECK_KEY)
+        checks = [c for c in (check, upcoming) if c is not None]
+        active = _check_key_id(check, self._ring) if check is not None else None
+        if checks and not any(self._ring.verifying_key_id(c) for c in checks):
+            raise _mismatch(key_source, self._ring, active)
+        missing: dict[str, int] = {}
+        for key in await _keys(self._kv):
+            if not key.startswith(SECRET_KEY_PREFIX):
+                continue
+            raw = await _read(self._kv, key)
+            try:
+                kid = record_key_id(raw) if raw is not None else None
+            except RecordUnreadable:
+                continue
+            if raw is None or (kid is None and check is None):
+                continue  # deleted meanwhile, or no key check to belong to: the sample below decides
+            kid = kid or active or _UNNAMED_ACTIVE_KEY
+            if self._ring.cipher_for(kid) is None:
+                missing[kid] = missing.get(kid, 0) + 1
+        if missing:
+            raise _missing_keys(missing, key_source, self._ring)
+        if not checks:
+            await self._write_first_keycheck(key_source)
+
+    async def _write_first_keycheck(self, key_source: str) -> None:
         # No key check yet. Secrets without one (a key check lost or purged by
-        # hand) must still open with this key before we vouch for it.
+        # hand) must still open with a held key before we vouch for it, and the
+        # key check is written for the key they open with.
+        writer: SecretCipher = self._ring.current
         secret_keys = [k for k in await _keys(self._kv) if k.startswith(SECRET_KEY_PREFIX)]
         for key in secret_keys[:1]:
-            try:
-                entry = await self._kv.get(key)
-                self._cipher.open_secret(name_of(key), entry.value or b"")
-            except (RecordUnreadable, ValueError) as exc:
-                raise _mismatch(key_source) from exc
+            raw = await _read(self._kv, key)
+            if raw is None:
+                continue
+            opener = next((c for c in self._ring.ciphers if _opens(c, key, raw)), None)
+            if opener is None:
+                raise _mismatch(key_source, self._ring)
+            writer = opener
         try:
-            await self._kv.create(KEYCHECK_KEY, self._cipher.keycheck())
+            await self._kv.create(KEYCHECK_KEY, writer.keycheck())
             log.info("secrets store %s initialised with a new key check", SECRETS_BUCKET)
         except KeyWrongLastSequenceError:
             # Another secrets instance wrote one first; it must agree with ours.
-            if not self._cipher.verifies((await self._kv.get(KEYCHECK_KEY)).value or b""):
-                raise _mismatch(key_source) from None
+            if not self._ring.verifying_key_id(await _read(self._kv, KEYCHECK_KEY) or b""):
+                raise _mismatch(key_source, self._ring) from None
+
+    async def _ensure_active_key_held(self) -> None:
+        """Refuse to write once the store has been rotated to a key this service does not hold.
+
+        During a rotation the old key is still active, so an old-key service
+        keeps writing and the rotation re-encrypts what it writes; once the
+        rotation marks the new key active, such a service stops writing instead
+        of leaving secrets behind under a key the store has moved away from.
+        """
+        check = await _read(self._kv, KEYCHECK_KEY)
+        if check is None or self._ring.verifying_key_id(check):
+            return
+        upcoming = await _read(self._kv, NEXT_KEYCHECK_KEY)
+        if upcoming is not None and self._ring.verifying_key_id(upcoming):
+            return
+        raise StoreKeyRetired(_check_key_id(check, self._ring))
 
     async def get(self, name: str) -> str | None:
         """The value of secret ``name``, ``None`` when there is none.
 
-        Raises :class:`RecordUnreadable` when the record exists but does not open.
+        Raises :class:`RecordUnreadable` when the record exists but does not
+        open, :class:`~services.secrets.crypto.KeyNotAvailable` when it is
+        sealed under a key this service does not hold.
         """
-        try:
-            entry = await self._kv.get(kv_key(name))
-        except KeyNotFoundError:
+        raw = await _read(self._kv, kv_key(name))
+        if raw is None:
             return None
-        return self._cipher.open_secret(name, entry.value or b"").value
+        return self._ring.open_secret(name, raw).value
 
     async def put(self, name: str, value: str) -> SecretInfo:
-        """Seal and store ``value`` under ``name``, replacing any previous value."""
+        """Seal and store ``value`` under ``name`` with the current key, replacing any previous value.
+
+        :class:`StoreKeyRetired` when the store has been rotated to a key this service does not hold.
+        """
+        await self._ensure_active_key_held()
         updated_at = now_rfc3339()
-        await self._kv.put(kv_key(name), self._cipher.seal_secret(name, value, updated_at=updated_at))
+        await self._kv.put(kv_key(name), self._ring.seal_secret(name, value, updated_at=updated_at))
         return SecretInfo(name=name, key_present=True, key_last4=last4(value), source="store", updated_at=updated_at)
 
     async def delete(self, name: str) -> bool:
@@ -223,7 +333,13 @@ class SecretStore:
             except (ValueError, KeyNotFoundError):
                 continue  # not ours, or deleted since the key listing
             try:
-                opened = self._cipher.open_secret(name, entry.value or b"")
+                opened = self._ring.open_secret(name, entry.value or b"")
+            except KeyNotAvailable as exc:
+                log.error(
+                    "stored secret %r is sealed under master key %s, which this service does not hold", name, exc.key_id
+                )
+                items.append(SecretInfo(name=name, key_present=False, source="store"))
+                continue
             except RecordUnreadable:
                 log.error("stored secret %r does not decrypt with the current master key", name)
                 items.append(SecretInfo(name=name, key_present=False, source="store"))
@@ -239,3 +355,11 @@ class SecretStore:
             )
         items.sort(key=lambda info: info.name)
         return items
+
+
+def _opens(cipher: SecretCipher, key: str, raw: bytes) -> bool:
+    try:
+        cipher.open_secret(name_of(key), raw)
+    except (RecordUnreadable, ValueError):
+        return False
+    return True

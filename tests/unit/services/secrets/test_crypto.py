@@ -43,7 +43,7 @@ def test_a_sealed_secret_opens_to_the_same_value_and_keeps_its_update_time() -> 
 def test_a_record_is_versioned_json_with_a_12_byte_nonce_and_no_trace_of_the_value() -> None:
     raw = SecretCipher(KEY).seal_secret("llm-providers/openai", VALUE)
     record = json.loads(raw)
-    assert set(record) == {"v", "nonce", "ciphertext", "updated_at"}
+    assert set(record) == {"v", "kid", "nonce", "ciphertext", "updated_at"}
     assert record["v"] == 1
     assert len(base64.b64decode(record["nonce"])) == 12
     assert VALUE.encode() not in raw
