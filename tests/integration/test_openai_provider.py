@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -12,7 +11,8 @@ from shared import headers as H
 from shared.client import ModelbusClient
 from shared.errors import RateLimited
 from shared.natsserver import EmbeddedNats
-from tests.conftest import Katan, Stack, run, start_katan, start_stack, stop_process
+from tests.conftest import Katan, Stack, run, start_stack, stop_process
+from tests.integration.provider_harness import complete, katan_fleet, render_documents, stream
 
 KEY = "katan-test-key-31337"
 HELLO = [{"role": "user", "content": "hello katan"}]
@@ -71,44 +71,26 @@ def _config(katan: Katan, limited: Katan) -> str:
             "spec": {"targets": [{"endpoint": "closed-port"}, {"endpoint": "katan"}]},
         },
     ]
-    return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
+    return render_documents(docs)
 
 
 @pytest.fixture(scope="module")
 def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("katan")
-    katan = start_katan(tmp, "--validate-keys", "--api-keys", f"openai={KEY}")
-    limited = start_katan(tmp_path_factory.mktemp("katan-limited"), "--rate-limit-after", "1")
-    config = tmp / "config.yaml"
-    config.write_text(_config(katan, limited))
-    s = start_stack(nats_server.url, config, tmp / "home", env={"KATAN_KEY": KEY, "KATAN_WRONG_KEY": "not-the-key"})
-    try:
-        yield s
-    finally:
-        stop_process(s.proc)
-        for k in (katan, limited):
-            stop_process(k.proc)
-
-
-async def _complete(url: str, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        reply = await client.request_raw(request, timeout=20)
-    finally:
-        await client.close()
-    return reply.status, reply.headers, json.loads(reply.body)
-
-
-async def _stream(url: str, request: dict[str, Any]) -> list[Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        return [chunk async for chunk in client.stream(request, timeout=20)]
-    finally:
-        await client.close()
+    ok_args = ["--validate-keys", "--api-keys", f"openai={KEY}"]
+    with katan_fleet(tmp_path_factory, ok_args, roles=("ok", "limited")) as katans:
+        config = tmp / "config.yaml"
+        config.write_text(_config(katans["ok"], katans["limited"]))
+        env = {"KATAN_KEY": KEY, "KATAN_WRONG_KEY": "not-the-key"}
+        s = start_stack(nats_server.url, config, tmp / "home", env=env)
+        try:
+            yield s
+        finally:
+            stop_process(s.proc)
 
 
 def test_completion_reaches_llm_katan_with_the_bearer_key_and_comes_back(stack: Stack) -> None:
-    status, headers, body = run(_complete(stack.url, {"messages": HELLO}))
+    status, headers, body = run(complete(stack.url, {"messages": HELLO}))
     assert status == 200, body
     assert headers[H.PROVIDER] == "openai"
     assert headers[H.ENDPOINT] == "katan"
@@ -118,14 +100,14 @@ def test_completion_reaches_llm_katan_with_the_bearer_key_and_comes_back(stack: 
 
 
 def test_streaming_through_llm_katan_yields_the_same_text_and_usage(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}))
     text = "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
     assert "hello katan" in text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_streaming_without_include_usage_sends_no_usage_chunk(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "stream": True}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "stream": True}))
     assert chunks and all(chunk.usage is None for chunk in chunks)
 
 
@@ -139,7 +121,7 @@ def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
             },
         }
     ]
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "tools": tools}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "tools": tools}))
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -149,7 +131,7 @@ def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
 
 
 def test_wrong_upstream_key_is_a_non_retryable_auth_failure(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "katan-wrong-key", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "katan-wrong-key", "messages": HELLO}))
     assert status == 401
     assert body["error"]["type"] == "authentication_error"
     assert body["error"]["retryable"] is False
@@ -172,12 +154,12 @@ def test_upstream_rate_limit_is_a_retryable_429(stack: Stack) -> None:
 
 
 def test_unreachable_endpoint_falls_back_to_the_next_target(stack: Stack) -> None:
-    status, headers, body = run(_complete(stack.url, {"model": "survives-outage", "messages": HELLO}))
+    status, headers, body = run(complete(stack.url, {"model": "survives-outage", "messages": HELLO}))
     assert status == 200, body
     assert headers[H.ATTEMPTS] == "2"
     assert headers[H.ENDPOINT] == "katan"
 
 
 def test_upstream_key_never_appears_in_service_logs(stack: Stack) -> None:
-    run(_complete(stack.url, {"messages": HELLO}))
+    run(complete(stack.url, {"messages": HELLO}))
     assert KEY not in stack.log()

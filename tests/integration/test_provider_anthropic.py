@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 from shared import headers as H
-from shared.chat import ChatCompletionChunk
-from shared.client import ModelbusClient
 from shared.errors import ModelbusError, UpstreamUnavailable
 from shared.natsserver import EmbeddedNats
-from tests.conftest import Katan, Stack, run, start_katan, start_stack, stop_process
+from tests.conftest import Katan, Stack, run, start_stack, stop_process
+from tests.integration.provider_harness import ONE_ATTEMPT, complete, katan_fleet, render_documents, stream, text
 
 KEY = "sk-ant-katan-test-31337"
 HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello katan"}]
@@ -61,66 +60,29 @@ def _config(katan: Katan, failing: Katan, limited: Katan, slow: Katan) -> str:
         _endpoint("claude-limited", limited),
         _endpoint("claude-timeout", slow),
         {"kind": "ModelAlias", "metadata": {"name": "default"}, "spec": {"targets": [{"endpoint": "claude"}]}},
-        {
-            # One attempt per request, and breakers that never open: each test sees the upstream's own answer.
-            "kind": "RoutingDefaults",
-            "metadata": {"name": "defaults"},
-            "spec": {"max_retries": 0, "breaker_failures": 1000},
-        },
+        ONE_ATTEMPT,
     ]
-    return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
+    return render_documents(docs)
 
 
 @pytest.fixture(scope="module")
 def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("anthropic")
-    katans: list[Katan] = []
-    try:
-        for name, args in [
-            ("ok", ["--validate-keys", "--api-keys", f"anthropic={KEY}"]),
-            ("failing", ["--error-rate", "1.0"]),
-            ("limited", ["--rate-limit-after", "1"]),
-            ("slow", ["--timeout-after", "1"]),
-        ]:
-            katans.append(start_katan(tmp_path_factory.mktemp(f"katan-{name}"), *args))
+    with katan_fleet(tmp_path_factory, ["--validate-keys", "--api-keys", f"anthropic={KEY}"]) as katans:
         config = tmp / "config.yaml"
-        config.write_text(_config(*katans))
+        config.write_text(_config(katans["ok"], katans["failing"], katans["limited"], katans["slow"]))
         s = start_stack(nats_server.url, config, tmp / "home", env={"ANTHROPIC_KEY": KEY, "WRONG_KEY": "not-the-key"})
         try:
             yield s
         finally:
             stop_process(s.proc)
-    finally:
-        for k in katans:
-            stop_process(k.proc)
-
-
-async def _complete(url: str, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        reply = await client.request_raw(request, timeout=20)
-    finally:
-        await client.close()
-    return reply.status, reply.headers, json.loads(reply.body)
-
-
-async def _stream(url: str, request: dict[str, Any]) -> list[ChatCompletionChunk]:
-    client = await ModelbusClient.connect(url)
-    try:
-        return [chunk async for chunk in client.stream(request, timeout=20)]
-    finally:
-        await client.close()
-
-
-def _text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
 
 
 # ---------------------------------------------------------------- answers
 
 
 def test_completion_reaches_llm_katan_with_the_api_key_and_comes_back(stack: Stack) -> None:
-    status, headers, body = run(_complete(stack.url, {"messages": HELLO}))
+    status, headers, body = run(complete(stack.url, {"messages": HELLO}))
     assert status == 200, body
     assert headers[H.PROVIDER] == "anthropic"
     assert headers[H.ENDPOINT] == "claude"
@@ -133,34 +95,34 @@ def test_completion_reaches_llm_katan_with_the_api_key_and_comes_back(stack: Sta
 
 
 def test_the_requests_token_limit_and_temperature_reach_anthropic(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "max_tokens": 77, "temperature": 0.2}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "max_tokens": 77, "temperature": 0.2}))
     assert status == 200, body
     assert "max_tokens=77 temperature=0.2" in body["choices"][0]["message"]["content"]
 
 
 def test_an_image_reaches_anthropic_as_an_image_block(stack: Stack) -> None:
     parts = [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": PIXEL}}]
-    status, _, body = run(_complete(stack.url, {"messages": [{"role": "user", "content": parts}]}))
+    status, _, body = run(complete(stack.url, {"messages": [{"role": "user", "content": parts}]}))
     assert status == 200, body
     assert "[image:image/png]" in body["choices"][0]["message"]["content"]
 
 
 def test_streaming_yields_the_text_then_a_usage_chunk(stack: Stack) -> None:
     request = {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
-    chunks = run(_stream(stack.url, request))
-    assert "hello katan" in _text(chunks)
+    chunks = run(stream(stack.url, request))
+    assert "hello katan" in text(chunks)
     assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == ["stop"]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_streaming_without_include_usage_sends_no_usage_chunk(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "stream": True}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "stream": True}))
     assert chunks and all(chunk.usage is None for chunk in chunks)
 
 
 def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -171,7 +133,7 @@ def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
 
 
 def test_streamed_tool_calls_arrive_as_deltas_that_join_into_json_arguments(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "tools": TOOLS, "tool_choice": "required", "stream": True}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "tools": TOOLS, "tool_choice": "required", "stream": True}))
     deltas = [d for chunk in chunks for c in chunk.choices for d in c.delta.tool_calls or []]
     assert deltas[0].id and deltas[0].function is not None and deltas[0].function.name == "get_weather"
     assert len(deltas) > 2 and all(d.index == 0 and d.id is None for d in deltas[1:])
@@ -187,7 +149,7 @@ def test_a_tool_result_conversation_is_accepted(stack: Stack) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": "minus four degrees"},
     ]
-    status, _, body = run(_complete(stack.url, {"messages": messages}))
+    status, _, body = run(complete(stack.url, {"messages": messages}))
     assert status == 200, body
     assert "minus four degrees" in body["choices"][0]["message"]["content"]
 
@@ -197,14 +159,14 @@ def test_a_tool_result_conversation_is_accepted(stack: Stack) -> None:
 
 def test_a_parameter_anthropic_cannot_honour_is_a_400_naming_it(stack: Stack) -> None:
     request = {"messages": HELLO, "response_format": {"type": "json_object"}}
-    status, _, body = run(_complete(stack.url, request))
+    status, _, body = run(complete(stack.url, request))
     assert status == 400
     assert body["error"]["param"] == "response_format"
     assert body["error"]["retryable"] is False
 
 
 def test_wrong_upstream_key_is_a_non_retryable_auth_failure(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "claude-wrong-key", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "claude-wrong-key", "messages": HELLO}))
     assert status == 401
     assert body["error"]["type"] == "authentication_error"
     assert body["error"]["retryable"] is False
@@ -212,7 +174,7 @@ def test_wrong_upstream_key_is_a_non_retryable_auth_failure(stack: Stack) -> Non
 
 
 def test_an_upstream_500_is_a_retryable_error(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "claude-failing", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "claude-failing", "messages": HELLO}))
     assert status == 500
     assert body["error"]["retryable"] is True
     assert "internal server error" in body["error"]["message"]
@@ -220,13 +182,13 @@ def test_an_upstream_500_is_a_retryable_error(stack: Stack) -> None:
 
 def test_an_upstream_500_on_a_stream_is_a_retryable_error(stack: Stack) -> None:
     with pytest.raises(UpstreamUnavailable) as caught:
-        run(_stream(stack.url, {"model": "claude-failing", "messages": HELLO, "stream": True}))
+        run(stream(stack.url, {"model": "claude-failing", "messages": HELLO, "stream": True}))
     assert caught.value.retryable is True
 
 
 def test_upstream_rate_limit_after_the_first_request_is_a_retryable_429(stack: Stack) -> None:
-    first, _, _ = run(_complete(stack.url, {"model": "claude-limited", "messages": HELLO}))
-    status, _, body = run(_complete(stack.url, {"model": "claude-limited", "messages": HELLO}))
+    first, _, _ = run(complete(stack.url, {"model": "claude-limited", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "claude-limited", "messages": HELLO}))
     assert first == 200
     assert status == 429
     assert body["error"]["type"] == "rate_limit_error"
@@ -234,14 +196,14 @@ def test_upstream_rate_limit_after_the_first_request_is_a_retryable_429(stack: S
 
 
 def test_upstream_timeout_after_the_first_request_is_a_retryable_504(stack: Stack) -> None:
-    first, _, _ = run(_complete(stack.url, {"model": "claude-timeout", "messages": HELLO}))
+    first, _, _ = run(complete(stack.url, {"model": "claude-timeout", "messages": HELLO}))
     with pytest.raises(ModelbusError) as caught:
-        run(_stream(stack.url, {"model": "claude-timeout", "messages": HELLO, "stream": True}))
+        run(stream(stack.url, {"model": "claude-timeout", "messages": HELLO, "stream": True}))
     assert first == 200
     assert caught.value.http_status == 504
     assert caught.value.retryable is True
 
 
 def test_upstream_key_never_appears_in_service_logs(stack: Stack) -> None:
-    run(_complete(stack.url, {"messages": HELLO}))
+    run(complete(stack.url, {"messages": HELLO}))
     assert KEY not in stack.log()

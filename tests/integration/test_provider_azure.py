@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from shared import headers as H
-from shared.client import ModelbusClient
 from shared.errors import ModelbusError
 from shared.natsserver import EmbeddedNats
-from tests.conftest import Katan, Stack, run, start_katan, start_stack, stop_process
+from tests.conftest import Katan, Stack, run, start_stack, stop_process
+from tests.integration.provider_harness import complete, katan_fleet, render_documents, stream
 
 KEY = "azure-katan-key-4242"
 HELLO = [{"role": "user", "content": "hello azure"}]
@@ -61,62 +61,30 @@ def _config(katan: Katan, failing: Katan, limited: Katan, timing_out: Katan) -> 
         # No retries: each failure below is the adapter's own answer, not the router's.
         {"kind": "RoutingDefaults", "metadata": {"name": "defaults"}, "spec": {"max_retries": 0}},
     ]
-    return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
+    return render_documents(docs)
 
 
 @pytest.fixture(scope="module")
 def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("azure")
-    variants = {
-        "main": ("--validate-keys", "--api-keys", f"azure_openai={KEY}"),
-        "failing": ("--error-rate", "1.0"),
-        "limited": ("--rate-limit-after", "1"),
-        "timing-out": ("--timeout-after", "1"),
-    }
-
-    katans: dict[str, Katan] = {}
-    running: Stack | None = None
-    try:
-        # One by one from this thread: llm-katan dies with the thread that started it.
-        for name, args in variants.items():
-            (tmp / name).mkdir()
-            katans[name] = start_katan(tmp / name, *args)
+    with katan_fleet(tmp_path_factory, ["--validate-keys", "--api-keys", f"azure_openai={KEY}"]) as katans:
         config = tmp / "config.yaml"
-        config.write_text(_config(katans["main"], katans["failing"], katans["limited"], katans["timing-out"]))
+        config.write_text(_config(katans["ok"], katans["failing"], katans["limited"], katans["slow"]))
         env = {"AZURE_KEY": KEY, "AZURE_WRONG_KEY": "not-the-azure-key"}
-        running = start_stack(nats_server.url, config, tmp / "home", env=env)
-        yield running
-    finally:
-        if running is not None:
-            stop_process(running.proc)
-        for k in katans.values():
-            stop_process(k.proc)
-
-
-async def _complete(url: str, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        reply = await client.request_raw(request, timeout=20)
-    finally:
-        await client.close()
-    return reply.status, reply.headers, json.loads(reply.body)
-
-
-async def _stream(url: str, request: dict[str, Any]) -> list[Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        return [chunk async for chunk in client.stream(request, timeout=20)]
-    finally:
-        await client.close()
+        s = start_stack(nats_server.url, config, tmp / "home", env=env)
+        try:
+            yield s
+        finally:
+            stop_process(s.proc)
 
 
 def _error(stack: Stack, model: str, **extra: Any) -> tuple[int, dict[str, Any]]:
-    status, _, body = run(_complete(stack.url, {"model": model, "messages": HELLO, **extra}))
+    status, _, body = run(complete(stack.url, {"model": model, "messages": HELLO, **extra}))
     return status, body["error"]
 
 
 def test_a_completion_reaches_the_deployment_with_the_api_key_and_comes_back(stack: Stack) -> None:
-    status, headers, body = run(_complete(stack.url, {"messages": HELLO}))
+    status, headers, body = run(complete(stack.url, {"messages": HELLO}))
     assert status == 200, body
     assert headers[H.PROVIDER] == "azure-openai"
     assert headers[H.ENDPOINT] == "azure"
@@ -126,7 +94,7 @@ def test_a_completion_reaches_the_deployment_with_the_api_key_and_comes_back(sta
 
 
 def test_streaming_from_a_deployment_yields_the_text_and_a_final_usage_chunk(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}))
     text = "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
     assert "hello azure" in text
     assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == ["stop"]
@@ -134,7 +102,7 @@ def test_streaming_from_a_deployment_yields_the_text_and_a_final_usage_chunk(sta
 
 
 def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -144,16 +112,16 @@ def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
 
 
 def test_an_aegis_style_base_url_keeps_its_own_deployment(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "azure-aegis/other-model", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "azure-aegis/other-model", "messages": HELLO}))
     assert status == 200, body
     assert body["model"] == "gpt-4o"  # the deployment named in base_url, not a second one appended
 
 
 def test_the_v1_api_is_used_for_a_base_url_ending_in_openai_v1(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "azure-v1", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "azure-v1", "messages": HELLO}))
     assert status == 200, body
     assert body["model"] == "gpt-4o-mini"  # llm-katan's v1 route answers as the body's model
-    chunks = run(_stream(stack.url, {"model": "azure-v1", "messages": HELLO, "stream": True}))
+    chunks = run(stream(stack.url, {"model": "azure-v1", "messages": HELLO, "stream": True}))
     assert "hello azure" in "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
 
 
@@ -179,7 +147,7 @@ def test_an_upstream_500_is_a_retryable_error(stack: Stack) -> None:
 
 
 def test_an_upstream_rate_limit_is_a_retryable_429(stack: Stack) -> None:
-    status, _, _ = run(_complete(stack.url, {"model": "azure-limited", "messages": HELLO}))
+    status, _, _ = run(complete(stack.url, {"model": "azure-limited", "messages": HELLO}))
     assert status == 200  # llm-katan --rate-limit-after 1 lets the first request through
     status, error = _error(stack, "azure-limited")
     assert status == 429
@@ -188,7 +156,7 @@ def test_an_upstream_rate_limit_is_a_retryable_429(stack: Stack) -> None:
 
 
 def test_an_upstream_gateway_timeout_is_a_retryable_504(stack: Stack) -> None:
-    status, _, _ = run(_complete(stack.url, {"model": "azure-timeout", "messages": HELLO}))
+    status, _, _ = run(complete(stack.url, {"model": "azure-timeout", "messages": HELLO}))
     assert status == 200  # llm-katan --timeout-after 1 answers once, then 504s
     status, error = _error(stack, "azure-timeout")
     assert status == 504
@@ -197,11 +165,11 @@ def test_an_upstream_gateway_timeout_is_a_retryable_504(stack: Stack) -> None:
 
 def test_a_failing_stream_ends_with_the_mapped_error(stack: Stack) -> None:
     with pytest.raises(ModelbusError) as caught:
-        run(_stream(stack.url, {"model": "azure-500", "messages": HELLO, "stream": True}))
+        run(stream(stack.url, {"model": "azure-500", "messages": HELLO, "stream": True}))
     assert caught.value.http_status == 500
     assert caught.value.retryable is True
 
 
 def test_the_azure_key_never_appears_in_service_logs(stack: Stack) -> None:
-    run(_complete(stack.url, {"messages": HELLO}))
+    run(complete(stack.url, {"messages": HELLO}))
     assert KEY not in stack.log()

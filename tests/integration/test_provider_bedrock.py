@@ -26,10 +26,10 @@ from starlette.routing import Route
 
 from shared import headers as H
 from shared.chat import ChatCompletionChunk
-from shared.client import ModelbusClient
 from shared.errors import ModelbusError
 from shared.natsserver import EmbeddedNats
-from tests.conftest import Katan, Stack, free_port, run, start_katan, start_stack, stop_process
+from tests.conftest import Katan, Stack, free_port, run, start_stack, stop_process
+from tests.integration.provider_harness import ONE_ATTEMPT, complete, katan_fleet, render_documents, stream, text
 from tests.unit.services.providers.test_bedrock import event, signature_is_valid
 
 ACCESS_KEY = "AKIAKATANEXAMPLE0001"
@@ -145,14 +145,9 @@ def _config(fake: FakeBedrock, katan: Katan, failing: Katan, limited: Katan, slo
         _endpoint("bedrock-timeout", slow.base_url),
         _endpoint("bedrock-aws", fake.base_url, model=ARN_MODEL),
         {"kind": "ModelAlias", "metadata": {"name": "default"}, "spec": {"targets": [{"endpoint": "bedrock"}]}},
-        {
-            # One attempt per request, and breakers that never open: each test sees the upstream's own answer.
-            "kind": "RoutingDefaults",
-            "metadata": {"name": "defaults"},
-            "spec": {"max_retries": 0, "breaker_failures": 1000},
-        },
+        ONE_ATTEMPT,
     ]
-    return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
+    return render_documents(docs)
 
 
 class Upstreams:
@@ -165,59 +160,29 @@ class Upstreams:
 @pytest.fixture(scope="module")
 def upstreams(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     tmp = tmp_path_factory.mktemp("bedrock")
-    katans: list[Katan] = []
     fake = FakeBedrock()
     fake.start()
     try:
-        for name, args in [
-            ("ok", ["--validate-keys", "--api-keys", f"bedrock={ACCESS_KEY}"]),
-            ("failing", ["--error-rate", "1.0"]),
-            ("limited", ["--rate-limit-after", "1"]),
-            ("slow", ["--timeout-after", "1"]),
-        ]:
-            katans.append(start_katan(tmp_path_factory.mktemp(f"katan-{name}"), *args))
-        config = tmp / "config.yaml"
-        config.write_text(_config(fake, *katans))
-        env = {
-            "BEDROCK_CREDS": CREDS,
-            "BEDROCK_WRONG_CREDS": WRONG_CREDS,
-            # The default chain of the endpoint without auth: environment only, no files, no IMDS.
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-        s = start_stack(nats_server.url, config, tmp / "home", env=env)
-        try:
-            yield Upstreams(s, fake)
-        finally:
-            stop_process(s.proc)
+        with katan_fleet(tmp_path_factory, ["--validate-keys", "--api-keys", f"bedrock={ACCESS_KEY}"]) as katans:
+            config = tmp / "config.yaml"
+            config.write_text(_config(fake, katans["ok"], katans["failing"], katans["limited"], katans["slow"]))
+            env = {
+                "BEDROCK_CREDS": CREDS,
+                "BEDROCK_WRONG_CREDS": WRONG_CREDS,
+                # The default chain of the endpoint without auth: environment only, no files, no IMDS.
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+            s = start_stack(nats_server.url, config, tmp / "home", env=env)
+            try:
+                yield Upstreams(s, fake)
+            finally:
+                stop_process(s.proc)
     finally:
-        for k in katans:
-            stop_process(k.proc)
         fake.stop()
-
-
-async def _complete(url: str, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        reply = await client.request_raw(request, timeout=20)
-    finally:
-        await client.close()
-    return reply.status, reply.headers, json.loads(reply.body)
-
-
-async def _stream(url: str, request: dict[str, Any]) -> list[ChatCompletionChunk]:
-    client = await ModelbusClient.connect(url)
-    try:
-        return [chunk async for chunk in client.stream(request, timeout=20)]
-    finally:
-        await client.close()
-
-
-def _text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
 
 
 def _tool_calls(chunks: list[ChatCompletionChunk]) -> list[Any]:
@@ -228,7 +193,7 @@ def _tool_calls(chunks: list[ChatCompletionChunk]) -> list[Any]:
 
 
 def test_completion_reaches_llm_katan_signed_with_sigv4_and_comes_back(upstreams: Upstreams) -> None:
-    status, headers, body = run(_complete(upstreams.url, {"messages": HELLO}))
+    status, headers, body = run(complete(upstreams.url, {"messages": HELLO}))
     assert status == 200, body
     assert headers[H.PROVIDER] == "bedrock"
     assert headers[H.ENDPOINT] == "bedrock"
@@ -241,21 +206,21 @@ def test_completion_reaches_llm_katan_signed_with_sigv4_and_comes_back(upstreams
 
 
 def test_the_requests_token_limit_and_temperature_reach_inference_config(upstreams: Upstreams) -> None:
-    status, _, body = run(_complete(upstreams.url, {"messages": HELLO, "max_tokens": 77, "temperature": 0.3}))
+    status, _, body = run(complete(upstreams.url, {"messages": HELLO, "max_tokens": 77, "temperature": 0.3}))
     assert status == 200, body
     assert "max_tokens=77 temperature=0.3" in body["choices"][0]["message"]["content"]
 
 
 def test_streaming_through_llm_katan_yields_the_text_and_usage(upstreams: Upstreams) -> None:
     request = {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
-    chunks = run(_stream(upstreams.url, request))
-    assert "hello katan" in _text(chunks)
+    chunks = run(stream(upstreams.url, request))
+    assert "hello katan" in text(chunks)
     assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == ["stop"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_tool_calls_from_llm_katan_come_back_in_the_openai_shape(upstreams: Upstreams) -> None:
-    status, _, body = run(_complete(upstreams.url, {"messages": HELLO, "tools": [TOOL]}))
+    status, _, body = run(complete(upstreams.url, {"messages": HELLO, "tools": [TOOL]}))
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -265,7 +230,7 @@ def test_tool_calls_from_llm_katan_come_back_in_the_openai_shape(upstreams: Upst
 
 
 def test_streamed_tool_calls_from_llm_katan_come_back_as_deltas(upstreams: Upstreams) -> None:
-    chunks = run(_stream(upstreams.url, {"messages": HELLO, "tools": [TOOL], "stream": True}))
+    chunks = run(stream(upstreams.url, {"messages": HELLO, "tools": [TOOL], "stream": True}))
     calls = _tool_calls(chunks)
     assert calls[0].id and calls[0].function.name == "get_weather"
     assert json.loads("".join(c.function.arguments or "" for c in calls)) == {"city": "test_city"}
@@ -296,7 +261,7 @@ def test_tool_results_and_images_reach_bedrock_as_content_blocks(upstreams: Upst
             ],
         },
     ]
-    status, _, body = run(_complete(upstreams.url, {"messages": messages}))
+    status, _, body = run(complete(upstreams.url, {"messages": messages}))
     assert status == 200, body
     echoed = body["choices"][0]["message"]["content"]
     # katan echoes the last user message: the tool result, the text and the image merged into one turn.
@@ -305,21 +270,21 @@ def test_tool_results_and_images_reach_bedrock_as_content_blocks(upstreams: Upst
 
 
 def test_the_default_aws_credential_chain_signs_when_the_endpoint_has_no_auth(upstreams: Upstreams) -> None:
-    status, headers, body = run(_complete(upstreams.url, {"model": "bedrock-chain", "messages": HELLO}))
+    status, headers, body = run(complete(upstreams.url, {"model": "bedrock-chain", "messages": HELLO}))
     assert status == 200, body
     assert headers[H.ENDPOINT] == "bedrock-chain"
 
 
 def test_an_https_image_url_is_a_400_naming_the_field(upstreams: Upstreams) -> None:
     content = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
-    status, _, body = run(_complete(upstreams.url, {"messages": [{"role": "user", "content": content}]}))
+    status, _, body = run(complete(upstreams.url, {"messages": [{"role": "user", "content": content}]}))
     assert status == 400, body
     assert body["error"]["param"] == "messages[0].content[0].image_url.url"
     assert body["error"]["retryable"] is False
 
 
 def test_json_mode_is_a_400_naming_response_format(upstreams: Upstreams) -> None:
-    status, _, body = run(_complete(upstreams.url, {"messages": HELLO, "response_format": {"type": "json_object"}}))
+    status, _, body = run(complete(upstreams.url, {"messages": HELLO, "response_format": {"type": "json_object"}}))
     assert status == 400, body
     assert body["error"]["param"] == "response_format"
 
@@ -328,7 +293,7 @@ def test_json_mode_is_a_400_naming_response_format(upstreams: Upstreams) -> None
 
 
 def test_wrong_access_key_is_a_non_retryable_auth_failure_without_the_secret(upstreams: Upstreams) -> None:
-    status, _, body = run(_complete(upstreams.url, {"model": "bedrock-wrong-key", "messages": HELLO}))
+    status, _, body = run(complete(upstreams.url, {"model": "bedrock-wrong-key", "messages": HELLO}))
     assert status == 401, body
     assert body["error"]["type"] == "authentication_error"
     assert body["error"]["retryable"] is False
@@ -337,16 +302,16 @@ def test_wrong_access_key_is_a_non_retryable_auth_failure_without_the_secret(ups
 
 
 def test_upstream_500_is_a_retryable_error_with_the_aws_type(upstreams: Upstreams) -> None:
-    status, _, body = run(_complete(upstreams.url, {"model": "bedrock-failing", "messages": HELLO}))
+    status, _, body = run(complete(upstreams.url, {"model": "bedrock-failing", "messages": HELLO}))
     assert status == 500, body
     assert body["error"]["retryable"] is True
     assert "InternalServerException" in body["error"]["message"]
 
 
 def test_upstream_timeout_is_a_retryable_504_with_the_aws_type(upstreams: Upstreams) -> None:
-    first, _, _ = run(_complete(upstreams.url, {"model": "bedrock-timeout", "messages": HELLO}))
+    first, _, _ = run(complete(upstreams.url, {"model": "bedrock-timeout", "messages": HELLO}))
     assert first == 200  # llm-katan --timeout-after 1 answers once, then times out
-    status, _, body = run(_complete(upstreams.url, {"model": "bedrock-timeout", "messages": HELLO}))
+    status, _, body = run(complete(upstreams.url, {"model": "bedrock-timeout", "messages": HELLO}))
     assert status == 504, body
     assert body["error"]["type"] == "timeout_error"
     assert body["error"]["retryable"] is True
@@ -354,14 +319,14 @@ def test_upstream_timeout_is_a_retryable_504_with_the_aws_type(upstreams: Upstre
 
 
 def test_upstream_rate_limit_is_a_retryable_429_for_completions_and_streams(upstreams: Upstreams) -> None:
-    first, _, _ = run(_complete(upstreams.url, {"model": "bedrock-limited", "messages": HELLO}))
+    first, _, _ = run(complete(upstreams.url, {"model": "bedrock-limited", "messages": HELLO}))
     assert first == 200
-    status, _, body = run(_complete(upstreams.url, {"model": "bedrock-limited", "messages": HELLO}))
+    status, _, body = run(complete(upstreams.url, {"model": "bedrock-limited", "messages": HELLO}))
     assert status == 429, body
     assert body["error"]["retryable"] is True
     assert "ThrottlingException" in body["error"]["message"]
     with pytest.raises(ModelbusError) as caught:
-        run(_stream(upstreams.url, {"model": "bedrock-limited", "messages": HELLO, "stream": True}))
+        run(stream(upstreams.url, {"model": "bedrock-limited", "messages": HELLO, "stream": True}))
     assert caught.value.http_status == 429 and caught.value.retryable is True
 
 
@@ -376,9 +341,9 @@ def test_binary_event_stream_with_tool_call_deltas_arrives_for_an_arn_model_id(u
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    chunks = run(_stream(upstreams.url, request))
+    chunks = run(stream(upstreams.url, request))
     assert upstreams.fake.model_ids[-1] == ARN_MODEL  # one escaped segment, signature verified
-    assert _text(chunks) == "fake says: weather? "
+    assert text(chunks) == "fake says: weather? "
     calls = _tool_calls(chunks)
     assert calls[0].index == 0 and calls[0].id == "tooluse_fake01" and calls[0].function.name == "get_weather"
     assert json.loads("".join(c.function.arguments or "" for c in calls)) == {"city": "Paris"}
@@ -387,13 +352,13 @@ def test_binary_event_stream_with_tool_call_deltas_arrives_for_an_arn_model_id(u
 
 
 def test_a_signed_completion_for_an_arn_model_id_is_accepted_by_a_verifying_server(upstreams: Upstreams) -> None:
-    status, _, body = run(_complete(upstreams.url, {"model": "bedrock-aws", "messages": HELLO}))
+    status, _, body = run(complete(upstreams.url, {"model": "bedrock-aws", "messages": HELLO}))
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "fake: hello katan"
     assert body["model"] == ARN_MODEL
 
 
 def test_credentials_never_appear_in_service_logs(upstreams: Upstreams) -> None:
-    run(_complete(upstreams.url, {"messages": HELLO}))
+    run(complete(upstreams.url, {"messages": HELLO}))
     log = upstreams.stack.log()
     assert SECRET_KEY not in log and "wrong-secret-value" not in log

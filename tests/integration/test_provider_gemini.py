@@ -20,10 +20,10 @@ import pytest
 
 from shared import headers as H
 from shared.chat import ChatCompletionChunk
-from shared.client import ModelbusClient
 from shared.errors import ModelbusError, UpstreamUnavailable
 from shared.natsserver import EmbeddedNats
-from tests.conftest import Katan, Stack, run, start_katan, start_stack, stop_process
+from tests.conftest import Katan, Stack, run, start_stack, stop_process
+from tests.integration.provider_harness import ONE_ATTEMPT, complete, katan_fleet, render_documents, stream, text
 
 KEY = "ya29.katan-test-token-31337"
 HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello katan"}]
@@ -72,59 +72,22 @@ def _config(katan: Katan, failing: Katan, limited: Katan, slow: Katan) -> str:
         _endpoint("gemini-limited", limited, **token),
         _endpoint("gemini-timeout", slow, **token),
         {"kind": "ModelAlias", "metadata": {"name": "default"}, "spec": {"targets": [{"endpoint": "gemini"}]}},
-        {
-            # One attempt per request, and breakers that never open: each test sees the upstream's own answer.
-            "kind": "RoutingDefaults",
-            "metadata": {"name": "defaults"},
-            "spec": {"max_retries": 0, "breaker_failures": 1000},
-        },
+        ONE_ATTEMPT,
     ]
-    return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
+    return render_documents(docs)
 
 
 @pytest.fixture(scope="module")
 def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("gemini")
-    katans: list[Katan] = []
-    try:
-        for name, args in [
-            ("ok", ["--validate-keys", "--api-keys", f"vertexai={KEY}"]),
-            ("failing", ["--error-rate", "1.0"]),
-            ("limited", ["--rate-limit-after", "1"]),
-            ("slow", ["--timeout-after", "1"]),
-        ]:
-            katans.append(start_katan(tmp_path_factory.mktemp(f"katan-{name}"), *args))
+    with katan_fleet(tmp_path_factory, ["--validate-keys", "--api-keys", f"vertexai={KEY}"]) as katans:
         config = tmp / "config.yaml"
-        config.write_text(_config(*katans))
+        config.write_text(_config(katans["ok"], katans["failing"], katans["limited"], katans["slow"]))
         s = start_stack(nats_server.url, config, tmp / "home", env={"GEMINI_TOKEN": KEY, "WRONG_KEY": "not-the-key"})
         try:
             yield s
         finally:
             stop_process(s.proc)
-    finally:
-        for k in katans:
-            stop_process(k.proc)
-
-
-async def _complete(url: str, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        reply = await client.request_raw(request, timeout=20)
-    finally:
-        await client.close()
-    return reply.status, reply.headers, json.loads(reply.body)
-
-
-async def _stream(url: str, request: dict[str, Any]) -> list[ChatCompletionChunk]:
-    client = await ModelbusClient.connect(url)
-    try:
-        return [chunk async for chunk in client.stream(request, timeout=20)]
-    finally:
-        await client.close()
-
-
-def _text(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
 
 
 def _finishes(chunks: list[ChatCompletionChunk]) -> list[str]:
@@ -135,7 +98,7 @@ def _finishes(chunks: list[ChatCompletionChunk]) -> list[str]:
 
 
 def test_completion_reaches_llm_katan_with_the_bearer_token_and_comes_back(stack: Stack) -> None:
-    status, headers, body = run(_complete(stack.url, {"messages": HELLO}))
+    status, headers, body = run(complete(stack.url, {"messages": HELLO}))
     assert status == 200, body
     assert headers[H.PROVIDER] == "gemini"
     assert headers[H.ENDPOINT] == "gemini"
@@ -147,38 +110,38 @@ def test_completion_reaches_llm_katan_with_the_bearer_token_and_comes_back(stack
 
 
 def test_vertex_ai_endpoints_use_the_project_path_and_the_bearer_token(stack: Stack) -> None:
-    status, headers, body = run(_complete(stack.url, {"model": "gemini-vertex", "messages": HELLO}))
+    status, headers, body = run(complete(stack.url, {"model": "gemini-vertex", "messages": HELLO}))
     assert status == 200, body
     assert headers[H.ENDPOINT] == "gemini-vertex"
     assert "hello katan" in body["choices"][0]["message"]["content"]
-    chunks = run(_stream(stack.url, {"model": "gemini-vertex", "messages": HELLO, "stream": True}))
-    assert "hello katan" in _text(chunks) and _finishes(chunks) == ["stop"]
+    chunks = run(stream(stack.url, {"model": "gemini-vertex", "messages": HELLO, "stream": True}))
+    assert "hello katan" in text(chunks) and _finishes(chunks) == ["stop"]
 
 
 def test_the_requests_token_limit_and_temperature_reach_gemini(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "max_tokens": 77, "temperature": 0.2}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "max_tokens": 77, "temperature": 0.2}))
     assert status == 200, body
     assert "max_tokens=77 temperature=0.2" in body["choices"][0]["message"]["content"]
 
 
 def test_an_image_reaches_gemini_as_inline_data(stack: Stack) -> None:
     parts = [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": PIXEL}}]
-    status, _, body = run(_complete(stack.url, {"messages": [{"role": "user", "content": parts}]}))
+    status, _, body = run(complete(stack.url, {"messages": [{"role": "user", "content": parts}]}))
     assert status == 200, body
     assert "[image:image/png]" in body["choices"][0]["message"]["content"]
 
 
 def test_json_mode_reaches_gemini_as_a_json_response_mime_type(stack: Stack) -> None:
     request = {"messages": HELLO, "response_format": {"type": "json_object"}}
-    status, _, body = run(_complete(stack.url, request))
+    status, _, body = run(complete(stack.url, request))
     assert status == 200, body
     assert "hello katan" in json.loads(body["choices"][0]["message"]["content"])["response"]
 
 
 def test_streaming_yields_the_text_then_a_usage_chunk(stack: Stack) -> None:
     request = {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
-    chunks = run(_stream(stack.url, request))
-    assert "hello katan" in _text(chunks)
+    chunks = run(stream(stack.url, request))
+    assert "hello katan" in text(chunks)
     assert len(chunks) > 3  # chunk by chunk, not one buffered answer
     assert _finishes(chunks) == ["stop"]
     assert chunks[-1].choices == []
@@ -186,12 +149,12 @@ def test_streaming_yields_the_text_then_a_usage_chunk(stack: Stack) -> None:
 
 
 def test_streaming_without_include_usage_sends_no_usage_chunk(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "stream": True}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "stream": True}))
     assert chunks and all(chunk.usage is None for chunk in chunks)
 
 
 def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -203,7 +166,7 @@ def test_tool_calls_come_back_in_the_openai_shape(stack: Stack) -> None:
 
 
 def test_streamed_tool_calls_arrive_as_one_delta_with_the_whole_arguments(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "tools": TOOLS, "tool_choice": "required", "stream": True}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "tools": TOOLS, "tool_choice": "required", "stream": True}))
     (delta,) = [d for chunk in chunks for c in chunk.choices for d in c.delta.tool_calls or []]
     assert delta.index == 0 and delta.id is not None and delta.id.startswith("call_")
     assert delta.function is not None and delta.function.name == "get_weather"
@@ -218,7 +181,7 @@ def test_a_tool_result_conversation_is_accepted(stack: Stack) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "minus four degrees"},
     ]
-    status, _, body = run(_complete(stack.url, {"messages": messages}))
+    status, _, body = run(complete(stack.url, {"messages": messages}))
     assert status == 200, body
     # system instruction, user, model (functionCall) and user (functionResponse) all arrive
     assert "messages=4" in body["choices"][0]["message"]["content"]
@@ -229,7 +192,7 @@ def test_a_tool_result_conversation_is_accepted(stack: Stack) -> None:
 
 def test_a_tool_result_with_no_earlier_call_is_a_400_naming_the_message(stack: Stack) -> None:
     messages = [*HELLO, {"role": "tool", "tool_call_id": "call_missing", "content": "x"}]
-    status, _, body = run(_complete(stack.url, {"messages": messages}))
+    status, _, body = run(complete(stack.url, {"messages": messages}))
     assert status == 400
     assert body["error"]["param"] == "messages[2].tool_call_id"
     assert body["error"]["retryable"] is False
@@ -237,7 +200,7 @@ def test_a_tool_result_with_no_earlier_call_is_a_400_naming_the_message(stack: S
 
 def test_an_ai_studio_key_travels_in_x_goog_api_key_never_in_the_url(stack: Stack) -> None:
     # llm-katan only looks at Authorization and ?key=, so the header key counts as missing there.
-    status, _, body = run(_complete(stack.url, {"model": "gemini-api-key", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "gemini-api-key", "messages": HELLO}))
     assert status == 401
     # llm-katan accepts only Bearer or ?key=, so the x-goog-api-key header is refused: the key went
     # in neither the URL nor Authorization (the upstream's own text is withheld on auth failures).
@@ -246,7 +209,7 @@ def test_an_ai_studio_key_travels_in_x_goog_api_key_never_in_the_url(stack: Stac
 
 
 def test_wrong_upstream_token_is_a_non_retryable_auth_failure(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "gemini-wrong-key", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "gemini-wrong-key", "messages": HELLO}))
     assert status == 401
     assert body["error"]["type"] == "authentication_error"
     assert body["error"]["retryable"] is False
@@ -254,7 +217,7 @@ def test_wrong_upstream_token_is_a_non_retryable_auth_failure(stack: Stack) -> N
 
 
 def test_an_upstream_500_is_a_retryable_error(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "gemini-failing", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "gemini-failing", "messages": HELLO}))
     assert status == 500
     assert body["error"]["retryable"] is True
     assert "internal server error" in body["error"]["message"]
@@ -262,13 +225,13 @@ def test_an_upstream_500_is_a_retryable_error(stack: Stack) -> None:
 
 def test_an_upstream_500_on_a_stream_is_a_retryable_error(stack: Stack) -> None:
     with pytest.raises(UpstreamUnavailable) as caught:
-        run(_stream(stack.url, {"model": "gemini-failing", "messages": HELLO, "stream": True}))
+        run(stream(stack.url, {"model": "gemini-failing", "messages": HELLO, "stream": True}))
     assert caught.value.retryable is True
 
 
 def test_upstream_rate_limit_after_the_first_request_is_a_retryable_429(stack: Stack) -> None:
-    first, _, _ = run(_complete(stack.url, {"model": "gemini-limited", "messages": HELLO}))
-    status, _, body = run(_complete(stack.url, {"model": "gemini-limited", "messages": HELLO}))
+    first, _, _ = run(complete(stack.url, {"model": "gemini-limited", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "gemini-limited", "messages": HELLO}))
     assert first == 200
     assert status == 429
     assert body["error"]["type"] == "rate_limit_error"
@@ -276,14 +239,14 @@ def test_upstream_rate_limit_after_the_first_request_is_a_retryable_429(stack: S
 
 
 def test_upstream_timeout_after_the_first_request_is_a_retryable_504(stack: Stack) -> None:
-    first, _, _ = run(_complete(stack.url, {"model": "gemini-timeout", "messages": HELLO}))
+    first, _, _ = run(complete(stack.url, {"model": "gemini-timeout", "messages": HELLO}))
     with pytest.raises(ModelbusError) as caught:
-        run(_stream(stack.url, {"model": "gemini-timeout", "messages": HELLO, "stream": True}))
+        run(stream(stack.url, {"model": "gemini-timeout", "messages": HELLO, "stream": True}))
     assert first == 200
     assert caught.value.http_status == 504
     assert caught.value.retryable is True
 
 
 def test_upstream_token_never_appears_in_service_logs(stack: Stack) -> None:
-    run(_complete(stack.url, {"messages": HELLO}))
+    run(complete(stack.url, {"messages": HELLO}))
     assert KEY not in stack.log()

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from shared import headers as H
-from shared.client import ModelbusClient
 from shared.errors import ModelbusError
 from shared.natsserver import EmbeddedNats
 from tests.conftest import Stack, run, start_stack, stop_process
 from tests.fakes.ollama import FakeOllama
+from tests.integration.provider_harness import complete, render_documents, stream
 
 PROXY_KEY = "ollama-proxy-key-777"
 HELLO = [{"role": "user", "content": "hello ollama"}]
@@ -68,7 +68,7 @@ def _config(fakes: Fakes) -> str:
         # No retries: each failure below is the adapter's own answer, not the router's.
         {"kind": "RoutingDefaults", "metadata": {"name": "defaults"}, "spec": {"max_retries": 0}},
     ]
-    return "\n---\n".join(json.dumps({"apiVersion": "modelbus.dev/v1", **d}) for d in docs)
+    return render_documents(docs)
 
 
 @pytest.fixture(scope="module")
@@ -97,25 +97,8 @@ def stack(nats_server: EmbeddedNats, fakes: Fakes, tmp_path_factory: pytest.Temp
         stop_process(s.proc)
 
 
-async def _complete(url: str, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        reply = await client.request_raw(request, timeout=20)
-    finally:
-        await client.close()
-    return reply.status, reply.headers, json.loads(reply.body)
-
-
-async def _stream(url: str, request: dict[str, Any]) -> list[Any]:
-    client = await ModelbusClient.connect(url)
-    try:
-        return [chunk async for chunk in client.stream(request, timeout=20)]
-    finally:
-        await client.close()
-
-
 def _error(stack: Stack, model: str, **extra: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-    status, headers, body = run(_complete(stack.url, {"model": model, "messages": HELLO, **extra}))
+    status, headers, body = run(complete(stack.url, {"model": model, "messages": HELLO, **extra}))
     return status, body["error"], headers
 
 
@@ -123,7 +106,7 @@ def _error(stack: Stack, model: str, **extra: Any) -> tuple[int, dict[str, Any],
 
 
 def test_a_completion_reaches_ollamas_chat_api_and_comes_back_openai_shaped(stack: Stack, fakes: Fakes) -> None:
-    status, headers, body = run(_complete(stack.url, {"messages": HELLO, "temperature": 0.3, "max_tokens": 50}))
+    status, headers, body = run(complete(stack.url, {"messages": HELLO, "temperature": 0.3, "max_tokens": 50}))
     assert status == 200, body
     assert headers[H.PROVIDER] == "ollama"
     assert headers[H.ENDPOINT] == "ollama"
@@ -140,7 +123,7 @@ def test_a_completion_reaches_ollamas_chat_api_and_comes_back_openai_shaped(stac
 
 
 def test_streaming_yields_the_text_as_it_comes_and_a_final_usage_chunk(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}))
     text = "".join(c.delta.content or "" for chunk in chunks for c in chunk.choices)
     assert text == "echo: hello ollama"
     assert len([chunk for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]) == 3
@@ -149,14 +132,14 @@ def test_streaming_yields_the_text_as_it_comes_and_a_final_usage_chunk(stack: St
 
 
 def test_a_token_limit_ends_the_answer_with_finish_reason_length(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "max_completion_tokens": 1}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "max_completion_tokens": 1}))
     assert status == 200, body
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["choices"][0]["message"]["content"] == "echo:"
 
 
 def test_tool_calls_come_back_with_json_string_arguments(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "tools": TOOLS}))
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -168,7 +151,7 @@ def test_tool_calls_come_back_with_json_string_arguments(stack: Stack) -> None:
 
 
 def test_streamed_tool_calls_arrive_as_openai_tool_call_deltas(stack: Stack) -> None:
-    chunks = run(_stream(stack.url, {"messages": HELLO, "tools": TOOLS, "stream": True}))
+    chunks = run(stream(stack.url, {"messages": HELLO, "tools": TOOLS, "stream": True}))
     deltas = [d for chunk in chunks for c in chunk.choices for d in c.delta.tool_calls or []]
     assert len(deltas) == 1
     assert deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
@@ -192,7 +175,7 @@ def test_a_tool_result_turn_goes_back_with_object_arguments_and_the_tool_name(st
         },
         {"role": "tool", "tool_call_id": "call_7", "content": "-3C and snowing"},
     ]
-    status, _, body = run(_complete(stack.url, {"messages": messages, "tools": TOOLS}))
+    status, _, body = run(complete(stack.url, {"messages": messages, "tools": TOOLS}))
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "the tool get_weather said -3C and snowing"
     sent = fakes.main.requests[-1].body["messages"]
@@ -211,7 +194,7 @@ def test_a_base64_image_reaches_ollama_without_the_data_prefix(stack: Stack, fak
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
     ]
     status, _, body = run(
-        _complete(stack.url, {"model": "ollama/llava", "messages": [{"role": "user", "content": content}]})
+        complete(stack.url, {"model": "ollama/llava", "messages": [{"role": "user", "content": content}]})
     )
     assert status == 200, body
     assert body["choices"][0]["message"]["content"] == "echo: what is this? [1 image(s)]"
@@ -219,14 +202,14 @@ def test_a_base64_image_reaches_ollama_without_the_data_prefix(stack: Stack, fak
 
 
 def test_json_mode_asks_ollama_for_format_json(stack: Stack, fakes: Fakes) -> None:
-    status, _, body = run(_complete(stack.url, {"messages": HELLO, "response_format": {"type": "json_object"}}))
+    status, _, body = run(complete(stack.url, {"messages": HELLO, "response_format": {"type": "json_object"}}))
     assert status == 200, body
     assert json.loads(body["choices"][0]["message"]["content"]) == {"echo": "echo: hello ollama"}
     assert fakes.main.requests[-1].body["format"] == "json"
 
 
 def test_a_proxy_credential_is_sent_as_a_bearer_token(stack: Stack, fakes: Fakes) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "ollama-proxy", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "ollama-proxy", "messages": HELLO}))
     assert status == 200, body
     assert fakes.proxy.requests[-1].headers["authorization"] == f"Bearer {PROXY_KEY}"
 
@@ -279,7 +262,7 @@ def test_an_upstream_500_is_retryable(stack: Stack) -> None:
 
 
 def test_an_upstream_rate_limit_is_a_retryable_429_with_its_retry_after(stack: Stack) -> None:
-    status, _, body = run(_complete(stack.url, {"model": "ollama-limited", "messages": HELLO}))
+    status, _, body = run(complete(stack.url, {"model": "ollama-limited", "messages": HELLO}))
     assert status == 200, body  # the fake lets the first request through
     status, error, headers = _error(stack, "ollama-limited")
     assert status == 429
@@ -296,7 +279,7 @@ def test_a_slow_server_is_a_retryable_504_once_the_endpoint_timeout_passes(stack
 
 def test_an_error_line_mid_stream_ends_the_stream_with_a_502(stack: Stack) -> None:
     with pytest.raises(ModelbusError) as caught:
-        run(_stream(stack.url, {"model": "ollama/broken-stream", "messages": HELLO, "stream": True}))
+        run(stream(stack.url, {"model": "ollama/broken-stream", "messages": HELLO, "stream": True}))
     assert caught.value.http_status == 502
     assert "llama runner process has terminated" in caught.value.message
 
