@@ -74,6 +74,7 @@ import msgspec
 
 from services.providers.base import EndpointConnection
 from services.providers.http import parse_retry_after, transport_error, upstream_message
+from services.providers.images import parse_data_uri
 from services.providers.sse import Event, sse_events
 from shared.chat import (
     AssistantMessage,
@@ -612,12 +613,10 @@ def _map_part(part: TextPart | ImagePart, where: str) -> _Block:
 def _image_source(url: str, where: str) -> _Base64Source | _UrlSource:
     if url.startswith("https://"):
         return _UrlSource(url=url)
-    if not url.startswith("data:"):
+    parsed = parse_data_uri(url, where)
+    if parsed is None:
         raise InvalidRequest(f"{where}: Anthropic takes images as data: URIs or https:// URLs", param=where)
-    header, comma, data = url[5:].partition(",")
-    media_type, _, encoding = header.partition(";")
-    if not comma or encoding != "base64":
-        raise InvalidRequest(f"{where}: data: URIs must be base64-encoded", param=where)
+    media_type, data = parsed
     if media_type not in IMAGE_TYPES:
         raise InvalidRequest(
             f"{where}: Anthropic takes {', '.join(sorted(IMAGE_TYPES))}, not {media_type!r}", param=where

@@ -78,6 +78,7 @@ from botocore.utils import percent_encode
 from services.providers.base import EndpointConnection
 from services.providers.eventstream import EventStreamError, aws_events
 from services.providers.http import parse_retry_after, transport_error
+from services.providers.images import parse_data_uri
 from shared.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -728,17 +729,15 @@ def _user_blocks(content: str | list[ContentPart], param: str) -> list[_ContentB
 
 def _image_block(url: str, param: str) -> _ContentBlock:
     """A ``data:`` URI as image bytes; Converse cannot fetch URLs, so those are a 400."""
-    if not url.startswith("data:"):
+    parsed = parse_data_uri(url, param)
+    if parsed is None:
         raise InvalidRequest(
             f"{param}: Bedrock Converse takes images as bytes only; send a base64 data: URI",
             param=param,
             code="unsupported_image_url",
         )
-    header, comma, payload = url[5:].partition(",")
-    mime, *params = header.split(";")
-    if not comma or "base64" not in params:
-        raise InvalidRequest(f"{param}: the data: URI must be base64-encoded", param=param, code="invalid_image")
-    image_format = _IMAGE_FORMATS.get(mime.strip().lower())
+    mime, payload = parsed
+    image_format = _IMAGE_FORMATS.get(mime)
     if image_format is None:
         raise InvalidRequest(
             f"{param}: image type {mime!r} is not supported by Bedrock (png, jpeg, gif, webp)",

@@ -83,6 +83,7 @@ import msgspec
 
 from services.providers.base import EndpointConnection
 from services.providers.http import parse_retry_after, transport_error, upstream_message
+from services.providers.images import parse_data_uri
 from services.providers.sse import sse_events
 from shared.chat import (
     AssistantMessage,
@@ -217,12 +218,11 @@ def _texts(content: str | list[TextPart] | None) -> list[str]:
 def _image_part(url: str, param: str) -> dict[str, Any]:
     """``data:`` URIs inline; ``https``/``gs`` URLs by reference (Gemini fetches them:
     https://blog.google/innovation-and-ai/technology/developers-tools/gemini-api-new-file-limits)."""
-    if url.startswith("data:"):
-        header, sep, data = url[5:].partition(",")
-        mime, _, encoding = header.partition(";")
-        if not sep or encoding != "base64" or not mime:
-            raise InvalidRequest(f"{param}: Gemini takes base64 data: URIs only", param=param)
-        return {"inlineData": {"mimeType": mime, "data": data}}
+    parsed = parse_data_uri(url, param)
+    if parsed is not None:
+        if not parsed.mime:
+            raise InvalidRequest(f"{param}: the data: URI must name its image type", param=param, code="invalid_image")
+        return {"inlineData": {"mimeType": parsed.mime, "data": parsed.data}}
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("https", "gs"):
         raise InvalidRequest(f"{param}: Gemini takes images as data:, https:// or gs:// URIs", param=param)

@@ -82,6 +82,7 @@ from msgspec import Struct
 
 from services.providers.base import EndpointConnection
 from services.providers.http import status_error, transport_error
+from services.providers.images import parse_data_uri
 from shared.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -440,16 +441,14 @@ def _map_user(message: UserMessage, path: str) -> _OutMessage:
 
 def _image_base64(url: str, param: str) -> str:
     """The base64 payload of a ``data:`` URI; Ollama takes nothing else."""
-    if not url.startswith("data:"):
+    parsed = parse_data_uri(url, param)
+    if parsed is None:
         raise InvalidRequest(
             f"{param}: the ollama provider takes images only as base64 data: URIs, not URLs",
             code="unsupported_image_url",
             param=param,
         )
-    header, sep, payload = url[5:].partition(",")
-    if not sep or not header.endswith(";base64") or not payload:
-        raise InvalidRequest(f"{param}: a data: URI image must be base64-encoded", code="invalid_image", param=param)
-    return payload
+    return parsed.data
 
 
 def _parse_arguments(raw: str, path: str) -> dict[str, Any]:
