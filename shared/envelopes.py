@@ -33,6 +33,17 @@ class ProviderCall(Struct, kw_only=True, frozen=True):
     credential: str | None = None
     """A credential that came with the request itself (a BYO endpoint's token).
     Used for this call only: never cached, logged or traced."""
+    deliver_to: str | None = None
+    """Direct delivery: the client's reply subject. When set, a **successful**
+    non-streamed completion is published there (with ``deliver_headers`` added)
+    and the message's own reply subject gets only a bodiless notice carrying
+    ``Modelbus-Delivered: 1``; failures still go to the reply subject alone, so
+    the router keeps every fallback decision. A worker that ignores the field
+    answers the router as before and the router relays."""
+    deliver_headers: dict[str, str] = {}
+    """Headers the router would have put on the client's answer (endpoint,
+    attempts, request id, revision, router id); the worker adds status,
+    provider and model."""
 
 
 class CredentialRequest(Struct, kw_only=True, frozen=True):

@@ -54,3 +54,6 @@ STREAM_END = "end"
 # Internal.
 CONFIG_REVISION = "Modelbus-Config-Revision"
 """Routing-config revision a router used for a request."""
+DELIVERED = "Modelbus-Delivered"
+"""``1`` on a provider's bodiless notice to the router: the completion already went
+straight to the client (direct delivery, see ``ProviderCall.deliver_to``)."""

@@ -104,7 +104,16 @@ def permissions(role: str) -> dict[str, Any]:
         }
     if role == "providers":
         return {
-            "publish": {"allow": [SECRETS_GET, f"{inbox_prefix('router')}.>"]},
+            # Requesters' inboxes too: successful answers are delivered straight to
+            # the client (see ProviderCall.deliver_to).
+            "publish": {
+                "allow": [
+                    SECRETS_GET,
+                    f"{inbox_prefix('router')}.>",
+                    f"{inbox_prefix('client')}.>",
+                    f"{inbox_prefix('admin')}.>",
+                ]
+            },
             "subscribe": {"allow": [f"{PROVIDER_PREFIX}.*.chat", SECRETS_CHANGED, own_inbox]},
         }
     if role == "secrets":

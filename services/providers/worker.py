@@ -153,9 +153,16 @@ class ProviderWorker:
                         [c.finish_reason for c in completion.choices if c.finish_reason],
                     )
                     headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
+                    body = encoder.encode(completion)
+                    if call.deliver_to:
+                        # Straight to the client; the router gets a notice for its
+                        # statistics, breakers and budgets. Both go out in one flush.
+                        await self.nc.publish(call.deliver_to, body, headers={**call.deliver_headers, **headers})
+                        body = b""
+                        headers[H.DELIVERED] = "1"
                     if completion.usage is not None:
                         headers[H.USAGE] = f"{completion.usage.prompt_tokens} {completion.usage.completion_tokens}"
-                    await self.nc.publish(reply, encoder.encode(completion), headers=headers)
+                    await self.nc.publish(reply, body, headers=headers)
             except ModelbusError as err:
                 if adapter is not None:
                     _sanitize(err, adapter)

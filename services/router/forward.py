@@ -192,7 +192,9 @@ class Forwarder:
 
     # ------------------------------------------------------------ one attempt
 
-    def _provider_call(self, call: Call, target: ResolvedTarget, attempt: int) -> tuple[bytes, dict[str, str]]:
+    def _provider_call(
+        self, call: Call, target: ResolvedTarget, attempt: int, *, deliver: bool = False
+    ) -> tuple[bytes, dict[str, str]]:
         body = provider_call_encoder.encode(
             ProviderCall(
                 endpoint=target.endpoint_raw,
@@ -200,11 +202,24 @@ class Forwarder:
                 request=msgspec.Raw(call.msg.data),
                 attempt=attempt,
                 credential=call.credential,
+                deliver_to=call.reply if deliver else None,
+                deliver_headers=self._delivery_headers(call, target, attempt) if deliver else {},
             )
         )
         hdrs = {H.TIMEOUT_MS: str(max(1, int(call.left() * 1000))), H.REQUEST_ID: call.request_id}
         inject_headers(hdrs)
         return body, hdrs
+
+    @staticmethod
+    def _delivery_headers(call: Call, target: ResolvedTarget, attempt: int) -> dict[str, str]:
+        """What the provider adds to a directly delivered answer (it sets status, provider, model)."""
+        return {
+            H.ENDPOINT: target.endpoint.name,
+            H.ATTEMPTS: str(attempt),
+            H.REQUEST_ID: call.request_id,
+            H.CONFIG_REVISION: str(call.revision),
+            H.ROUTER: call.router_id,
+        }
 
     def _success_headers(
         self, call: Call, target: ResolvedTarget, provider: Mapping[str, str], attempt: int
@@ -233,7 +248,9 @@ class Forwarder:
         await self.budgets.charge(call.run_id, call.route.policies, tokens)
 
     async def _complete_once(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> None:
-        body, hdrs = self._provider_call(call, target, attempt)
+        # Direct delivery: a success goes from the provider straight to the client
+        # (one hop less); failures still come back here for the fallback decision.
+        body, hdrs = self._provider_call(call, target, attempt, deliver=True)
         key = target.key
         self.stats.start(key)
         started = time.monotonic()
@@ -253,9 +270,10 @@ class Forwarder:
             self.stats.finish(key, latency_s=elapsed, ttft_s=None, error_status=status or 502)
             raise _Failed(error_from_wire(status, resp.data, retry_after=retry_after_from(provider_headers)))
         self.stats.finish(key, latency_s=elapsed, ttft_s=None, error_status=None)
-        await self.nc.publish(
-            call.reply, resp.data, headers=self._success_headers(call, target, provider_headers, attempt)
-        )
+        if provider_headers.get(H.DELIVERED) != "1":  # a worker without direct delivery: relay
+            await self.nc.publish(
+                call.reply, resp.data, headers=self._success_headers(call, target, provider_headers, attempt)
+            )
         await self._charge(call, provider_headers)
 
     async def _stream_once(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> None:

@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
+import nats.errors
 import pytest
 
 from shared import headers as H
 from shared.client import ModelbusClient
+from shared.envelopes import ProviderCall, provider_call_decoder
 from shared.errors import NotFound, UpstreamUnavailable
 from shared.natsserver import EmbeddedNats
-from shared.subjects import CHAT_COMPLETIONS
+from shared.subjects import CHAT_COMPLETIONS, provider_queue, provider_subject
 from tests.conftest import Stack, run, start_stack, stop_process
 
 CONFIG = Path(__file__).with_name("configs") / "request_path.yaml"
@@ -301,3 +304,76 @@ def test_reply_body_is_a_valid_openai_completion(stack: Stack) -> None:
 
     completion = msgspec.convert(body, ChatCompletion)
     assert completion.usage is not None and completion.usage.total_tokens > 0
+
+
+# ---------------------------------------------------------------- direct delivery
+
+
+async def _direct_delivery(url: str) -> tuple[ProviderCall, list[tuple[dict[str, str], bytes]]]:
+    """Send one request from our own inbox while a spy copies the ProviderCall the router sends."""
+    client = await ModelbusClient.connect(url)
+    spy = await client.nc.subscribe(provider_subject("mock"))  # no queue group: a copy of every call
+    inbox = client.nc.new_inbox()
+    answers = await client.nc.subscribe(inbox)
+    body = json.dumps({"model": "default", "messages": [HELLO]}).encode()
+    try:
+        await client.nc.publish(CHAT_COMPLETIONS, body, reply=inbox, headers={H.REQUEST_ID: "direct-1"})
+        call = provider_call_decoder.decode((await spy.next_msg(timeout=10)).data)
+        out = [await answers.next_msg(timeout=10)]
+        try:  # exactly one answer: the router must not relay a delivered completion again
+            out.append(await answers.next_msg(timeout=0.5))
+        except nats.errors.TimeoutError:
+            pass
+        return call, [(dict(m.headers or {}), m.data) for m in out]
+    finally:
+        await client.close()
+
+
+def test_a_successful_answer_goes_from_the_provider_straight_to_the_client_exactly_once(stack: Stack) -> None:
+    call, answers = run(_direct_delivery(stack.url))
+    assert call.deliver_to is not None and call.deliver_to.startswith("_INBOX")
+    assert len(answers) == 1
+    headers, body = answers[0]
+    assert json.loads(body)["object"] == "chat.completion"
+    # The same headers the router puts on a relayed answer.
+    assert headers[H.STATUS] == "200"
+    assert headers[H.PROVIDER] == "mock"
+    assert headers[H.ENDPOINT] == "mock"
+    assert headers[H.MODEL] == "mock-default"
+    assert headers[H.ATTEMPTS] == "1"
+    assert headers[H.REQUEST_ID] == "direct-1"
+    assert headers[H.ROUTER] == call.deliver_headers[H.ROUTER]
+    assert int(headers[H.CONFIG_REVISION]) >= 1
+    assert H.DELIVERED not in headers
+
+
+async def _legacy_worker_answer(url: str) -> tuple[int, dict[str, str], Any]:
+    """A provider worker that predates direct delivery: it answers the router, which must relay."""
+    worker = await nats.connect(url)
+
+    async def answer(msg: Any) -> None:
+        completion = {
+            "id": "legacy-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "claude-x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "old"}, "finish_reason": "stop"}],
+        }
+        headers = {H.STATUS: "200", H.PROVIDER: "anthropic", H.MODEL: "claude-x"}
+        await worker.publish(msg.reply, json.dumps(completion).encode(), headers=headers)
+
+    await worker.subscribe(provider_subject("anthropic"), queue=provider_queue("anthropic"), cb=answer)
+    await worker.flush()
+    try:
+        return await _raw(url, json.dumps({"model": "claude", "messages": [HELLO]}).encode())
+    finally:
+        await worker.close()
+
+
+def test_the_router_relays_the_answer_of_a_worker_that_does_not_deliver_directly(stack: Stack) -> None:
+    status, headers, body = run(_legacy_worker_answer(stack.url))
+    assert status == 200
+    assert body["choices"][0]["message"]["content"] == "old"
+    assert headers[H.ENDPOINT] == "claude"
+    assert headers[H.PROVIDER] == "anthropic"
+    assert headers[H.ATTEMPTS] == "1"
