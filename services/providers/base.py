@@ -1,7 +1,7 @@
 """What every provider adapter satisfies, and the connection it is given.
 
 The *connection* (:class:`EndpointConnection`) owns how to reach an endpoint:
-base URL, the pooled ``httpx.AsyncClient`` and credentials fetched from the
+base URL, the pooled HTTP client (:class:`UpstreamClient`) and credentials fetched from the
 secrets service. The *adapter* owns translation only: request, response,
 stream and error mapping, with the same private helper names in every module
 (``_map_messages``, ``_map_tools``, ``_map_response``, ``_map_stream_event``,
@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import ClassVar, Protocol
 
-import httpx
-
+from services.providers.http import UpstreamClient
 from services.providers.ssrf import Resolver, SsrfGuard, system_resolver
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.routing import Endpoint
@@ -35,26 +34,21 @@ class EndpointConnection:
     ) -> None:
         self.endpoint = endpoint
         self._get_credential = get_credential
-        self._http: httpx.AsyncClient | None = None
+        self._http: UpstreamClient | None = None
         self.guard = SsrfGuard(endpoint.name, allow_private=endpoint.allow_private, resolver=resolver)
         self.secrets_used: set[str] = set()
         """Credential values this connection has sent; scrubbed from every error."""
 
     @property
-    def http(self) -> httpx.AsyncClient:
-        """The endpoint's pooled HTTP client, created on first use and reused after."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.endpoint.timeout_ms / 1000),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-                follow_redirects=False,  # a public URL must not bounce a request into private space
-                event_hooks={"request": [self._check_destination]},
-            )
-        return self._http
+    def http(self) -> UpstreamClient:
+        """The endpoint's pooled HTTP client, created on first use and reused after.
 
-    async def _check_destination(self, request: httpx.Request) -> None:
-        """SSRF guard on every request this connection sends (see :mod:`services.providers.ssrf`)."""
-        await self.guard.check_url(str(request.url))
+        Every request it sends passes the SSRF guard first (see
+        :mod:`services.providers.ssrf`); redirects are never followed.
+        """
+        if self._http is None:
+            self._http = UpstreamClient(timeout_s=self.endpoint.timeout_ms / 1000, check=self.guard.check_url)
+        return self._http
 
     async def credential(self) -> str | None:
         """The call's own credential (BYO), else the endpoint's secret, else ``None``."""

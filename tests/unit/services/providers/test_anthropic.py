@@ -17,6 +17,7 @@ import pytest
 
 from services.providers.anthropic import AnthropicAdapter
 from services.providers.base import EndpointConnection
+from services.providers.http import UpstreamClient
 from shared.chat import ChatCompletion, ChatCompletionChunk, decode_request
 from shared.errors import (
     AuthFailed,
@@ -151,7 +152,7 @@ def adapter(upstream: Upstream | None = None, base_url: str | None = None, **opt
     )
     connection = EndpointConnection(endpoint, credential)
     if upstream is not None:
-        connection._http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+        connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(upstream))
     return AnthropicAdapter(connection)
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from services.providers.azure import AzureOpenAIAdapter
 from services.providers.base import EndpointConnection
+from services.providers.http import UpstreamClient
 from services.providers.openai import OpenAIAdapter
 from services.providers.registry import ADAPTERS
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, decode_request
@@ -201,7 +202,7 @@ def make(
     )
     connection = EndpointConnection(endpoint, credential)
     upstream = Upstream(answer or (lambda _: httpx.Response(200, json=COMPLETION)))
-    connection._http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+    connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(upstream))
     return AzureOpenAIAdapter(connection), upstream
 
 

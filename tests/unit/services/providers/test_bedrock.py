@@ -28,6 +28,7 @@ from botocore.credentials import Credentials
 from services.providers import bedrock
 from services.providers.base import EndpointConnection, call_credential
 from services.providers.bedrock import BedrockAdapter
+from services.providers.http import UpstreamClient
 from shared.chat import ChatCompletion, ChatCompletionChunk, decode_request
 from shared.errors import (
     AuthFailed,
@@ -194,7 +195,7 @@ def make_adapter(
         options={"region": "us-east-1"} if options is None else options,
     )
     connection = EndpointConnection(endpoint, get_credential)
-    connection._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(handler))
     return BedrockAdapter(connection)
 
 

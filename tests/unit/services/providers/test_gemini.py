@@ -19,6 +19,7 @@ import pytest
 
 from services.providers.base import EndpointConnection
 from services.providers.gemini import GeminiAdapter, VertexGeminiAdapter
+from services.providers.http import UpstreamClient
 from shared.chat import ChatCompletion, ChatCompletionChunk, decode_request
 from shared.errors import (
     AuthFailed,
@@ -139,7 +140,7 @@ def adapter(handler: Handler | None = None, /, *, base_url: str | None = None, *
     )
     connection = EndpointConnection(endpoint, _key)
     if handler is not None:
-        connection._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(handler))
     return GeminiAdapter(connection)
 
 

@@ -1,7 +1,8 @@
-"""HTTP boundary helpers: retry hints, upstream messages and transport failures."""
+"""HTTP boundary helpers: retry hints, upstream messages, transport failures and the pooled client."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
 
@@ -9,6 +10,8 @@ import httpx
 import pytest
 
 from services.providers.http import (
+    UpstreamClient,
+    _environment_proxy,
     parse_retry_after,
     status_error,
     transport_error,
@@ -158,3 +161,79 @@ def test_anthropic_rate_limit_reset_times_are_a_fallback_retry_hint() -> None:
     assert hint is not None and 45 <= hint <= 50
     assert parse_retry_after({"retry-after": "3", "anthropic-ratelimit-tokens-reset": later}) == 3.0
     assert parse_retry_after({"anthropic-ratelimit-tokens-reset": "not a time"}) is None
+
+
+# ---------------------------------------------------------------- UpstreamClient
+
+
+def test_the_upstream_client_sends_default_headers_the_adapter_can_override_and_the_call_timeout() -> None:
+    seen: list[httpx.Request] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": True})
+
+    async def scenario() -> httpx.Response:
+        client = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(upstream))
+        reply = await client.post(
+            "https://api.example.com/v1/x", content=b"{}", headers={"user-agent": "mine"}, timeout=2.5
+        )
+        await client.aclose()
+        return reply
+
+    reply = asyncio.run(scenario())
+    assert reply.json() == {"ok": True}
+    assert reply.request is seen[0]  # error mapping may look at the request
+    assert seen[0].headers["user-agent"] == "mine"
+    assert seen[0].headers["accept-encoding"] == "gzip, deflate"
+    assert seen[0].extensions["timeout"] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
+
+
+def test_the_upstream_client_runs_the_check_before_sending_and_refuses_after_close() -> None:
+    sent: list[str] = []
+    checked: list[str] = []
+
+    async def check(url: str) -> None:
+        checked.append(url)
+        if "internal" in url:
+            raise PermissionError(url)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(200)
+
+    async def scenario() -> None:
+        client = UpstreamClient(timeout_s=30, check=check, transport=httpx.MockTransport(upstream))
+        async with client.stream("POST", "https://api.example.com/v1/s", content=b"{}") as response:
+            assert response.status_code == 200
+        with pytest.raises(PermissionError):
+            await client.post("https://internal.example.com/v1/s")
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.post("https://api.example.com/v1/s")
+
+    asyncio.run(scenario())
+    assert checked == ["https://api.example.com/v1/s", "https://internal.example.com/v1/s"]
+    assert sent == ["https://api.example.com/v1/s"]
+
+
+def test_the_proxy_comes_from_the_environment_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert _environment_proxy("https://api.openai.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example.com")
+    assert _environment_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"
+    assert _environment_proxy("https://internal.example.com/v1") is None
+    assert _environment_proxy("http://api.openai.com/v1") is None  # no proxy for plain http

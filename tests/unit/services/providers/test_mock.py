@@ -28,12 +28,8 @@ class FakeCredentials:
         return "not-a-real-secret"
 
 
-def adapter(
-    credentials: FakeCredentials | None = None, auth_ref: str | None = None, **options: Any
-) -> MockAdapter:
-    endpoint = Endpoint(
-        name="mock", provider="mock", default_model=MODEL, auth_ref=auth_ref, options=options
-    )
+def adapter(credentials: FakeCredentials | None = None, auth_ref: str | None = None, **options: Any) -> MockAdapter:
+    endpoint = Endpoint(name="mock", provider="mock", default_model=MODEL, auth_ref=auth_ref, options=options)
     return MockAdapter(EndpointConnection(endpoint, credentials or FakeCredentials()))
 
 
@@ -59,9 +55,7 @@ def stream(a: MockAdapter, req: ChatCompletionRequest) -> list[ChatCompletionChu
     return asyncio.run(asyncio.wait_for(collect(), 5))
 
 
-def stream_until_failure(
-    a: MockAdapter, req: ChatCompletionRequest
-) -> tuple[list[ChatCompletionChunk], ProviderError]:
+def stream_until_failure(a: MockAdapter, req: ChatCompletionRequest) -> tuple[list[ChatCompletionChunk], ProviderError]:
     got: list[ChatCompletionChunk] = []
 
     async def collect() -> None:
@@ -84,10 +78,7 @@ def test_the_answer_echoes_the_last_user_message_with_the_model_name() -> None:
     assert choice.finish_reason == "stop"
     assert completion.model == MODEL
     assert completion.usage is not None
-    assert (
-        completion.usage.total_tokens
-        == completion.usage.prompt_tokens + completion.usage.completion_tokens
-    )
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
 def test_the_same_input_gives_the_same_answer_and_id() -> None:
@@ -104,10 +95,7 @@ def test_a_different_input_gives_a_different_id() -> None:
 
 
 def test_a_configured_reply_replaces_the_echo() -> None:
-    assert (
-        complete(adapter(reply="fixed answer"), request()).choices[0].message.content
-        == "fixed answer"
-    )
+    assert complete(adapter(reply="fixed answer"), request()).choices[0].message.content == "fixed answer"
 
 
 def test_the_credential_is_fetched_by_reference_when_the_endpoint_has_auth() -> None:
@@ -184,18 +172,14 @@ def test_tools_without_a_forced_choice_get_a_text_answer(tool_choice: str | None
 
 def test_a_forced_tool_call_streams_as_deltas_that_rebuild_the_same_call() -> None:
     fields = {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "lookup"}}}
-    (call,) = (
-        complete(adapter(), request("find cats", **fields)).choices[0].message.tool_calls or []
-    )
+    (call,) = complete(adapter(), request("find cats", **fields)).choices[0].message.tool_calls or []
     chunks = stream(adapter(), request("find cats", stream=True, **fields))
     deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].id == call.id
     assert deltas[0].type == "function"
     assert deltas[0].function is not None and deltas[0].function.name == "lookup"
     assert {d.index for d in deltas} == {0}
-    assert (
-        "".join(d.function.arguments or "" for d in deltas if d.function) == call.function.arguments
-    )
+    assert "".join(d.function.arguments or "" for d in deltas if d.function) == call.function.arguments
     assert all(c.choices[0].delta.content is None for c in chunks if c.choices)
     finish, usage = chunks[-2:]
     assert finish.choices[0].finish_reason == "tool_calls"
@@ -205,12 +189,8 @@ def test_a_forced_tool_call_streams_as_deltas_that_rebuild_the_same_call() -> No
 # ---------------------------------------------------------------- failures on demand
 
 
-@pytest.mark.parametrize(
-    ("status", "cls"), [(429, RateLimited), (503, UpstreamUnavailable), (504, UpstreamTimeout)]
-)
-def test_fail_status_raises_the_matching_error_with_its_retry_hint(
-    status: int, cls: type[ProviderError]
-) -> None:
+@pytest.mark.parametrize(("status", "cls"), [(429, RateLimited), (503, UpstreamUnavailable), (504, UpstreamTimeout)])
+def test_fail_status_raises_the_matching_error_with_its_retry_hint(status: int, cls: type[ProviderError]) -> None:
     a = adapter(fail_status=status, retry_after=7, fail_message="configured failure")
     with pytest.raises(cls) as caught:
         complete(a, request())
@@ -237,9 +217,7 @@ def test_a_client_error_status_is_not_retryable() -> None:
 
 @pytest.mark.parametrize("after", [0, 1, 3])
 def test_fail_after_chunks_streams_that_many_chunks_then_fails(after: int) -> None:
-    got, err = stream_until_failure(
-        adapter(fail_status=503, fail_after_chunks=after), request("a b c d e")
-    )
+    got, err = stream_until_failure(adapter(fail_status=503, fail_after_chunks=after), request("a b c d e"))
     assert len(got) == after
     assert all(c.choices and c.choices[0].finish_reason is None for c in got)
     assert isinstance(err, UpstreamUnavailable)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from services.providers.base import EndpointConnection
+from services.providers.http import UpstreamClient
 from services.providers.ollama import DEFAULT_BASE_URL, OllamaAdapter
 from services.providers.registry import ADAPTERS
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, decode_request
@@ -163,7 +164,7 @@ def make(
     )
     connection = EndpointConnection(endpoint, credential)
     upstream = Upstream(answer or (lambda _: httpx.Response(200, json=DOC_ANSWER)))
-    connection._http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+    connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(upstream))
     return OllamaAdapter(connection), upstream
 
 

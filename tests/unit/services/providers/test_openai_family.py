@@ -16,6 +16,7 @@ import pytest
 
 from services.config.compile import derive_locality
 from services.providers.base import EndpointConnection
+from services.providers.http import UpstreamClient
 from services.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
 from services.providers.openai_family import DeepSeekAdapter, VLLMAdapter
 from services.providers.registry import ADAPTERS
@@ -74,7 +75,7 @@ def post_once(
         seen.append(request)
         return httpx.Response(200, json=ANSWER)
 
-    connection._http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(answer))
     adapter = adapter_type(connection)
     request = decode_request(json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode())
     asyncio.run(adapter.complete(request, model, timeout_s=5))

@@ -131,12 +131,12 @@ def test_the_connection_refuses_before_sending_and_never_follows_redirects() -> 
             return httpx.Response(302, headers={"location": "http://169.254.169.254/latest/meta-data"})
 
         http = connection.http
-        http._transport = httpx.MockTransport(upstream)  # only the network is replaced; hooks stay
-        reply = await http.get("https://api.example.com/v1/models")
+        http._transport = httpx.MockTransport(upstream)  # only the network is replaced; the guard stays
+        reply = await http.post("https://api.example.com/v1/models")
         assert reply.status_code == 302  # the redirect is returned, not followed
         assert sent == ["https://api.example.com/v1/models"]
         with pytest.raises(PrivateAddressRefused):
-            await http.get("https://internal.example.com/v1/models")
+            await http.post("https://internal.example.com/v1/models")
         assert len(sent) == 1  # refused before anything left the process
         await connection.aclose()
 
