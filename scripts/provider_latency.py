@@ -156,7 +156,7 @@ def main(args: argparse.Namespace) -> None:
         f"openai={KEY},anthropic={KEY},azure_openai={KEY},vertexai={KEY},bedrock={AWS['access_key_id']}",
     )
     try:
-        kinds = [k for k in endpoints(katan.base_url) if k in ADAPTERS]
+        kinds = [k for k in endpoints(katan.base_url) if k in ADAPTERS and (not args.types or k in args.types)]
         docs = []
         for kind in kinds:
             spec = endpoints(katan.base_url)[kind] | {"allowPrivate": True, "default_model": "echo"}
@@ -176,4 +176,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--types", type=lambda v: v.split(","), default=None, help="e.g. openai,bedrock (default: all)")
     main(parser.parse_args())
