@@ -124,18 +124,23 @@ Check = Callable[[str], Awaitable[None]]
 
 
 class UpstreamClient:
-    """A pooled HTTP client for one endpoint: ``httpx``'s transport without ``AsyncClient``.
+    """A pooled HTTP client for one endpoint: ``httpx`` transports without ``AsyncClient``.
 
     Adapters send one kind of request (a POST with a body and explicit headers)
     and need none of what ``AsyncClient`` adds per request: cookie jars (a
     provider's cookies must not leak from one tenant's call to the next anyway),
     auth flows, redirects (never followed: a public URL must not bounce a request
-    into private space), event hooks and URL merging. Skipping those layers saves
-    about a quarter of the client-side cost of each call on the hot path
-    (``scripts/provider_latency.py``). Connection pooling, HTTP/1.1 keep-alive,
-    timeouts, proxies from the environment (``HTTPS_PROXY``/``NO_PROXY``) and
-    ``httpx`` exceptions are unchanged: the same ``httpx.AsyncHTTPTransport``
-    does the work.
+    into private space), event hooks and URL merging.
+
+    Connections live in ``shards`` independent ``httpx.AsyncHTTPTransport`` pools
+    and each request goes to the least busy one. httpcore re-examines every
+    connection of a pool (a socket poll for each idle one) whenever a request
+    starts or ends, so one pool of 32 busy connections spent most of a provider
+    worker's CPU at 32 requests in flight; shards keep each pool small. At one
+    request in flight only the first shard is used, so its connection stays warm.
+
+    Keep-alive, timeouts, proxies from the environment (``HTTPS_PROXY``,
+    ``NO_PROXY``) and ``httpx`` exceptions are those of ``httpx`` itself.
     """
 
     def __init__(
@@ -145,20 +150,30 @@ class UpstreamClient:
         check: Check | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 256,
-        max_keepalive: int = 64,
+        shards: int = 8,
     ) -> None:
         self._timeout = httpx.Timeout(timeout_s).as_dict()
         self._timeouts: dict[float, dict[str, float | None]] = {}
         self._check = check
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive)
-        self._transport = transport
+        per_shard = max(1, -(-max_connections // shards))
+        self._limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        self._shards: list[httpx.AsyncBaseTransport] = [transport] if transport is not None else []
+        self._shard_count = 1 if transport is not None else shards
+        self._busy: list[int] = [0] * self._shard_count
         self._closed = False
 
-    def _transport_for(self, url: str) -> httpx.AsyncBaseTransport:
-        if self._transport is None:
+    def _pick(self, url: str) -> int:
+        """The least busy shard, creating the pools on first use."""
+        if not self._shards:
             # One endpoint talks to one host, so the proxy decision is made once.
-            self._transport = httpx.AsyncHTTPTransport(limits=self._limits, proxy=_environment_proxy(url))
-        return self._transport
+            proxy = _environment_proxy(url)
+            self._shards = [
+                httpx.AsyncHTTPTransport(limits=self._limits, proxy=proxy) for _ in range(self._shard_count)
+            ]
+        busy = self._busy
+        index = busy.index(min(busy))
+        busy[index] += 1
+        return index
 
     def _timeout_for(self, timeout_s: float | None) -> dict[str, float | None]:
         if timeout_s is None:
@@ -172,7 +187,7 @@ class UpstreamClient:
 
     async def _send(
         self, method: str, url: str, content: bytes | None, headers: Mapping[str, str] | None, timeout: float | None
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, int]:
         if self._closed:
             raise RuntimeError("the upstream client is closed")
         if self._check is not None:
@@ -184,9 +199,14 @@ class UpstreamClient:
             headers={**DEFAULT_HEADERS, **headers} if headers else DEFAULT_HEADERS,
             extensions={"timeout": self._timeout_for(timeout)},
         )
-        response = await self._transport_for(url).handle_async_request(request)
+        shard = self._pick(url)
+        try:
+            response = await self._shards[shard].handle_async_request(request)
+        except BaseException:
+            self._busy[shard] -= 1
+            raise
         response.request = request
-        return response
+        return response, shard
 
     async def post(
         self,
@@ -197,10 +217,11 @@ class UpstreamClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """Send a request and read the whole response body."""
-        response = await self._send("POST", url, content, headers, timeout)
+        response, shard = await self._send("POST", url, content, headers, timeout)
         try:
             await response.aread()
         finally:
+            self._busy[shard] -= 1
             await response.aclose()
         return response
 
@@ -215,17 +236,23 @@ class UpstreamClient:
         timeout: float | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Send a request; the body is read by the caller (``aiter_lines``, ``aiter_bytes``, ``aread``)."""
-        response = await self._send(method, url, content, headers, timeout)
+        response, shard = await self._send(method, url, content, headers, timeout)
         try:
             yield response
         finally:
+            self._busy[shard] -= 1
             await response.aclose()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet finished."""
+        return sum(self._busy)
 
     async def aclose(self) -> None:
         """Close pooled connections; the client cannot be used again."""
         self._closed = True
-        if self._transport is not None:
-            await self._transport.aclose()
+        for shard in self._shards:
+            await shard.aclose()
 
 
 def _environment_proxy(url: str) -> str | None:

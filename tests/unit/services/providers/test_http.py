@@ -237,3 +237,31 @@ def test_the_proxy_comes_from_the_environment_unless_no_proxy_names_the_host(
     assert _environment_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"
     assert _environment_proxy("https://internal.example.com/v1") is None
     assert _environment_proxy("http://api.openai.com/v1") is None  # no proxy for plain http
+
+
+def test_requests_in_flight_spread_over_the_shards_and_a_lone_request_always_uses_the_first() -> None:
+    async def scenario() -> None:
+        client = UpstreamClient(timeout_s=30, shards=4)
+        assert [client._pick("http://127.0.0.1:9/v1") for _ in range(6)] == [0, 1, 2, 3, 0, 1]
+        assert client.in_flight == 6
+        client._busy = [0] * 4
+        for _ in range(3):  # one at a time: the same (warm) pool every time
+            assert client._pick("http://127.0.0.1:9/v1") == 0
+            client._busy[0] -= 1
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_send_does_not_leave_its_shard_counted_busy() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    async def scenario() -> int:
+        client = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(refuse))
+        with pytest.raises(httpx.ConnectError):
+            await client.post("http://127.0.0.1:9/v1", content=b"{}")
+        await client.aclose()
+        return client.in_flight
+
+    assert asyncio.run(scenario()) == 0
