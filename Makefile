@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint docs clean latency
+.PHONY: run test install lint docs clean latency bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff check shared services tests bench scripts
 	$(BIN)/mypy
 
 docs: $(STAMP)
@@ -32,6 +32,11 @@ docs: $(STAMP)
 
 latency: $(STAMP)
 	$(BIN)/python scripts/latency.py
+
+# modelbus against direct calls and LiteLLM (which the harness installs into
+# bench/.venv-litellm on first use); e.g. make bench BENCH_ARGS="--quick --skip-litellm"
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
