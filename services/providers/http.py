@@ -8,8 +8,10 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import msgspec
 
@@ -122,25 +124,86 @@ DEFAULT_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate", "user-ag
 Check = Callable[[str], Awaitable[None]]
 """Called with each request's URL before it is sent (the SSRF guard); raises to refuse."""
 
+_CORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _as_httpx_error(exc: Exception) -> Exception:
+    """The ``httpx`` exception adapters catch for an ``httpcore`` one (what httpx's transport raises)."""
+    for core, ours in _CORE_ERRORS:
+        if isinstance(exc, core):
+            return ours(str(exc))
+    return exc
+
+
+class _Target(NamedTuple):
+    """A URL parsed once: what httpcore needs to send a request to it."""
+
+    url: httpcore.URL
+    host: bytes
+
+
+class _BodyStream(httpx.AsyncByteStream):
+    """An httpcore response body as an ``httpx`` stream, with httpx's exceptions."""
+
+    def __init__(self, stream: Any, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except httpcore.TimeoutException as exc:
+            raise _as_httpx_error(exc) from exc
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise _as_httpx_error(exc) from exc
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+            await self._stream.aclose()
+
 
 class UpstreamClient:
-    """A pooled HTTP client for one endpoint: ``httpx`` transports without ``AsyncClient``.
+    """A pooled HTTP/1.1 client for one endpoint, on httpcore (the engine under httpx).
 
     Adapters send one kind of request (a POST with a body and explicit headers)
-    and need none of what ``AsyncClient`` adds per request: cookie jars (a
+    and need none of what ``httpx.AsyncClient`` adds per request: cookie jars (a
     provider's cookies must not leak from one tenant's call to the next anyway),
     auth flows, redirects (never followed: a public URL must not bounce a request
-    into private space), event hooks and URL merging.
+    into private space), event hooks, URL re-parsing and its transport's second
+    wrapping of every request and response. This client sends the request on
+    httpcore's connection pool and hands the adapter an ordinary
+    ``httpx.Response`` (status, headers, ``content``/``aread``/``aiter_lines``,
+    gzip decoding) and ``httpx`` exceptions, so adapters are written against
+    httpx as usual. Parsed URLs are cached (an endpoint calls few).
 
-    Connections live in ``shards`` independent ``httpx.AsyncHTTPTransport`` pools
-    and each request goes to the least busy one. httpcore re-examines every
-    connection of a pool (a socket poll for each idle one) whenever a request
-    starts or ends, so one pool of 32 busy connections spent most of a provider
-    worker's CPU at 32 requests in flight; shards keep each pool small. At one
-    request in flight only the first shard is used, so its connection stays warm.
+    Connections live in ``shards`` independent pools and each request goes to
+    the least busy one. httpcore re-examines every connection of a pool (a
+    socket poll for each idle one) whenever a request starts or ends, so one
+    pool of 32 busy connections spent most of a provider worker's CPU at 32
+    requests in flight; shards keep each pool small. With one request in flight
+    only the first shard is used, so its connection stays warm.
 
-    Keep-alive, timeouts, proxies from the environment (``HTTPS_PROXY``,
-    ``NO_PROXY``) and ``httpx`` exceptions are those of ``httpx`` itself.
+    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as with
+    httpx. Tests pass an ``httpx`` ``transport`` instead of the pools.
     """
 
     def __init__(
@@ -150,30 +213,58 @@ class UpstreamClient:
         check: Check | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 256,
-        shards: int = 8,
+        shards: int = 32,
+        keepalive_expiry_s: float = 5.0,
     ) -> None:
         self._timeout = httpx.Timeout(timeout_s).as_dict()
         self._timeouts: dict[float, dict[str, float | None]] = {}
         self._check = check
-        per_shard = max(1, -(-max_connections // shards))
-        self._limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self._shards: list[httpx.AsyncBaseTransport] = [transport] if transport is not None else []
-        self._shard_count = 1 if transport is not None else shards
-        self._busy: list[int] = [0] * self._shard_count
+        self._transport = transport
+        self._shard_count = shards
+        self._per_shard = max(1, -(-max_connections // shards))
+        self._keepalive_expiry_s = keepalive_expiry_s
+        self._pools: list[httpcore.AsyncConnectionPool] = []
+        self._busy: list[int] = [0] * shards
+        self._targets: dict[str, _Target] = {}
         self._closed = False
+
+    # ------------------------------------------------------------ plumbing
+
+    def _open_pools(self, url: str) -> None:
+        # One endpoint talks to one host, so the proxy decision is made once.
+        proxy_url = _environment_proxy(url)
+        proxy = httpcore.Proxy(proxy_url) if proxy_url else None
+        ssl_context = httpx.create_ssl_context()
+        self._pools = [
+            httpcore.AsyncConnectionPool(
+                ssl_context=ssl_context,
+                proxy=proxy,
+                max_connections=self._per_shard,
+                max_keepalive_connections=self._per_shard,
+                keepalive_expiry=self._keepalive_expiry_s,
+            )
+            for _ in range(self._shard_count)
+        ]
 
     def _pick(self, url: str) -> int:
         """The least busy shard, creating the pools on first use."""
-        if not self._shards:
-            # One endpoint talks to one host, so the proxy decision is made once.
-            proxy = _environment_proxy(url)
-            self._shards = [
-                httpx.AsyncHTTPTransport(limits=self._limits, proxy=proxy) for _ in range(self._shard_count)
-            ]
+        if not self._pools:
+            self._open_pools(url)
         busy = self._busy
         index = busy.index(min(busy))
         busy[index] += 1
         return index
+
+    def _target(self, url: str) -> _Target:
+        target = self._targets.get(url)
+        if target is None:
+            parsed = httpcore.URL(url)
+            default_port = 443 if parsed.scheme == b"https" else 80
+            host = parsed.host if parsed.port in (None, default_port) else b"%b:%d" % (parsed.host, parsed.port)
+            if len(self._targets) > 256:  # URLs carry the model name; keep the cache bounded
+                self._targets.clear()
+            target = self._targets[url] = _Target(parsed, host)
+        return target
 
     def _timeout_for(self, timeout_s: float | None) -> dict[str, float | None]:
         if timeout_s is None:
@@ -187,26 +278,47 @@ class UpstreamClient:
 
     async def _send(
         self, method: str, url: str, content: bytes | None, headers: Mapping[str, str] | None, timeout: float | None
-    ) -> tuple[httpx.Response, int]:
+    ) -> httpx.Response:
+        """Send; the response body is left to read. The caller must ``aclose`` the response."""
         if self._closed:
             raise RuntimeError("the upstream client is closed")
         if self._check is not None:
             await self._check(url)
-        request = httpx.Request(
-            method,
-            url,
+        merged = {**DEFAULT_HEADERS, **headers} if headers else DEFAULT_HEADERS
+        if self._transport is not None:
+            request = httpx.Request(method, url, content=content, headers=merged)
+            request.extensions["timeout"] = self._timeout_for(timeout)
+            response = await self._transport.handle_async_request(request)
+            response.request = request
+            return response
+        target = self._target(url)
+        raw_headers = [(b"Host", target.host)]
+        raw_headers.extend((name.encode("latin-1"), value.encode("latin-1")) for name, value in merged.items())
+        if content is not None:
+            raw_headers.append((b"Content-Length", b"%d" % len(content)))
+        core_request = httpcore.Request(
+            method.encode("ascii"),
+            target.url,
+            headers=raw_headers,
             content=content,
-            headers={**DEFAULT_HEADERS, **headers} if headers else DEFAULT_HEADERS,
             extensions={"timeout": self._timeout_for(timeout)},
         )
         shard = self._pick(url)
         try:
-            response = await self._shards[shard].handle_async_request(request)
+            core = await self._pools[shard].handle_async_request(core_request)
+        except Exception as exc:
+            self._busy[shard] -= 1
+            raise _as_httpx_error(exc) from exc
         except BaseException:
             self._busy[shard] -= 1
             raise
-        response.request = request
-        return response, shard
+
+        def release() -> None:
+            self._busy[shard] -= 1
+
+        return httpx.Response(core.status, headers=core.headers, stream=_BodyStream(core.stream, release))
+
+    # ------------------------------------------------------------ what adapters call
 
     async def post(
         self,
@@ -217,11 +329,10 @@ class UpstreamClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         """Send a request and read the whole response body."""
-        response, shard = await self._send("POST", url, content, headers, timeout)
+        response = await self._send("POST", url, content, headers, timeout)
         try:
             await response.aread()
         finally:
-            self._busy[shard] -= 1
             await response.aclose()
         return response
 
@@ -236,23 +347,24 @@ class UpstreamClient:
         timeout: float | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """Send a request; the body is read by the caller (``aiter_lines``, ``aiter_bytes``, ``aread``)."""
-        response, shard = await self._send(method, url, content, headers, timeout)
+        response = await self._send(method, url, content, headers, timeout)
         try:
             yield response
         finally:
-            self._busy[shard] -= 1
             await response.aclose()
 
     @property
     def in_flight(self) -> int:
-        """Requests sent and not yet finished."""
+        """Requests sent whose response is not closed yet."""
         return sum(self._busy)
 
     async def aclose(self) -> None:
         """Close pooled connections; the client cannot be used again."""
         self._closed = True
-        for shard in self._shards:
-            await shard.aclose()
+        for pool in self._pools:
+            await pool.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
 
 
 def _environment_proxy(url: str) -> str | None:

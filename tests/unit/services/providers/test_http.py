@@ -253,15 +253,76 @@ def test_requests_in_flight_spread_over_the_shards_and_a_lone_request_always_use
     asyncio.run(scenario())
 
 
-def test_a_failed_send_does_not_leave_its_shard_counted_busy() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
-
+def test_a_refused_connection_is_an_httpx_connect_error_and_leaves_no_shard_busy() -> None:
     async def scenario() -> int:
-        client = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(refuse))
+        client = UpstreamClient(timeout_s=5)
         with pytest.raises(httpx.ConnectError):
-            await client.post("http://127.0.0.1:9/v1", content=b"{}")
+            await client.post("http://127.0.0.1:9/v1", content=b"{}")  # the discard port: refused
         await client.aclose()
         return client.in_flight
 
     assert asyncio.run(scenario()) == 0
+
+
+async def _serve_once(reply: bytes) -> tuple[asyncio.AbstractServer, str, list[bytes]]:
+    """A one-shot HTTP/1.1 server on loopback that records the request head and sends ``reply``."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        await reader.readexactly(length)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/v1/chat", heads
+
+
+def test_the_pool_path_sends_host_and_length_and_decodes_a_gzipped_answer() -> None:
+    import gzip
+
+    body = gzip.compress(b'{"ok": true}')
+    reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+
+    async def scenario() -> tuple[httpx.Response, list[bytes], int]:
+        server, url, heads = await _serve_once(reply)
+        client = UpstreamClient(timeout_s=5)
+        response = await client.post(url, content=b'{"q": 1}', headers={"content-type": "application/json"})
+        await client.aclose()
+        server.close()
+        return response, heads, client.in_flight
+
+    response, heads, in_flight = asyncio.run(scenario())
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert in_flight == 0
+    head = heads[0].lower()
+    assert head.startswith(b"post /v1/chat http/1.1")
+    assert b"\r\nhost: 127.0.0.1:" in head and b"\r\ncontent-length: 8" in head
+    assert b"\r\ncontent-type: application/json" in head and b"\r\nuser-agent: modelbus" in head
+
+
+def test_a_stream_cut_short_is_an_httpx_error_and_the_shard_is_released() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 1000\r\n\r\ndata: {}\n\n"
+
+    async def scenario() -> tuple[list[str], int]:
+        server, url, _ = await _serve_once(reply)
+        client = UpstreamClient(timeout_s=5)
+        lines: list[str] = []
+        with pytest.raises(httpx.HTTPError):
+            async with client.stream("POST", url, content=b"{}") as response:
+                async for line in response.aiter_lines():
+                    lines.append(line)
+        await client.aclose()
+        server.close()
+        return lines, client.in_flight
+
+    lines, in_flight = asyncio.run(scenario())
+    assert lines[:1] == ["data: {}"]
+    assert in_flight == 0

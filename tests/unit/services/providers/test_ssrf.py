@@ -131,7 +131,7 @@ def test_the_connection_refuses_before_sending_and_never_follows_redirects() -> 
             return httpx.Response(302, headers={"location": "http://169.254.169.254/latest/meta-data"})
 
         http = connection.http
-        http._shards = [httpx.MockTransport(upstream)] * 8  # only the network is replaced; the guard stays
+        http._transport = httpx.MockTransport(upstream)  # only the network is replaced; the guard stays
         reply = await http.post("https://api.example.com/v1/models")
         assert reply.status_code == 302  # the redirect is returned, not followed
         assert sent == ["https://api.example.com/v1/models"]
