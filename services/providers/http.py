@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -15,6 +16,7 @@ import httpcore
 import httpx
 import msgspec
 
+from services.providers.netio import AsyncioBackend
 from shared.errors import ProviderError, UpstreamTimeout, UpstreamUnavailable, error_from_status
 
 ANTHROPIC_RESETS = (
@@ -202,8 +204,11 @@ class UpstreamClient:
     requests in flight; shards keep each pool small. With one request in flight
     only the first shard is used, so its connection stays warm.
 
-    Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as with
-    httpx. Tests pass an ``httpx`` ``transport`` instead of the pools.
+    Connections are asyncio streams (:mod:`services.providers.netio`), not
+    anyio's. Proxies come from the environment (``HTTPS_PROXY``, ``NO_PROXY``),
+    as with httpx; TLS is verified with httpx's default context (certifi) unless
+    an ``ssl_context`` is given. Tests pass an ``httpx`` ``transport`` instead
+    of the pools.
     """
 
     def __init__(
@@ -215,6 +220,7 @@ class UpstreamClient:
         max_connections: int = 256,
         shards: int = 32,
         keepalive_expiry_s: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout = httpx.Timeout(timeout_s).as_dict()
         self._timeouts: dict[float, dict[str, float | None]] = {}
@@ -223,6 +229,7 @@ class UpstreamClient:
         self._shard_count = shards
         self._per_shard = max(1, -(-max_connections // shards))
         self._keepalive_expiry_s = keepalive_expiry_s
+        self._ssl_context = ssl_context
         self._pools: list[httpcore.AsyncConnectionPool] = []
         self._busy: list[int] = [0] * shards
         self._targets: dict[str, _Target] = {}
@@ -234,7 +241,8 @@ class UpstreamClient:
         # One endpoint talks to one host, so the proxy decision is made once.
         proxy_url = _environment_proxy(url)
         proxy = httpcore.Proxy(proxy_url) if proxy_url else None
-        ssl_context = httpx.create_ssl_context()
+        ssl_context = self._ssl_context or httpx.create_ssl_context()
+        backend = AsyncioBackend()
         self._pools = [
             httpcore.AsyncConnectionPool(
                 ssl_context=ssl_context,
@@ -242,6 +250,7 @@ class UpstreamClient:
                 max_connections=self._per_shard,
                 max_keepalive_connections=self._per_shard,
                 keepalive_expiry=self._keepalive_expiry_s,
+                network_backend=backend,
             )
             for _ in range(self._shard_count)
         ]
