@@ -13,6 +13,7 @@ Span names come from subject templates, never from inbox subjects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -84,6 +85,50 @@ def shutdown_tracing() -> None:
 def tracer(name: str) -> trace.Tracer:
     """A tracer for one module; cheap, and a no-op when tracing is off."""
     return trace.get_tracer(name)
+
+
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+_PASSED_THROUGH = ("traceparent", "tracestate", "baggage")
+
+
+def tracing_enabled() -> bool:
+    """Whether this process records and exports spans (:func:`setup_tracing` installed the SDK)."""
+    return _provider is not None
+
+
+def hot_span(
+    tracer: trace.Tracer,
+    name: str,
+    *,
+    kind: SpanKind,
+    parent_headers: Mapping[str, str] | None = None,
+    root: bool = False,
+) -> contextlib.AbstractContextManager[trace.Span]:
+    """A span on the request path, or nothing at all when this process exports no spans.
+
+    With tracing off, the API's no-op tracer still builds a non-recording span
+    and attaches a context per call; on the router that was ~15 % of its CPU at
+    32 requests in flight. Instead nothing is created, and
+    :func:`propagate_headers` forwards the caller's trace headers unchanged.
+    ``root``: start from ``parent_headers`` rather than the current context.
+    """
+    if _provider is None:
+        return _NO_SPAN
+    if root:
+        return tracer.start_as_current_span(name, context=extract_context(parent_headers), kind=kind)
+    return tracer.start_as_current_span(name, kind=kind)
+
+
+def propagate_headers(headers: MutableMapping[str, str], incoming: Mapping[str, str] | None) -> None:
+    """Trace context for an outgoing hop: the current span's when tracing is on,
+    else the caller's own ``traceparent``/``tracestate``/``baggage`` as they came."""
+    if _provider is not None:
+        propagate.inject(headers)
+    elif incoming:
+        for name in _PASSED_THROUGH:
+            value = incoming.get(name)
+            if value is not None:
+                headers[name] = value
 
 
 def inject_headers(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:

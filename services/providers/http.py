@@ -339,11 +339,19 @@ class UpstreamClient:
     ) -> httpx.Response:
         """Send a request and read the whole response body."""
         response = await self._send("POST", url, content, headers, timeout)
+        stream = response.stream
+        if not isinstance(stream, _BodyStream):  # an httpx transport (tests)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
         try:
-            await response.aread()
+            body = b"".join([chunk async for chunk in stream])
         finally:
-            await response.aclose()
-        return response
+            await stream.aclose()
+        # A complete body: httpx decodes it (gzip, ...) once, without its async chunking chain.
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
 
     @asynccontextmanager
     async def stream(

@@ -53,7 +53,7 @@ from shared.errors import (
     error_from_wire,
 )
 from shared.routing import Policy, RoutingDefaults
-from shared.telemetry import inject_headers, record_error, tracer
+from shared.telemetry import hot_span, propagate_headers, record_error, tracer
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
@@ -162,7 +162,7 @@ class Forwarder:
                 await asyncio.sleep(wait)
             attempts += 1
             call.tried.append(f"{target.endpoint.name}/{target.model}")
-            with _tracer.start_as_current_span(f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT) as span:
+            with hot_span(_tracer, f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT) as span:
                 _describe_attempt(span, target, attempts)
                 try:
                     await attempt_once(call, target, attempts, span)
@@ -207,7 +207,7 @@ class Forwarder:
             )
         )
         hdrs = {H.TIMEOUT_MS: str(max(1, int(call.left() * 1000))), H.REQUEST_ID: call.request_id}
-        inject_headers(hdrs)
+        propagate_headers(hdrs, call.msg.headers)
         return body, hdrs
 
     @staticmethod

@@ -35,7 +35,7 @@ from shared.bus import RequestServer, reply_error
 from shared.chat import ChatCompletionRequest, decode_request
 from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PayloadTooLarge
 from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
-from shared.telemetry import extract_context, record_error, tracer
+from shared.telemetry import hot_span, record_error, tracer
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
@@ -122,8 +122,8 @@ class Router:
         if not reply:
             log.warning("dropping request %s with no reply subject", request_id)
             return
-        with _tracer.start_as_current_span(
-            "route chat.completions", context=extract_context(in_headers), kind=SpanKind.SERVER
+        with hot_span(
+            _tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers, root=True
         ) as span:
             span.set_attribute("modelbus.request_id", request_id)
             streaming = False
