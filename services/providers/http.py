@@ -171,9 +171,7 @@ class _BodyStream(httpx.AsyncByteStream):
         try:
             async for chunk in self._stream:
                 yield chunk
-        except httpcore.TimeoutException as exc:
-            raise _as_httpx_error(exc) from exc
-        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
             raise _as_httpx_error(exc) from exc
 
     async def aclose(self) -> None:
@@ -223,7 +221,6 @@ class UpstreamClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout = httpx.Timeout(timeout_s).as_dict()
-        self._timeouts: dict[float, dict[str, float | None]] = {}
         self._check = check
         self._transport = transport
         self._shard_count = shards
@@ -278,12 +275,7 @@ class UpstreamClient:
     def _timeout_for(self, timeout_s: float | None) -> dict[str, float | None]:
         if timeout_s is None:
             return self._timeout
-        cached = self._timeouts.get(timeout_s)
-        if cached is None:
-            if len(self._timeouts) > 256:  # deadlines vary per call; keep the cache small
-                self._timeouts.clear()
-            cached = self._timeouts[timeout_s] = httpx.Timeout(timeout_s).as_dict()
-        return cached
+        return {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
 
     async def _send(
         self, method: str, url: str, content: bytes | None, headers: Mapping[str, str] | None, timeout: float | None

@@ -227,12 +227,8 @@ class Forwarder:
         return {
             H.STATUS: "200",
             H.PROVIDER: provider.get(H.PROVIDER, target.endpoint.provider),
-            H.ENDPOINT: target.endpoint.name,
             H.MODEL: provider.get(H.MODEL, target.model),
-            H.ATTEMPTS: str(attempt),
-            H.REQUEST_ID: call.request_id,
-            H.CONFIG_REVISION: str(call.revision),
-            H.ROUTER: call.router_id,
+            **self._delivery_headers(call, target, attempt),
         }
 
     async def _charge(self, call: Call, provider_headers: Mapping[str, str]) -> None:

@@ -122,9 +122,7 @@ class Router:
         if not reply:
             log.warning("dropping request %s with no reply subject", request_id)
             return
-        with hot_span(
-            _tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers, root=True
-        ) as span:
+        with hot_span(_tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers) as span:
             span.set_attribute("modelbus.request_id", request_id)
             streaming = False
             try:

@@ -14,7 +14,7 @@ def test_without_an_exporter_a_hot_span_creates_nothing_and_leaves_the_context_a
     assert not telemetry.tracing_enabled()
     before = trace.get_current_span()
     with telemetry.hot_span(
-        telemetry.tracer("t"), "route", kind=SpanKind.SERVER, parent_headers={"traceparent": PARENT}, root=True
+        telemetry.tracer("t"), "route", kind=SpanKind.SERVER, parent_headers={"traceparent": PARENT}
     ) as span:
         assert span is trace.INVALID_SPAN
         span.set_attribute("ignored", 1)  # no-ops, never errors
