@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from shared import headers as H
 from shared.errors import ModelbusError
+from shared.identities import STATE_INBOX_ENV, STATE_PASSWORD_ENV, STATE_USER_ENV
 from shared.telemetry import TraceMiddleware
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,108 @@ def make_broker(service: str, url: str | None = None, **kwargs: Any) -> NatsBrok
         reconnect_time_wait=1,
         **kwargs,
     )
+
+
+def state_identity_from_env() -> dict[str, str] | None:
+    """The state identity (``MODELBUS_STATE_USER``/``_PASSWORD``/``_INBOX_PREFIX``), or ``None``.
+
+    A service that answers requests *and* writes JetStream state (router, config,
+    secrets) keeps the two apart on two broker identities: a reply subject is
+    chosen by the requester, so the identity that publishes replies may publish
+    nothing but replies (and the subjects it calls), and only the state identity
+    may touch streams and buckets. See docs/security.md.
+    """
+    user, password = os.environ.get(STATE_USER_ENV), os.environ.get(STATE_PASSWORD_ENV)
+    if not (user and password):
+        return None
+    out = {"user": user, "password": password}
+    prefix = os.environ.get(STATE_INBOX_ENV)
+    if prefix:
+        out["inbox_prefix"] = prefix
+    return out
+
+
+async def connect_state(service: str, fallback: Client, url: str | None = None) -> Client:
+    """The connection a service uses for JetStream (streams, KV buckets, state events).
+
+    With a state identity in the environment this is a second connection as that
+    identity; without one (``--insecure``, tests without identities) it is
+    ``fallback``, the serving connection. Close it with :func:`close_state`.
+    """
+    identity = state_identity_from_env()
+    if identity is None:
+        return fallback
+    return await nats.connect(
+        nats_url(url),
+        name=f"modelbus-{service}-state",
+        error_cb=_report_error,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        **identity,
+    )
+
+
+async def close_state(state: Client, fallback: Client) -> None:
+    """Drain a connection from :func:`connect_state` unless it is the serving one."""
+    if state is not fallback and not state.is_closed:
+        try:
+            await state.drain()
+        except Exception:  # already closing or disconnected: nothing left to flush
+            await state.close()
+
+
+INSECURE_INBOX = "_INBOX."
+"""nats-py's default inbox prefix, accepted as a reply subject only without identities."""
+
+
+class ReplyGuard:
+    """Which reply subjects a service answers on: its requesters' inbox prefixes only.
+
+    A reply subject is whatever the requester wrote, so a service that published
+    to it blindly could be made to publish its answer to any subject it may
+    publish to (``$JS.API.STREAM.PURGE...``, a KV key, another service's
+    subject). The broker is the first line (serving identities may publish only
+    to inboxes, see :mod:`shared.identities`); this is the second: anything else
+    is refused with a warning and no answer. Without identities (``--insecure``)
+    nats-py's default ``_INBOX.`` is accepted too.
+    """
+
+    def __init__(self, service: str, prefixes: tuple[str, ...], *, secure: bool | None = None) -> None:
+        if secure is None:
+            secure = "user" in identity_from_env()
+        allowed = tuple(p if p.endswith(".") else p + "." for p in prefixes)
+        self.service = service
+        self.prefixes = allowed if secure else (*allowed, INSECURE_INBOX)
+        self.refused = 0
+        self._last_warning = -math.inf
+
+    def allows(self, reply: str | None) -> bool:
+        """Whether ``reply`` is an inbox of one of this service's requesters."""
+        return bool(reply) and reply.startswith(self.prefixes)  # type: ignore[union-attr]
+
+    def refuse(self, subject: str, reply: str | None) -> None:
+        """Count and log (at most every 10 s) a request whose reply subject is refused."""
+        self.refused += 1
+        now = asyncio.get_running_loop().time() if _has_loop() else 0.0
+        if now - self._last_warning >= 10.0:
+            self._last_warning = now
+            log.warning(
+                "%s: refused a request on %s with reply subject %r: not an inbox of an allowed requester "
+                "(%s); no answer sent (%d refused so far)",
+                self.service,
+                subject,
+                (reply or "")[:120],
+                ", ".join(self.prefixes),
+                self.refused,
+            )
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def connect(name: str, url: str | None = None, **kwargs: Any) -> Client:

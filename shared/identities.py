@@ -1,35 +1,45 @@
-"""Broker-enforced identities: one NATS user per service role, plus client and admin.
+"""Broker-enforced identities: who may publish and subscribe to what.
 
-``modelbus up`` generates random passwords on first run (``identities.json``,
-mode 0600, in its data directory), renders the nats-server ``authorization``
-block below, and starts each service as its role. Permissions are allow-lists,
-so anything not listed is refused by the broker itself:
+``modelbus up`` generates a random password per identity on first run
+(``identities.json``, mode 0600, in its data directory), renders the
+nats-server ``authorization`` block below with **bcrypt hashes only**, and
+starts each service as its identities. Permissions are allow-lists, so
+anything not listed is refused by the broker itself.
 
-* only **providers** may publish to ``modelbus.v1.secrets.get``;
-* **secrets** may only serve its subjects, answer, announce changes and use its
-  own KV bucket;
-* every identity receives replies only on its **own inbox prefix**
-  (``_INBOX_<role>``), so nobody can subscribe to another's replies (or ``>``);
-* the **router** reads configuration but cannot write it (publishing to the
-  config log, and deleting or purging the config, audit or secrets streams,
-  are denied);
-* the **client** may only publish completion requests and read its own inbox;
-* the **admin** identity (the CLI) may use the admin subjects.
+Two rules shape the table:
 
-A service connects as its role when ``NATS_USER``, ``NATS_PASSWORD`` and
-``MODELBUS_INBOX_PREFIX`` are set (see :func:`connection_env`); that works the
-same against an external nats-server configured with this block.
+* **A reply subject is the requester's choice**, and nats-server checks no
+  permission on it. An identity that answers requests therefore may publish to
+  nothing but its requesters' inboxes and the subjects it calls itself.
+  Services that also keep JetStream state (router, config, secrets) use a
+  second identity for that, ``<role>-state``, which answers no request. A
+  request with reply ``$JS.API.STREAM.PURGE...`` or ``$KV....`` is thus
+  refused by the broker, and by the service (:class:`shared.bus.ReplyGuard`).
+* **Every identity reads only its own inbox** (``_INBOX_<role>``; applications
+  ``_INBOX_client.<name>``), so nobody can subscribe to another's replies.
+
+JetStream permissions are the exact API subjects of the streams and buckets
+each state identity uses (:func:`_kv_rw`, :func:`_stream_reader`); no
+identity may delete or purge the config, audit or secrets streams, and only
+``config-state`` may append to the config log and the audit stream.
+
+Applications each get an identity of their own (``modelbus create client
+NAME``): user ``client-NAME``, inbox ``_INBOX_client.NAME``. The registry of
+their bcrypt hashes is ``clients.json``; their passwords exist only in their
+credentials files.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shared.keyfile import write_new_private_file
+from shared.keyfile import write_private_file
 from shared.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECT,
@@ -37,9 +47,17 @@ from shared.subjects import (
     BREAKERS_BUCKET,
     BUDGETS_BUCKET,
     CHAT_COMPLETIONS,
+    CONFIG_APPLY,
+    CONFIG_DELETE,
     CONFIG_EVENTS,
+    CONFIG_GET,
+    CONFIG_HISTORY,
     CONFIG_LOG,
+    CONFIG_RESOURCES,
+    CONFIG_ROLLBACK,
+    CONFIG_ROUTERS,
     CONFIG_STREAM,
+    CONFIG_WAIT,
     PROVIDER_PREFIX,
     ROUTER_REVISIONS,
     ROUTER_STATUS,
@@ -53,162 +71,341 @@ from shared.subjects import (
     SECRETS_PUT,
 )
 
-ROLES = ("config", "router", "providers", "secrets", "client", "admin")
+SERVICE_ROLES = ("config", "router", "providers", "secrets")
+"""Roles that run a modelbus service process."""
+STATE_ROLES = {"config": "config-state", "router": "router-state", "secrets": "secrets-state"}
+"""The second identity of each service that keeps JetStream state."""
+ROLES = (
+    "config",
+    "config-state",
+    "router",
+    "router-state",
+    "providers",
+    "secrets",
+    "secrets-state",
+    "client",
+    "admin",
+)
 USER_ENV = "NATS_USER"
 PASSWORD_ENV = "NATS_PASSWORD"
 INBOX_ENV = "MODELBUS_INBOX_PREFIX"
+STATE_USER_ENV = "MODELBUS_STATE_USER"
+STATE_PASSWORD_ENV = "MODELBUS_STATE_PASSWORD"
+STATE_INBOX_ENV = "MODELBUS_STATE_INBOX_PREFIX"
 IDENTITIES_FILE = "identities.json"
 CLIENT_FILE = "client.json"
+CLIENTS_REGISTRY = "clients.json"
+"""``{name: {"user", "hash", "inbox_prefix", "created_at"}}`` of the applications' identities."""
+CLIENTS_DIR = "clients"
+"""``clients/NAME.json``: each application's credentials file (0600)."""
+DEFAULT_CLIENT = "default"
+"""The application name of the shared ``client`` identity (the quick start's)."""
+CLIENT_INBOX_ROOT = "_INBOX_client"
+BCRYPT_COST = 8
+"""Cost of the bcrypt hashes in the server configuration. The passwords are
+192-bit random tokens, so the cost adds nothing against guessing; it is kept
+low because nats-server pays it on every connect."""
+
+_CLIENT_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 
 
 def inbox_prefix(role: str) -> str:
     """The only inbox subjects ``role`` may subscribe to."""
+    if role == "client":
+        return client_inbox_prefix(DEFAULT_CLIENT)
     return f"_INBOX_{role}"
+
+
+def client_inbox_prefix(name: str) -> str:
+    """Inbox prefix of application ``name``: under ``_INBOX_client``, which routers and
+    providers may answer on, but of which each application reads only its own part."""
+    return f"{CLIENT_INBOX_ROOT}.{name}"
+
+
+def client_user(name: str) -> str:
+    """Broker user name of application ``name`` (``client`` for the default one)."""
+    return "client" if name == DEFAULT_CLIENT else f"client-{name}"
+
+
+def client_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an application identity, or ``None``."""
+    if name == DEFAULT_CLIENT:
+        return f"{DEFAULT_CLIENT!r} is the built-in client identity; choose another name"
+    if not _CLIENT_NAME_RE.fullmatch(name):
+        return "client names are 1 to 32 characters: lower-case letters, digits and '-', not at either end"
+    return None
+
+
+REQUESTERS: dict[str, tuple[str, ...]] = {
+    "router": (CLIENT_INBOX_ROOT, "_INBOX_admin", "_INBOX_config"),
+    "secrets": ("_INBOX_providers", "_INBOX_config", "_INBOX_admin"),
+    "config": ("_INBOX_admin",),
+    "providers": ("_INBOX_router",),
+}
+"""Inbox prefixes each serving role answers on: the identities allowed to ask it."""
+DELIVERY_INBOXES: tuple[str, ...] = REQUESTERS["router"]
+"""Where providers may deliver a completion straight to its requester (``ProviderCall.deliver_to``)."""
+
+
+def requester_inboxes(role: str) -> tuple[str, ...]:
+    """Reply-subject prefixes (ending in ``.``) that ``role`` may answer on."""
+    return tuple(f"{p}." for p in REQUESTERS[role])
+
+
+def _inboxes(prefixes: tuple[str, ...]) -> list[str]:
+    return [f"{p}.>" for p in prefixes]
 
 
 def _kv(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def _js_admin_denied() -> list[str]:
-    """Destructive JetStream API calls on the streams nobody but their owner may change."""
-    out = []
-    for stream in (CONFIG_STREAM, AUDIT_STREAM, _kv(SECRETS_BUCKET)):
-        for op in ("CREATE", "UPDATE", "DELETE", "PURGE"):
-            out.append(f"$JS.API.STREAM.{op}.{stream}")
-        out.append(f"$JS.API.STREAM.MSG.DELETE.{stream}")
-    return out
-
-
-def _secret_reads_denied() -> list[str]:
-    stream = _kv(SECRETS_BUCKET)
+def _stream_reader(stream: str) -> list[str]:
+    """Read a stream: info, single messages (direct or not) and ordered/ephemeral consumers."""
     return [
-        f"$KV.{SECRETS_BUCKET}.>",
+        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.FC.{stream}.>",
+        f"$JS.ACK.{stream}.>",
     ]
 
 
-def permissions(role: str) -> dict[str, Any]:
-    """The nats-server ``permissions`` object of one role."""
+def _stream_owner(stream: str, subject: str, *, update: bool = False) -> list[str]:
+    """Create a stream, read it and append to it; never delete or purge it.
+
+    ``update`` also allows changing its configuration (the config service
+    migrates its own streams' settings). Creating or updating is limited to the
+    named stream: a stream's ``sources`` may copy any stream of the account,
+    so no identity may create streams of other names (see docs/security.md).
+    """
+    out = [f"$JS.API.STREAM.CREATE.{stream}", *_stream_reader(stream), subject]
+    if update:
+        out.append(f"$JS.API.STREAM.UPDATE.{stream}")
+    return out
+
+
+def _kv_rw(bucket: str) -> list[str]:
+    """Open (or create) a KV bucket, and read, write and watch its keys."""
+    return _stream_owner(_kv(bucket), f"$KV.{bucket}.>")
+
+
+def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, Any]:
+    """The nats-server ``permissions`` object of one role (``client_name`` for applications)."""
     own_inbox = f"{inbox_prefix(role)}.>"
     if role == "client":
-        return {"publish": {"allow": [CHAT_COMPLETIONS]}, "subscribe": {"allow": [own_inbox]}}
-    if role == "admin":
         return {
-            "publish": {"allow": ["modelbus.v1.config.>", AUDIT_VERIFY, CHAT_COMPLETIONS]},
+            "publish": {"allow": [CHAT_COMPLETIONS]},
+            "subscribe": {"allow": [f"{client_inbox_prefix(client_name)}.>"]},
+        }
+    if role == "admin":
+        # The admin subjects one by one: never the config log or events, which
+        # only config-state writes (a publish there would be a forged revision).
+        return {
+            "publish": {
+                "allow": [
+                    CONFIG_GET,
+                    CONFIG_APPLY,
+                    CONFIG_RESOURCES,
+                    CONFIG_DELETE,
+                    CONFIG_HISTORY,
+                    CONFIG_ROLLBACK,
+                    CONFIG_WAIT,
+                    CONFIG_ROUTERS,
+                    AUDIT_VERIFY,
+                    SECRETS_LIST,
+                    CHAT_COMPLETIONS,
+                ]
+            },
             "subscribe": {"allow": [own_inbox]},
         }
     if role == "providers":
         return {
-            # Requesters' inboxes too: successful answers are delivered straight to
-            # the client (see ProviderCall.deliver_to).
-            "publish": {
-                "allow": [
-                    SECRETS_GET,
-                    f"{inbox_prefix('router')}.>",
-                    f"{inbox_prefix('client')}.>",
-                    f"{inbox_prefix('admin')}.>",
-                ]
-            },
+            "publish": {"allow": [SECRETS_GET, *_inboxes(REQUESTERS["providers"]), *_inboxes(DELIVERY_INBOXES)]},
             "subscribe": {"allow": [f"{PROVIDER_PREFIX}.*.chat", SECRETS_CHANGED, own_inbox]},
-        }
-    if role == "secrets":
-        stream = _kv(SECRETS_BUCKET)
-        return {
-            "publish": {
-                "allow": [
-                    SECRETS_CHANGED,
-                    f"$KV.{SECRETS_BUCKET}.>",
-                    "$JS.API.INFO",
-                    f"$JS.API.STREAM.INFO.{stream}",
-                    f"$JS.API.STREAM.CREATE.{stream}",
-                    f"$JS.API.STREAM.MSG.GET.{stream}",
-                    f"$JS.API.DIRECT.GET.{stream}",
-                    f"$JS.API.DIRECT.GET.{stream}.>",
-                    f"$JS.API.CONSUMER.CREATE.{stream}",
-                    f"$JS.API.CONSUMER.CREATE.{stream}.>",
-                    f"$JS.API.CONSUMER.DELETE.{stream}.>",
-                    f"$JS.API.CONSUMER.INFO.{stream}.>",
-                    f"$JS.FC.{stream}.>",
-                ]
-            },
-            "subscribe": {
-                "allow": [SECRETS_GET, SECRETS_PUT, SECRETS_DELETE, SECRETS_LIST, SECRETS_DESCRIBE, own_inbox]
-            },
-            "allow_responses": {"max": 1, "expires": "30s"},
         }
     if role == "router":
         return {
+            "publish": {"allow": [f"{PROVIDER_PREFIX}.*.chat", *_inboxes(REQUESTERS["router"])]},
+            "subscribe": {"allow": [CHAT_COMPLETIONS, ROUTER_STATUS, own_inbox]},
+        }
+    if role == "router-state":
+        return {
             "publish": {
                 "allow": [
-                    f"{PROVIDER_PREFIX}.*.chat",
                     ROUTER_REVISIONS,
-                    f"{inbox_prefix('client')}.>",
-                    f"{inbox_prefix('admin')}.>",
-                    f"{inbox_prefix('config')}.>",
-                    "$JS.API.>",
-                    "$JS.FC.>",
-                    *(f"$KV.{b}.>" for b in (RUNS_BUCKET, BREAKERS_BUCKET, BUDGETS_BUCKET)),
-                ],
-                "deny": [CONFIG_LOG, AUDIT_SUBJECT, *_js_admin_denied(), *_secret_reads_denied()],
+                    *_stream_reader(CONFIG_STREAM),
+                    *_kv_rw(BREAKERS_BUCKET),
+                    *_kv_rw(BUDGETS_BUCKET),
+                    *_stream_reader(_kv(RUNS_BUCKET)),
+                    f"$KV.{RUNS_BUCKET}.>",
+                ]
             },
-            "subscribe": {"allow": [CHAT_COMPLETIONS, ROUTER_STATUS, own_inbox]},
+            "subscribe": {"allow": [own_inbox]},
+        }
+    if role == "secrets":
+        return {
+            "publish": {"allow": _inboxes(REQUESTERS["secrets"])},
+            "subscribe": {
+                "allow": [SECRETS_GET, SECRETS_PUT, SECRETS_DELETE, SECRETS_LIST, SECRETS_DESCRIBE, own_inbox]
+            },
+        }
+    if role == "secrets-state":
+        return {
+            "publish": {"allow": [SECRETS_CHANGED, "$JS.API.INFO", *_kv_rw(SECRETS_BUCKET)]},
+            "subscribe": {"allow": [own_inbox]},
         }
     if role == "config":
         return {
             "publish": {
                 "allow": [
-                    CONFIG_LOG,
-                    CONFIG_EVENTS,
-                    AUDIT_SUBJECT,
+                    *_inboxes(REQUESTERS["config"]),
                     ROUTER_STATUS,
                     SECRETS_PUT,
                     SECRETS_DELETE,
                     SECRETS_DESCRIBE,
+                    SECRETS_LIST,
                     CHAT_COMPLETIONS,
-                    "$JS.API.>",
-                    "$JS.FC.>",
-                    f"$KV.{RUNS_BUCKET}.>",
-                ],
-                "deny": _secret_reads_denied(),
+                ]
             },
-            "subscribe": {"allow": ["modelbus.v1.config.>", AUDIT_VERIFY, ROUTER_REVISIONS, own_inbox]},
-            "allow_responses": {"max": 1, "expires": "60s"},
+            "subscribe": {
+                "allow": [
+                    "modelbus.v1.config.*",
+                    AUDIT_VERIFY,
+                    ROUTER_REVISIONS,
+                    own_inbox,
+                ],
+                # The config log and events are JetStream's and the routers' business.
+                "deny": [CONFIG_LOG, CONFIG_EVENTS],
+            },
+        }
+    if role == "config-state":
+        return {
+            "publish": {
+                "allow": [
+                    CONFIG_EVENTS,
+                    *_stream_owner(CONFIG_STREAM, CONFIG_LOG, update=True),
+                    *_stream_owner(AUDIT_STREAM, AUDIT_SUBJECT, update=True),
+                    *_kv_rw(RUNS_BUCKET),
+                ]
+            },
+            "subscribe": {"allow": [own_inbox]},
         }
     raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
 
 
-def render_authorization(passwords: Mapping[str, str]) -> str:
-    """The nats-server ``authorization`` block for every role (JSON is valid NATS config)."""
-    users = [{"user": role, "password": passwords[role], "permissions": permissions(role)} for role in ROLES]
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash nats-server accepts in place of a password (``$2b$`` is read as ``$2a$``)."""
+    import bcrypt
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
+    return "$2a$" + hashed[4:]
+
+
+def render_authorization(passwords: Mapping[str, str], clients: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The nats-server ``authorization`` block (JSON is valid NATS config): every role and
+    every registered application, each with a bcrypt hash, never a password."""
+    users: list[dict[str, Any]] = [
+        {"user": role, "password": bcrypt_hash(passwords[role]), "permissions": permissions(role)} for role in ROLES
+    ]
+    for name, entry in sorted((clients or {}).items()):
+        users.append(
+            {"user": entry["user"], "password": entry["hash"], "permissions": permissions("client", client_name=name)}
+        )
     return "authorization " + json.dumps({"users": users}, indent=2) + "\n"
 
 
 def load_or_create(data_dir: Path) -> dict[str, str]:
-    """Role passwords from ``identities.json``, generated (0600) on first run."""
+    """Role passwords from ``identities.json`` (0600); missing roles are added, existing ones kept."""
     path = data_dir / IDENTITIES_FILE
+    stored: dict[str, str] = {}
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = {k: str(v) for k, v in json.loads(path.read_text()).items()}
         if set(stored) >= set(ROLES):
-            return {role: str(stored[role]) for role in ROLES}
-        path.unlink()  # an older file without every role: regenerate
-    passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
-    write_new_private_file(path, json.dumps(passwords, indent=2).encode())
+            return {role: stored[role] for role in ROLES}
+    passwords = {role: stored.get(role) or secrets.token_urlsafe(24) for role in ROLES}
+    write_private_file(path, json.dumps(passwords, indent=2).encode())
     return passwords
 
 
 def connection_env(role: str, passwords: Mapping[str, str]) -> dict[str, str]:
-    """Environment that makes a modelbus process connect as ``role``."""
-    return {USER_ENV: role, PASSWORD_ENV: passwords[role], INBOX_ENV: inbox_prefix(role)}
+    """Environment that makes a modelbus process connect as ``role`` (and its state identity)."""
+    env = {USER_ENV: role, PASSWORD_ENV: passwords[role], INBOX_ENV: inbox_prefix(role)}
+    state = STATE_ROLES.get(role)
+    if state is not None:
+        env.update({STATE_USER_ENV: state, STATE_PASSWORD_ENV: passwords[state], STATE_INBOX_ENV: inbox_prefix(state)})
+    return env
+
+
+def credentials(url: str, user: str, password: str, prefix: str) -> dict[str, str]:
+    """The credentials-file object any NATS client can connect with."""
+    return {"url": url, "user": user, "password": password, "inbox_prefix": prefix}
 
 
 def write_client_file(data_dir: Path, nats_url: str, passwords: Mapping[str, str]) -> Path:
-    """``client.json`` (0600): how any program connects as the client identity."""
-    path = data_dir / CLIENT_FILE
-    path.unlink(missing_ok=True)
-    info = {"url": nats_url, "user": "client", "password": passwords["client"], "inbox_prefix": inbox_prefix("client")}
-    return write_new_private_file(path, json.dumps(info, indent=2).encode())
+    """``client.json`` (0600): how any program connects as the default client identity."""
+    info = credentials(nats_url, "client", passwords["client"], inbox_prefix("client"))
+    return write_private_file(data_dir / CLIENT_FILE, json.dumps(info, indent=2).encode())
+
+
+# ---------------------------------------------------------------- applications
+
+
+def load_clients(data_dir: Path) -> dict[str, dict[str, str]]:
+    """The application registry (``clients.json``): name → user, bcrypt hash, inbox prefix."""
+    path = data_dir / CLIENTS_REGISTRY
+    try:
+        return {str(k): dict(v) for k, v in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        return {}
+
+
+def _save_clients(data_dir: Path, clients: Mapping[str, Mapping[str, str]]) -> None:
+    write_private_file(data_dir / CLIENTS_REGISTRY, json.dumps(clients, indent=2, sort_keys=True).encode())
+
+
+def client_file(data_dir: Path, name: str) -> Path:
+    """Where application ``name``'s credentials file is written."""
+    return data_dir / CLIENTS_DIR / f"{name}.json"
+
+
+def create_client(data_dir: Path, name: str, nats_url: str) -> Path:
+    """Register application ``name`` and write its credentials file (0600); returns its path.
+
+    Raises :class:`ValueError` for a bad or taken name. The password is written
+    only to the credentials file; the registry keeps its bcrypt hash.
+    """
+    problem = client_name_problem(name)
+    if problem:
+        raise ValueError(f"client {name!r}: {problem}")
+    clients = load_clients(data_dir)
+    if name in clients:
+        raise ValueError(f"client {name!r} exists; delete it first to issue new credentials")
+    password = secrets.token_urlsafe(24)
+    prefix = client_inbox_prefix(name)
+    info = credentials(nats_url, client_user(name), password, prefix)
+    path = write_private_file(client_file(data_dir, name), json.dumps(info, indent=2).encode())
+    clients[name] = {
+        "user": client_user(name),
+        "hash": bcrypt_hash(password),
+        "inbox_prefix": prefix,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    _save_clients(data_dir, clients)
+    return path
+
+
+def delete_client(data_dir: Path, name: str) -> None:
+    """Remove application ``name`` from the registry and delete its credentials file."""
+    clients = load_clients(data_dir)
+    if name not in clients:
+        raise KeyError(f"no client {name!r}")
+    del clients[name]
+    _save_clients(data_dir, clients)
+    client_file(data_dir, name).unlink(missing_ok=True)

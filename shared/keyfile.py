@@ -17,6 +17,9 @@ MASTER_KEY_ENV = "MODELBUS_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "MODELBUS_MASTER_KEY_FILE"
 ADMIN_TOKEN_ENV = "MODELBUS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "MODELBUS_ADMIN_TOKEN_FILE"
+AUDIT_KEY_ENV = "MODELBUS_AUDIT_KEY"
+"""The audit chain's HMAC key (base64, 32 bytes), held like the master key."""
+AUDIT_KEY_FILE_ENV = "MODELBUS_AUDIT_KEY_FILE"
 
 
 def write_new_private_file(path: str | os.PathLike[str], content: bytes) -> Path:
@@ -33,6 +36,24 @@ def write_new_private_file(path: str | os.PathLike[str], content: bytes) -> Path
         os.fsync(fd)
     finally:
         os.close(fd)
+    return target
+
+
+def write_private_file(path: str | os.PathLike[str], content: bytes) -> Path:
+    """Write ``content`` to ``path`` with mode 0600, replacing it atomically if it exists.
+
+    The new file is created 0600 next to the target and renamed over it, so no
+    reader ever sees a partial file or a wider mode.
+    """
+    target = Path(path).expanduser()
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    write_new_private_file(tmp, content)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 

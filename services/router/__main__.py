@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from nats.aio.client import Client
+
 from services.router.service import Router
-from shared.bus import make_broker, run
+from shared.bus import close_state, connect_state, make_broker, run
 from shared.logs import setup_logging
 from shared.runtime import serve
 from shared.telemetry import setup_tracing
@@ -17,15 +19,20 @@ async def _main(max_inflight: int) -> None:
     setup_tracing("modelbus-router")
     broker = make_broker("router")
     holder: list[Router] = []
+    states: list[Client] = []
 
     async def start() -> None:
-        router = Router(broker.connection, max_inflight=max_inflight)
+        state = await connect_state("router", broker.connection)
+        states.append(state)
+        router = Router(broker.connection, max_inflight=max_inflight, state_nc=state)
         holder.append(router)
         await router.start()
 
     async def stop() -> None:
         if holder:
             await holder[0].stop()
+        for state in states:
+            await close_state(state, broker.connection)
 
     await serve(log, broker, on_start=start, on_stop=stop, ready_detail="router")
 

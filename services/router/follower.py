@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from services.router.table import RoutingTable
 from shared.admin import BreakerState, RouterStatus, RoutingRecord, TargetHealth, admin_encoder
+from shared.bus import ReplyGuard
 from shared.subjects import CONFIG_LOG, CONFIG_STREAM, ROUTER_REVISIONS, ROUTER_STATUS
 
 log = logging.getLogger("modelbus.router")
@@ -48,9 +49,15 @@ class TableFollower:
         in_flight: Callable[[], int],
         *,
         health: Callable[[], tuple[list[TargetHealth], list[BreakerState]]] | None = None,
+        state_nc: Client | None = None,
     ) -> None:
+        """``nc`` answers status requests; ``state_nc`` (default ``nc``) reads the config
+        stream and announces revisions (the router's state identity, see shared.identities)."""
         self._health = health
         self.nc = nc
+        self.state_nc = state_nc or nc
+        # Only the config service asks for status (scatter/gather from its inbox).
+        self._status_guard = ReplyGuard("router", ("_INBOX_config",))
         self.router_id = router_id
         self.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.current: RoutingTable | None = None
@@ -62,7 +69,7 @@ class TableFollower:
     async def start(self, timeout_s: float) -> None:
         """Subscribe to status requests and the config log; wait for the first table."""
         self._subs.append(await self.nc.subscribe(ROUTER_STATUS, cb=self._answer_status))
-        js = self.nc.jetstream()
+        js = self.state_nc.jetstream()
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
@@ -114,8 +121,12 @@ class TableFollower:
         )
 
     async def _answer_status(self, msg: Msg) -> None:
-        if msg.reply:
-            await self.nc.publish(msg.reply, admin_encoder.encode(self.status(detailed=True)))
+        if not msg.reply:
+            return
+        if not self._status_guard.allows(msg.reply):
+            self._status_guard.refuse(ROUTER_STATUS, msg.reply)
+            return
+        await self.nc.publish(msg.reply, admin_encoder.encode(self.status(detailed=True)))
 
     async def _on_record(self, msg: Msg) -> None:
         try:
@@ -129,7 +140,7 @@ class TableFollower:
             self.current = table  # the swap: one assignment, no lock on the hot path
             self._first.set()
             log.info("routing table at revision %d (%d aliases)", table.revision, len(table.alias_names))
-            await self.nc.publish(ROUTER_REVISIONS, admin_encoder.encode(self.status()))
+            await self.state_nc.publish(ROUTER_REVISIONS, admin_encoder.encode(self.status()))
 
     def _remember(self, table: RoutingTable) -> None:
         self._tables[table.revision] = table
@@ -143,7 +154,7 @@ class TableFollower:
         if table is not None:
             return table
         try:
-            msg = await self.nc.jetstream().get_msg(CONFIG_STREAM, seq=revision)
+            msg = await self.state_nc.jetstream().get_msg(CONFIG_STREAM, seq=revision)
         except NotFoundError:
             return None
         table = RoutingTable(_record_decoder.decode(msg.data or b"").routing)

@@ -31,9 +31,10 @@ from services.router.strategies import Rotation, order_targets
 from services.router.table import Route, RoutingTable
 from shared import headers as H
 from shared.admin import BreakerState, TargetHealth
-from shared.bus import RequestServer, reply_error
+from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest, decode_request
 from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PayloadTooLarge
+from shared.identities import requester_inboxes
 from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
 from shared.telemetry import hot_span, record_error, tracer
 
@@ -44,20 +45,26 @@ _tracer = tracer("modelbus.router")
 class Router:
     """One router worker."""
 
-    def __init__(self, nc: Client, *, max_inflight: int = 512) -> None:
+    def __init__(self, nc: Client, *, max_inflight: int = 512, state_nc: Client | None = None) -> None:
+        """``nc`` serves requests and calls providers; ``state_nc`` (default ``nc``) holds the
+        JetStream state: config log, breakers, budgets, run pins (see shared.identities)."""
         self.nc = nc
+        state = state_nc or nc
+        self.reply_guard = ReplyGuard("router", requester_inboxes("router"))
         self.router_id = uuid.uuid4().hex[:12]
         self._server = RequestServer(
             nc, CHAT_COMPLETIONS, self.serve_request, queue=ROUTER_QUEUE, max_inflight=max_inflight
         )
         self.stats = TargetStats()
-        self.breakers = SharedBreakers(nc, router_id=self.router_id)
-        self.budgets = TokenBudgets(nc)
+        self.breakers = SharedBreakers(state, router_id=self.router_id)
+        self.budgets = TokenBudgets(state)
         self.rotation = Rotation()
         self.rng = random.Random()
         self.forwarder = Forwarder(nc, stats=self.stats, breakers=self.breakers, budgets=self.budgets, rng=self.rng)
-        self.follower = TableFollower(nc, self.router_id, lambda: self._server.in_flight, health=self.health)
-        self.pins = RunPins(nc)
+        self.follower = TableFollower(
+            nc, self.router_id, lambda: self._server.in_flight, health=self.health, state_nc=state
+        )
+        self.pins = RunPins(state)
 
     @property
     def table(self) -> RoutingTable | None:
@@ -121,6 +128,9 @@ class Router:
         request_id = in_headers.get(H.REQUEST_ID) or uuid.uuid4().hex
         if not reply:
             log.warning("dropping request %s with no reply subject", request_id)
+            return
+        if not self.reply_guard.allows(reply):
+            self.reply_guard.refuse(CHAT_COMPLETIONS, reply)
             return
         with hot_span(_tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers) as span:
             span.set_attribute("modelbus.request_id", request_id)

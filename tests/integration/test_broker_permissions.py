@@ -1,0 +1,242 @@
+"""The permission table of shared.identities, attacked on a real nats-server.
+
+The server runs with exactly the ``authorization`` block ``modelbus up``
+renders (bcrypt hashes, every role). The streams and buckets are created by
+their owners, then every identity tries what an attacker holding it would:
+copy the secrets bucket, delete or purge the config, audit and secrets
+streams, forge config revisions and audit entries, read other inboxes. Each
+refusal is the broker's, read from the error callback, and the state is
+checked afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+
+from shared import identities
+from shared.natsserver import EmbeddedNats
+from shared.subjects import (
+    AUDIT_STREAM,
+    AUDIT_SUBJECT,
+    BUDGETS_BUCKET,
+    CONFIG_LOG,
+    CONFIG_STREAM,
+    RUNS_BUCKET,
+    SECRETS_BUCKET,
+)
+from tests.conftest import run
+
+SECRETS_KV = f"KV_{SECRETS_BUCKET}"
+OWNER = {SECRETS_KV: "secrets-state", CONFIG_STREAM: "config-state", AUDIT_STREAM: "config-state"}
+
+
+class Broker:
+    def __init__(self, url: str, passwords: dict[str, str]) -> None:
+        self.url, self.passwords = url, passwords
+
+    def login(self, role: str) -> dict[str, Any]:
+        return {"user": role, "password": self.passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
+
+    async def connect(self, role: str, errors: list[str] | None = None) -> nats.NATS:
+        async def error_cb(err: Exception) -> None:
+            if errors is not None:
+                errors.append(str(err))
+
+        return await nats.connect(self.url, error_cb=error_cb, max_reconnect_attempts=0, **self.login(role))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    passwords = {role: secrets.token_urlsafe(24) for role in identities.ROLES}
+    server = EmbeddedNats(
+        Path(tmp_path_factory.mktemp("broker-perms")), extra_config=identities.render_authorization(passwords)
+    )
+    url = server.start()
+    b = Broker(url, passwords)
+    run(_create_state(b))
+    try:
+        yield b
+    finally:
+        server.stop()
+
+
+async def _create_state(b: Broker) -> None:
+    """Each stream and bucket created by the identity that owns it, with one entry each."""
+    nc = await b.connect("secrets-state")
+    kv = await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket=SECRETS_BUCKET, storage=StorageType.FILE, history=1)
+    )
+    await kv.put("openai", b"sealed-record")
+    await nc.close()
+    nc = await b.connect("config-state")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=CONFIG_STREAM, subjects=[CONFIG_LOG]))
+    await js.add_stream(StreamConfig(name=AUDIT_STREAM, subjects=[AUDIT_SUBJECT]))
+    await js.publish(CONFIG_LOG, b'{"revision": 1}')
+    await js.publish(AUDIT_SUBJECT, b'{"entry": 1}')
+    runs = await js.create_key_value(config=KeyValueConfig(bucket=RUNS_BUCKET, storage=StorageType.FILE))
+    await runs.put("run-1", b"1")
+    await nc.close()
+    nc = await b.connect("router-state")
+    budgets = await nc.jetstream().create_key_value(
+        config=KeyValueConfig(bucket=BUDGETS_BUCKET, storage=StorageType.FILE)
+    )
+    await budgets.put("policy.run-1", b"900")
+    await nc.close()
+
+
+async def _attempt(b: Broker, role: str, action: Callable[[nats.NATS], Awaitable[Any]]) -> list[str]:
+    """Run ``action`` as ``role``; the broker's permission errors, waited for with a deadline."""
+    errors: list[str] = []
+    nc = await b.connect(role, errors)
+    try:
+        try:
+            await action(nc)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            pass  # a refused request looks like a timeout to the requester
+        await nc.flush(timeout=2)
+        for _ in range(80):
+            if any("permissions violation" in e.lower() for e in errors):
+                break
+            await asyncio.sleep(0.025)
+    finally:
+        await nc.close()
+    return errors
+
+
+def _refused(errors: list[str], subject: str) -> bool:
+    return any("permissions violation" in e.lower() and subject.lower() in e.lower() for e in errors)
+
+
+async def _stream_state(b: Broker, stream: str) -> tuple[int, int]:
+    """``(messages, last sequence)`` of a stream, read by its owner."""
+    nc = await b.connect(OWNER.get(stream, "config-state"))
+    try:
+        info = await nc.jetstream().stream_info(stream)
+    finally:
+        await nc.close()
+    return int(info.state.messages), int(info.state.last_seq)
+
+
+def _request(subject: str, body: bytes = b"") -> Callable[[nats.NATS], Awaitable[Any]]:
+    """A JetStream API call as a publish with a reply inbox: a refused one is reported
+    by the broker at once, so there is no need to wait out a request timeout."""
+
+    async def action(nc: nats.NATS) -> Any:
+        await nc.publish(subject, body, reply=nc.new_inbox())
+
+    return action
+
+
+ATTACKERS = [r for r in identities.ROLES if r != "secrets-state"]
+
+
+@pytest.mark.parametrize("role", ATTACKERS)
+def test_no_identity_but_its_owner_can_copy_the_secrets_bucket_into_a_stream_of_its_own(broker: Broker, role: str) -> None:
+    config = json.dumps({"name": "LOOT", "sources": [{"name": SECRETS_KV}], "storage": "memory"}).encode()
+    errors = run(_attempt(broker, role, _request("$JS.API.STREAM.CREATE.LOOT", config)))
+    assert _refused(errors, "$JS.API.STREAM.CREATE.LOOT"), errors
+
+
+@pytest.mark.parametrize("role", ATTACKERS)
+def test_no_identity_but_its_owner_can_read_the_secrets_bucket(broker: Broker, role: str) -> None:
+    durable = json.dumps({"stream_name": SECRETS_KV, "config": {"durable_name": "loot", "ack_policy": "none"}})
+    attempts = [
+        (f"$JS.API.CONSUMER.DURABLE.CREATE.{SECRETS_KV}.loot", durable.encode()),
+        (f"$JS.API.CONSUMER.CREATE.{SECRETS_KV}", durable.encode()),
+        (f"$JS.API.DIRECT.GET.{SECRETS_KV}.$KV.{SECRETS_BUCKET}.openai", b""),
+        (f"$JS.API.STREAM.MSG.GET.{SECRETS_KV}", b'{"last_by_subj": "$KV.modelbus_secrets.openai"}'),
+    ]
+    for subject, body in attempts:
+        errors = run(_attempt(broker, role, _request(subject, body)))
+        assert _refused(errors, subject), (subject, errors)
+
+
+@pytest.mark.parametrize("role", identities.ROLES)
+@pytest.mark.parametrize("stream", [CONFIG_STREAM, AUDIT_STREAM, SECRETS_KV])
+def test_no_identity_can_delete_or_purge_the_config_audit_or_secrets_streams(
+    broker: Broker, role: str, stream: str
+) -> None:
+    before = run(_stream_state(broker, stream))
+    for op, body in (("DELETE", b""), ("PURGE", b""), ("MSG.DELETE", b'{"seq": 1}')):
+        subject = f"$JS.API.STREAM.{op}.{stream}"
+        errors = run(_attempt(broker, role, _request(subject, body)))
+        assert _refused(errors, subject), (subject, errors)
+    assert run(_stream_state(broker, stream)) == before
+
+
+@pytest.mark.parametrize("role", [r for r in identities.ROLES if r != "config-state"])
+def test_only_the_config_state_identity_appends_revisions_and_audit_entries(broker: Broker, role: str) -> None:
+    before = run(_stream_state(broker, CONFIG_STREAM)), run(_stream_state(broker, AUDIT_STREAM))
+
+    async def forge(nc: nats.NATS) -> None:
+        await nc.publish(CONFIG_LOG, b'{"revision": 99, "forged": true}')
+        await nc.publish(AUDIT_SUBJECT, b'{"forged": true}')
+
+    errors = run(_attempt(broker, role, forge))
+    assert _refused(errors, CONFIG_LOG), errors
+    assert (run(_stream_state(broker, CONFIG_STREAM)), run(_stream_state(broker, AUDIT_STREAM))) == before
+
+
+SERVING = ["router", "config", "secrets", "providers", "client", "admin"]
+
+
+@pytest.mark.parametrize("role", SERVING)
+def test_identities_that_answer_requests_can_publish_no_jetstream_or_kv_subject(broker: Broker, role: str) -> None:
+    """A reply subject is the requester's choice: whatever an answering identity may
+    publish to, a requester can make it publish to. So none of them has JetStream rights."""
+    for subject in (
+        f"$JS.API.STREAM.PURGE.KV_{BUDGETS_BUCKET}",
+        f"$JS.API.STREAM.DELETE.KV_{RUNS_BUCKET}",
+        f"$KV.{BUDGETS_BUCKET}.policy.run-1",
+        "$JS.API.INFO",
+    ):
+
+        async def publish(nc: nats.NATS, subject: str = subject) -> None:
+            await nc.publish(subject, b"")
+
+        errors = run(_attempt(broker, role, publish))
+        assert _refused(errors, subject), (subject, errors)
+
+
+@pytest.mark.parametrize("role", identities.ROLES)
+def test_every_identity_reads_only_its_own_inbox(broker: Broker, role: str) -> None:
+    own = identities.inbox_prefix(role)
+    others = [">", "_INBOX.>", "_INBOX_client.>", "_INBOX_client.someone-else.>"]
+    others += [f"{identities.inbox_prefix(r)}.>" for r in identities.ROLES if r != role]
+    for subject in others:
+        if subject.startswith(own + "."):
+            continue
+
+        async def subscribe(nc: nats.NATS, subject: str = subject) -> None:
+            await nc.subscribe(subject)
+
+        errors = run(_attempt(broker, role, subscribe))
+        assert _refused(errors, "subscription"), (subject, errors)
+
+
+def test_the_router_state_identity_cannot_reconfigure_its_buckets(broker: Broker) -> None:
+    """Updating a stream could add ``sources`` (a copy of the secrets bucket) or shrink its limits."""
+    subject = f"$JS.API.STREAM.UPDATE.KV_{BUDGETS_BUCKET}"
+    body = json.dumps({"name": f"KV_{BUDGETS_BUCKET}", "sources": [{"name": SECRETS_KV}]}).encode()
+    errors = run(_attempt(broker, "router-state", _request(subject, body)))
+    assert _refused(errors, subject), errors
+
+
+def test_the_rendered_configuration_holds_bcrypt_hashes_and_no_password(broker: Broker) -> None:
+    rendered = identities.render_authorization(broker.passwords)
+    for password in broker.passwords.values():
+        assert password not in rendered
+    users = json.loads(rendered.removeprefix("authorization "))["users"]
+    assert {u["user"] for u in users} == set(identities.ROLES)
+    assert all(u["password"].startswith("$2a$") for u in users)
