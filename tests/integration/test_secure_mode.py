@@ -97,7 +97,7 @@ async def _ask_secret(nc: nats.NATS) -> bytes | None:
 
 def test_the_ready_line_points_to_private_client_credentials(secure: Secure) -> None:
     info = json.loads(secure.creds.read_text())
-    assert info["user"] == "client" and info["inbox_prefix"] == "_INBOX_client"
+    assert info["user"] == "client" and info["inbox_prefix"] == "_INBOX_client.default"
     assert secure.creds.stat().st_mode & 0o777 == 0o600
     assert (secure.home / identities.IDENTITIES_FILE).stat().st_mode & 0o777 == 0o600
 
@@ -131,7 +131,9 @@ def test_the_provider_identity_gets_a_secret(secure: Secure) -> None:
     assert msgspec.json.decode(data, type=Credential).value == SECRET
 
 
-@pytest.mark.parametrize("role", ["router", "client", "config", "admin"])
+@pytest.mark.parametrize(
+    "role", ["router", "router-state", "client", "config", "config-state", "secrets-state", "admin"]
+)
 def test_other_identities_are_refused_the_secrets_subject_by_the_broker(secure: Secure, role: str) -> None:
     got: list[bytes | None] = []
 
@@ -143,7 +145,9 @@ def test_other_identities_are_refused_the_secrets_subject_by_the_broker(secure: 
     assert any("permissions violation" in e.lower() and SECRETS_GET in e for e in errors), errors
 
 
-@pytest.mark.parametrize("subject", [">", "_INBOX_router.>", "_INBOX_providers.>", "modelbus.v1.secrets.get"])
+@pytest.mark.parametrize(
+    "subject", [">", "_INBOX_router.>", "_INBOX_providers.>", "_INBOX_client.>", "modelbus.v1.secrets.get"]
+)
 def test_a_client_cannot_subscribe_beyond_its_own_inbox(secure: Secure, subject: str) -> None:
     async def action(nc: nats.NATS) -> None:
         await nc.subscribe(subject)
@@ -165,12 +169,13 @@ def test_the_router_reads_configuration_but_cannot_write_it(secure: Secure) -> N
         await nc.publish(CONFIG_LOG, b"{}")
         await nc.publish(f"$JS.API.STREAM.PURGE.{CONFIG_STREAM}", b"{}")
 
-    errors = run(_violations(secure.url, secure.login("router"), write))
-    assert any(CONFIG_LOG in e for e in errors), errors
-    assert any("stream.purge" in e.lower() for e in errors), errors
+    for role in ("router", "router-state"):
+        errors = run(_violations(secure.url, secure.login(role), write))
+        assert any(CONFIG_LOG in e for e in errors), errors
+        assert any("stream.purge" in e.lower() for e in errors), errors
 
     async def read() -> int:
-        nc = await nats.connect(secure.url, **secure.login("router"))
+        nc = await nats.connect(secure.url, **secure.login("router-state"))
         try:
             info = await nc.jetstream().stream_info(CONFIG_STREAM)
         finally:
