@@ -161,8 +161,11 @@ def _is_annotation(data: bytes) -> bool:
         return False
     if any("delta" in choice for choice in event.choices):
         return False
-    return event.prompt_filter_results is not None or all(
-        "content_filter_results" in c or "content_filter_offsets" in c for c in event.choices
+    # An event with neither (an ``{"error": ...}`` event mid-stream) is not an annotation:
+    # skipping it would hide the upstream's error behind "stream ended early".
+    return event.prompt_filter_results is not None or (
+        bool(event.choices)
+        and all("content_filter_results" in c or "content_filter_offsets" in c for c in event.choices)
     )
 
 

@@ -15,12 +15,16 @@ from contextvars import ContextVar
 from typing import ClassVar, Protocol
 
 from services.providers.http import UpstreamClient
+from services.providers.scrub import CredentialScrubber
 from services.providers.ssrf import Resolver, SsrfGuard, system_resolver
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.routing import Endpoint
 
 call_credential: ContextVar[str | None] = ContextVar("call_credential", default=None)
 """A credential that came with the current call (BYO); set by the worker for one call only."""
+call_secrets: ContextVar[set[str] | None] = ContextVar("call_secrets", default=None)
+"""Every credential value the current call has sent upstream; the worker scrubs its errors of them
+(:mod:`services.providers.scrub`). Set by the worker per call, filled by :meth:`EndpointConnection.sent`."""
 
 CredentialGetter = Callable[[str, str], Awaitable[str]]
 """``(ref, endpoint_name) -> secret value``; raises a ProviderError when unavailable."""
@@ -37,7 +41,10 @@ class EndpointConnection:
         self._http: UpstreamClient | None = None
         self.guard = SsrfGuard(endpoint.name, allow_private=endpoint.allow_private, resolver=resolver)
         self.secrets_used: set[str] = set()
-        """Credential values this connection has sent; scrubbed from every error."""
+        """The endpoint's own credential values this connection has sent (never a BYO call's:
+        those belong to one call, see :data:`call_secrets`); scrubbed from every error."""
+        self._scrubber: CredentialScrubber | None = None
+        self._scrubber_size = -1
 
     @property
     def http(self) -> UpstreamClient:
@@ -54,13 +61,45 @@ class EndpointConnection:
         """The call's own credential (BYO), else the endpoint's secret, else ``None``."""
         inline = call_credential.get()
         if inline is not None:
-            self.secrets_used.add(inline)
+            self.sent(inline)
             return inline
         if not self.endpoint.auth_ref:
             return None
         value = await self._get_credential(self.endpoint.auth_ref, self.endpoint.name)
-        self.secrets_used.add(value)
+        self.sent(value)
         return value
+
+    def sent(self, *values: str | None) -> None:
+        """Record credential values the current call sends (adapters that derive several
+        from one secret, such as AWS keys, record each), so its errors are scrubbed of them.
+
+        During a BYO call (:data:`call_credential` set) every value derives from the
+        call's own credential and is recorded for the call only: kept on the shared
+        connection it would outlive the call and pile up, one per tenant.
+        """
+        used = call_secrets.get()
+        byo = call_credential.get() is not None
+        for value in values:
+            if value:
+                if used is not None:
+                    used.add(value)
+                if not byo:
+                    self.secrets_used.add(value)
+
+    def scrubber(self, call_values: set[str]) -> CredentialScrubber:
+        """A scrubber of a call's credential values and the endpoint's own.
+
+        Built once per set of endpoint values and reused (a 429 storm must not
+        rebuild it per error); a call that sent values of its own (BYO) gets a
+        fresh one, so nothing derived from them outlives the call.
+        """
+        if not call_values <= self.secrets_used:
+            return CredentialScrubber(call_values | self.secrets_used)
+        if self._scrubber is None or self._scrubber_size != len(self.secrets_used):
+            # secrets_used only grows (a rotated key adds its new value), so its size tells changes apart.
+            self._scrubber = CredentialScrubber(self.secrets_used)
+            self._scrubber_size = len(self.secrets_used)
+        return self._scrubber
 
     async def aclose(self) -> None:
         """Close pooled connections."""

@@ -21,7 +21,10 @@ Credentials: the endpoint's secret (or a BYO call credential) is JSON
 ``{"access_key_id", "secret_access_key", "session_token"?}``; without one the
 default AWS chain (environment, profile, SSO, container, instance metadata)
 is resolved once, off the event loop, and cached. Requests are signed with
-botocore's ``SigV4Auth`` for service ``bedrock``.
+botocore's ``SigV4Auth`` for service ``bedrock``. Errors are scrubbed of the
+access key id, the secret access key and the session token alike
+(:mod:`services.providers.scrub`): the key id is not secret to AWS, but it names
+the account and AWS error messages quote it.
 
 Mapping, request: system and developer messages (wherever they appear) become
 ``system`` text blocks; consecutive turns of one role merge into one message,
@@ -435,8 +438,9 @@ class BedrockAdapter:
                     '{"access_key_id", "secret_access_key", "session_token"?}',
                     provider=PROVIDER,
                 ) from None
-            used = self.connection.secrets_used
-            used.update(v for v in (keys.access_key_id, keys.secret_access_key, keys.session_token) if v)
+            # The key id is not secret by AWS's definition, but it names the account and AWS
+            # errors quote it ("The security token included in the request is invalid"): scrubbed too.
+            self.connection.sent(keys.access_key_id, keys.secret_access_key, keys.session_token)
             return Credentials(keys.access_key_id, keys.secret_access_key, keys.session_token)
         return await self._chain_credentials()
 
@@ -463,7 +467,7 @@ class BedrockAdapter:
             frozen = await asyncio.to_thread(chain.get_frozen_credentials)  # may call STS or IMDS
         else:
             frozen = chain.get_frozen_credentials()
-        self.connection.secrets_used.update(v for v in (frozen.secret_key, frozen.token) if v)
+        self.connection.sent(frozen.access_key, frozen.secret_key, frozen.token)
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     # ------------------------------------------------------------ response mapping

@@ -4,6 +4,20 @@ One queue subscription per type (so adding workers adds capacity), one pooled
 connection per endpoint spec, and one GenAI ``chat {model}`` span per call.
 Every call gets exactly one final answer: a completion, an error reply, or a
 stream that ends with ``Modelbus-Stream: end``.
+
+Two rules keep a worker from being turned against the bus or its callers:
+
+* **Reply subjects.** A call is answered only when its reply subject is a
+  router's inbox (``_INBOX_router.``; plus nats-py's ``_INBOX.`` without
+  identities), checked before anything else: a call whose reply names
+  ``$JS.API...``, ``$KV...`` or any other subject gets no upstream request and
+  no answer, only a rate-limited warning. ``deliver_to`` must be a requester's
+  inbox (``_INBOX_client.``, ``_INBOX_admin.``, ``_INBOX_config.``); any other
+  is ignored and the answer goes to the router, which relays it. The broker
+  enforces the same (:mod:`shared.identities`); this is the second line.
+* **Errors.** Every error that leaves the worker, and every traceback it logs,
+  is scrubbed of every credential the call sent, including fragments and
+  encodings of them (:mod:`services.providers.scrub`).
 """
 
 from __future__ import annotations
@@ -18,11 +32,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
-from services.providers.base import ChatAdapter, EndpointConnection, call_credential
+from services.providers.base import ChatAdapter, EndpointConnection, call_credential, call_secrets
 from services.providers.credentials import CredentialCache
 from services.providers.registry import ADAPTERS
+from services.providers.scrub import CredentialScrubber
 from shared import headers as H
-from shared.bus import RequestServer, reply_error
+from shared import identities
+from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionChunk, ChatCompletionRequest, Usage, decode_request, encoder
 from shared.envelopes import provider_call_decoder
 from shared.errors import AuthFailed, InvalidRequest, ModelbusError
@@ -37,6 +53,8 @@ RETIRE_GRACE_S = 5.0
 """Extra time an old endpoint connection stays open after its spec changes."""
 MAX_ADAPTERS = 512
 """Endpoint connections kept per worker; the least recently created go first (BYO hosts add up)."""
+WARN_EVERY_S = 10.0
+"""At most one warning per this many seconds about ignored ``deliver_to`` subjects."""
 
 
 class ProviderWorker:
@@ -52,6 +70,12 @@ class ProviderWorker:
         self._adapters: dict[bytes, ChatAdapter] = {}
         self._retiring: set[ChatAdapter] = set()
         self._by_name: dict[str, bytes] = {}
+        self.replies = ReplyGuard("providers", identities.requester_inboxes("providers"))
+        """Reply subjects calls are answered on: routers' inboxes only."""
+        self.deliveries = ReplyGuard("providers", identities.DELIVERY_INBOXES)
+        """Where a completion may be delivered straight to its requester."""
+        self.ignored_deliveries = 0
+        self._last_delivery_warning = -WARN_EVERY_S
         self._servers = [
             RequestServer(
                 nc,
@@ -111,6 +135,22 @@ class ProviderWorker:
         self._retiring.discard(adapter)
         await adapter.connection.aclose()
 
+    def _delivery(self, deliver_to: str | None) -> str | None:
+        """``deliver_to`` when it is a requester's inbox; otherwise ``None`` (answer via the router)."""
+        if not deliver_to or self.deliveries.allows(deliver_to):
+            return deliver_to
+        self.ignored_deliveries += 1
+        now = time.monotonic()
+        if now - self._last_delivery_warning >= WARN_EVERY_S:
+            self._last_delivery_warning = now
+            log.warning(
+                "ignored deliver_to %r: not a requester's inbox (%s); answering via the router (%d ignored so far)",
+                deliver_to[:120],
+                ", ".join(self.deliveries.prefixes),
+                self.ignored_deliveries,
+            )
+        return None
+
     def _serve_for(self, provider_type: str):  # type: ignore[no-untyped-def]
         async def serve(msg: Msg) -> None:
             await self.serve_call(msg, provider_type)
@@ -118,11 +158,13 @@ class ProviderWorker:
         return serve
 
     async def serve_call(self, msg: Msg, provider_type: str) -> None:
-        """Answer one ProviderCall."""
+        """Answer one ProviderCall, if its reply subject is a router's inbox."""
         reply = msg.reply
-        if not reply:
-            log.warning("dropping provider call with no reply subject")
+        if not self.replies.allows(reply):
+            self.replies.refuse(msg.subject, reply)  # before any upstream call: no answer at all
             return
+        used: set[str] = set()
+        call_secrets.set(used)  # this task only, like call_credential
         in_headers = msg.headers or {}
         request_id = in_headers.get(H.REQUEST_ID)
         streaming = False
@@ -135,14 +177,16 @@ class ProviderWorker:
                     adapter = self._adapter_for(bytes(call.endpoint))
                 except msgspec.MsgspecError as exc:
                     raise InvalidRequest(f"malformed provider call: {exc}", code="invalid_provider_call") from exc
-                request = decode_request(bytes(call.request))
                 if call.credential is not None:
+                    used.add(call.credential)  # scrubbed even from errors raised before it is sent
                     call_credential.set(call.credential)  # this task only: never cached on the adapter
+                request = decode_request(bytes(call.request))
+                deliver_to = self._delivery(call.deliver_to)
                 streaming = request.stream
                 _describe_call(span, adapter, call.model, request)
                 timeout_s = _timeout_s(in_headers, adapter.connection.endpoint.timeout_ms)
                 if streaming:
-                    await self._stream(reply, adapter, request, call.model, timeout_s, span, request_id)
+                    await self._stream(reply, adapter, request, call.model, timeout_s, span, request_id, used)
                 else:
                     completion = await adapter.complete(request, call.model, timeout_s=timeout_s)
                     _describe_response(
@@ -154,23 +198,24 @@ class ProviderWorker:
                     )
                     headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
                     body = encoder.encode(completion)
-                    if call.deliver_to:
+                    if deliver_to:
                         # Straight to the client; the router gets a notice for its
                         # statistics, breakers and budgets. Both go out in one flush.
-                        await self.nc.publish(call.deliver_to, body, headers={**call.deliver_headers, **headers})
+                        await self.nc.publish(deliver_to, body, headers={**call.deliver_headers, **headers})
                         body = b""
                         headers[H.DELIVERED] = "1"
                     if completion.usage is not None:
                         headers[H.USAGE] = f"{completion.usage.prompt_tokens} {completion.usage.completion_tokens}"
                     await self.nc.publish(reply, body, headers=headers)
             except ModelbusError as err:
-                if adapter is not None:
-                    _sanitize(err, adapter)
+                _sanitize(err, adapter, used)
                 record_error(span, err, err.http_status)
                 if not streaming:
                     await reply_error(self.nc, reply, err, request_id=request_id)
             except Exception as exc:
-                log.exception("internal error in %s adapter", provider_type)
+                log.error(
+                    "internal error in %s adapter\n%s", provider_type, _scrubber(adapter, used).scrub_traceback(exc)
+                )
                 record_error(span, exc, 500)
                 if not streaming:
                     await reply_error(
@@ -189,6 +234,7 @@ class ProviderWorker:
         timeout_s: float,
         span: Span,
         request_id: str | None,
+        used: set[str],
     ) -> None:
         """Publish chunks as they arrive; end with a terminator whatever happens."""
         seq = 0
@@ -213,14 +259,14 @@ class ProviderWorker:
                 await self.nc.publish(reply, encoder.encode(chunk), headers={H.SEQ: str(seq)})
                 seq += 1
         except ModelbusError as err:
-            _sanitize(err, adapter)
+            _sanitize(err, adapter, used)
             record_error(span, err, err.http_status)
             await reply_error(
                 self.nc, reply, err, request_id=request_id, extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)}
             )
             return
         except Exception as exc:
-            log.exception("internal error while streaming")
+            log.error("internal error while streaming\n%s", _scrubber(adapter, used).scrub_traceback(exc))
             record_error(span, exc, 500)
             await reply_error(
                 self.nc,
@@ -247,15 +293,25 @@ class ProviderWorker:
         await self.nc.publish(reply, body, headers=end)
 
 
-def _sanitize(err: ModelbusError, adapter: ChatAdapter) -> None:
+def _scrubber(adapter: ChatAdapter | None, used: set[str]) -> CredentialScrubber:
+    """A scrubber of every credential the call sent, and of the endpoint's own ones."""
+    if adapter is None:
+        return CredentialScrubber(used)
+    return adapter.connection.scrubber(used)
+
+
+def _sanitize(err: ModelbusError, adapter: ChatAdapter | None, used: set[str]) -> None:
     """Make an adapter error safe to send: no credential may leave in it.
 
-    Values this connection sent are scrubbed. An upstream auth failure loses the
-    upstream's text entirely: providers quote keys in them, sometimes the one they
-    *expected* (which we never sent, so scrubbing cannot catch it).
+    Every credential the call sent (``used``, the BYO one included) and the
+    endpoint's own are removed, whole, as any fragment of 8 or more characters,
+    and in their common encodings (:mod:`services.providers.scrub`). An upstream
+    auth failure loses the upstream's text entirely: providers quote keys in
+    them, sometimes the one they *expected* (which we never sent, so scrubbing
+    cannot catch it).
     """
-    err.scrub(adapter.connection.secrets_used)
-    if isinstance(err, AuthFailed):
+    _scrubber(adapter, used).scrub_error(err)
+    if adapter is not None and isinstance(err, AuthFailed):
         endpoint = adapter.connection.endpoint
         ref = f" (credential {endpoint.auth_ref})" if endpoint.auth_ref else ""
         err.message = (

@@ -68,6 +68,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from services.providers.http import transport_error
+from services.providers.scrub import CredentialScrubber
 from shared import headers as H
 from shared.admin import WaitRequest
 from shared.envelopes import SecretsDescribe
@@ -650,7 +651,7 @@ def test_a_transport_error_whose_request_carries_the_secret_loses_it_on_the_way_
             except httpx.HTTPError as caught:
                 raise transport_error(caught, endpoint="leaky", provider="openai", model="m") from caught
         except ModelbusError as err:
-            err.scrub({SECRET})  # what the worker does with every adapter error
+            CredentialScrubber([SECRET]).scrub_error(err)  # what the worker does with every adapter error
             assert SECRET not in err.message
             assert SECRET not in str(err)
             assert SECRET not in repr(err)
@@ -660,9 +661,9 @@ def test_a_transport_error_whose_request_carries_the_secret_loses_it_on_the_way_
 
 def test_scrub_removes_the_secret_from_str_and_repr_as_well_as_from_the_message() -> None:
     """An upstream text that quotes the key we sent (OpenAI does, masked; llm-katan in full)."""
-    err = ModelbusError(f"openai returned 401: invalid API key: got '{SECRET}'")
-    err.scrub({SECRET})
-    assert SECRET not in err.message
+    err = ModelbusError(f"openai returned 401: invalid API key: got '{SECRET}', i.e. '{SECRET[:14]}...'")
+    CredentialScrubber([SECRET]).scrub_error(err)
+    assert SECRET not in err.message and SECRET[:14] not in err.message
     assert SECRET not in err.to_json().decode()
     assert SECRET not in repr(err)
     assert SECRET not in str(err)

@@ -30,7 +30,7 @@ HELLO = {"role": "user", "content": "hello bus"}
 @pytest.fixture(scope="module")
 def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Workers for a subset of types, so requests to the `claude` endpoint meet no worker at all.
-    env = {"MODELBUS_TEST_KEY": SECRET, "MODELBUS_PROVIDER_TYPES": "mock,openai,openai-compatible"}
+    env = {"UPSTREAM_TEST_KEY": SECRET, "MODELBUS_PROVIDER_TYPES": "mock,openai,openai-compatible"}
     s = start_stack(nats_server.url, CONFIG, tmp_path_factory.mktemp("home"), env=env)
     try:
         yield s

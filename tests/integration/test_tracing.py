@@ -238,8 +238,8 @@ def stack(
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
         "OTEL_BSP_SCHEDULE_DELAY": "50",
-        "MODELBUS_TRACE_KEY": SECRET,
-        "MODELBUS_TRACE_STREAM_KEY": SECRET,
+        "UPSTREAM_TRACE_KEY": SECRET,
+        "UPSTREAM_TRACE_STREAM_KEY": SECRET,
     }
     with pytest.MonkeyPatch.context() as mp:
         _without_otel_env(mp)
@@ -441,7 +441,7 @@ def test_trace_context_passes_through_services_that_export_nothing(
     server = EmbeddedNats(tmp_path / "nats", log_file=None)
     server.start()
     try:
-        quiet = start_stack(server.url, CONFIG, tmp_path / "home", env={"MODELBUS_TRACE_KEY": SECRET})
+        quiet = start_stack(server.url, CONFIG, tmp_path / "home", env={"UPSTREAM_TRACE_KEY": SECRET})
         mark = receiver.mark()
         try:
             reply_headers, provider_headers, secrets_headers = run(send(server.url))

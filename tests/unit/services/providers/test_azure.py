@@ -372,6 +372,14 @@ def test_a_malformed_stream_event_that_is_not_an_azure_annotation_is_a_502() -> 
     assert caught.value.http_status == 502
 
 
+def test_an_error_event_mid_stream_ends_the_stream_with_the_upstreams_error_not_a_skipped_annotation() -> None:
+    events = [{"error": {"code": "server_error", "message": "The server had an error while processing your request."}}]
+    adapter, _ = make(api_version="2024-10-21", answer=lambda _: httpx.Response(200, content=sse(events)))
+    with pytest.raises(BadUpstreamResponse) as caught:
+        stream(adapter, req(stream=True))
+    assert "The server had an error while processing your request." in caught.value.message
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -26,7 +26,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from services.providers import bedrock
-from services.providers.base import EndpointConnection, call_credential
+from services.providers.base import EndpointConnection, call_credential, call_secrets
 from services.providers.bedrock import BedrockAdapter
 from services.providers.http import UpstreamClient
 from shared.chat import ChatCompletion, ChatCompletionChunk, decode_request
@@ -507,20 +507,37 @@ def test_a_credential_that_is_not_the_json_key_pair_is_an_auth_failure_without_t
     assert recorder.requests == []
 
 
-def test_a_byo_call_credential_signs_the_call() -> None:
+def test_a_byo_call_credential_signs_the_call_and_is_scrubbed_for_that_call_only() -> None:
     recorder = Recorder(lambda: json_response(TEXT_RESPONSE))
     adapter = make_adapter(recorder)
     byo = json.dumps({"access_key_id": "AKIABYOEXAMPLE", "secret_access_key": "byo-secret"})
+    used: set[str] = set()
 
     async def call() -> None:
         call_credential.set(byo)
+        call_secrets.set(used)
         await adapter.complete(request_of(), MODEL, timeout_s=5)
 
     asyncio.run(call())
     headers = recorder.requests[0].headers
     assert "Credential=AKIABYOEXAMPLE/" in headers["authorization"]
     assert "x-amz-security-token" not in headers
-    assert "byo-secret" in adapter.connection.secrets_used
+    assert {"AKIABYOEXAMPLE", "byo-secret"} <= used
+    # Not kept on the connection every tenant's calls share: it would outlive the call.
+    assert not {"AKIABYOEXAMPLE", "byo-secret", byo} & adapter.connection.secrets_used
+
+
+def test_every_part_of_the_endpoint_key_pair_is_recorded_for_scrubbing() -> None:
+    adapter = make_adapter(Recorder(lambda: json_response(TEXT_RESPONSE)))
+    used: set[str] = set()
+
+    async def call() -> None:
+        call_secrets.set(used)
+        await adapter.complete(request_of(), MODEL, timeout_s=5)
+
+    asyncio.run(call())
+    assert {ACCESS_KEY, SECRET_KEY, SESSION_TOKEN} <= used
+    assert {ACCESS_KEY, SECRET_KEY, SESSION_TOKEN} <= adapter.connection.secrets_used
 
 
 def test_without_auth_the_default_aws_chain_is_resolved_once_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
