@@ -4,6 +4,13 @@ Start-up order matters: the master key is read and checked against the
 secrets store *before* any subscription exists, so a wrong key stops the
 process (exit status 2) without having answered anything or written anything.
 
+Two broker connections, two identities (see :mod:`shared.identities`): the
+FastStream broker serves requests as ``secrets``, which may publish nothing
+but answers to its requesters' inboxes; every KV operation and the
+``modelbus.v1.secrets.changed`` announcement go over a second connection as
+``secrets-state`` (:func:`shared.bus.connect_state`), which answers nothing.
+Without identities (``--insecure``) both are the one connection.
+
 ``modelbus-secrets rotate-master-key --new-key-file PATH`` re-encrypts the
 store under a new master key instead of serving (:mod:`services.secrets.rotate_cmd`).
 """
@@ -13,12 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 
+import msgspec
+
 from services.secrets import rotate_cmd
-from services.secrets.crypto import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeyError, load_keyring
-from services.secrets.service import SecretsService, register
+from services.secrets.masterkey import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeyError, load_keyring
+from services.secrets.service import SecretsService
 from services.secrets.store import SecretStore, StoreStartupError, ensure_no_locked_data
 from services.secrets.vault import VaultConfigError, vault_from_env
-from shared.bus import make_broker, run
+from services.secrets.wire import register
+from shared.bus import close_state, connect_state, make_broker, run
 from shared.envelopes import SecretChanged
 from shared.logs import setup_logging
 from shared.runtime import serve
@@ -27,6 +37,8 @@ from shared.telemetry import setup_tracing
 
 EXIT_BAD_KEY = 2
 """Exit status when the master key is malformed or does not match the store, or the Vault settings are unusable."""
+
+_encoder = msgspec.json.Encoder()
 
 
 async def _main() -> None:
@@ -43,15 +55,17 @@ async def _main() -> None:
         log.error("cannot start: %s", exc)
         raise SystemExit(EXIT_BAD_KEY) from None
     broker = make_broker("secrets")
-
-    async def publish_change(change: SecretChanged) -> None:
-        await broker.publish(change, SECRETS_CHANGED)
-
-    service = SecretsService(publish_change=publish_change, vault=vault)
+    service = SecretsService(vault=vault)
     register(broker, service)
     await broker.connect()  # serve() reuses this connection; no subscription exists yet
+    state_nc = await connect_state("secrets", broker.connection)
+
+    async def publish_change(change: SecretChanged) -> None:
+        await state_nc.publish(SECRETS_CHANGED, _encoder.encode(change))
+
+    service.publish_change = publish_change
     try:
-        js = broker.connection.jetstream()
+        js = state_nc.jetstream()
         if keys is None:
             await ensure_no_locked_data(js)
             log.warning(
@@ -65,6 +79,7 @@ async def _main() -> None:
             log.info("secrets store %s unlocked", SECRETS_BUCKET)
     except StoreStartupError as exc:
         log.error("cannot start: %s", exc)
+        await close_state(state_nc, broker.connection)
         await broker.stop()
         raise SystemExit(EXIT_BAD_KEY) from None
     state = (
@@ -73,7 +88,13 @@ async def _main() -> None:
     if vault is not None:
         # Address, mount and prefix only: the token is never logged.
         state += f"; Vault first at {vault.kv.address}, {vault.where('')}"
-    await serve(log, broker, ready_detail=f"secrets ({state})", on_stop=vault.aclose if vault is not None else None)
+
+    async def on_stop() -> None:
+        if vault is not None:
+            await vault.aclose()
+        await close_state(state_nc, broker.connection)
+
+    await serve(log, broker, ready_detail=f"secrets ({state})", on_stop=on_stop)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,14 +2,14 @@
 
 Built from the very ``register`` function the service runs, on a broker that
 is never started: importing this module opens no connection.
-``modelbus.v1.secrets.changed`` is published with ``broker.publish`` from the
-put and delete handlers, so it is declared here as a documentation-only
-publisher.
+``modelbus.v1.secrets.changed`` is published on the state connection after
+put and delete, so it is declared here as a documentation-only publisher.
 """
 
 from __future__ import annotations
 
-from services.secrets.service import SecretsService, register
+from services.secrets.service import SecretsService
+from services.secrets.wire import register
 from shared.asyncapi import SPEC_SERVER_URL, application, payload
 from shared.bus import make_broker
 from shared.envelopes import SecretChanged

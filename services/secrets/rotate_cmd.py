@@ -9,6 +9,13 @@ under the old key during the rotation is re-encrypted too. See
 :mod:`services.secrets.rotation` for the steps and why an interruption loses
 nothing, and docs/secrets.md for the procedure around it.
 
+It connects as the secrets service's **state identity** (``secrets-state``,
+from ``MODELBUS_STATE_USER`` / ``MODELBUS_STATE_PASSWORD`` /
+``MODELBUS_STATE_INBOX_PREFIX``), the only one the broker lets touch the
+secrets bucket; ``modelbus secrets rotate-master-key`` passes it from the data
+directory of a secure ``modelbus up``. Without those variables it connects as
+``NATS_USER`` (or anonymously, against an insecure server).
+
 Exit status: 0 done, 1 stopped (NATS unreachable, a secret that does not open,
 ...; run again once fixed), 2 a key is missing, malformed or not the store's,
 3 the test hook ``MODELBUS_ROTATION_CRASH_AFTER`` fired.
@@ -24,16 +31,16 @@ import sys
 
 from nats.js.errors import BucketNotFoundError
 
-from services.secrets.crypto import (
+from services.secrets.crypto import SecretCipher
+from services.secrets.masterkey import (
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
     MasterKeyError,
-    SecretCipher,
     load_master_key,
     read_master_key_file,
 )
-from services.secrets.rotation import CRASH_AFTER_ENV, NatsBucket, RotationError, WrongOldKey, rotate_master_key
-from shared.bus import connect, nats_url
+from services.secrets.rotation import NatsBucket, RotationError, WrongOldKey, rotate_master_key
+from shared.bus import connect, nats_url, state_identity_from_env
 from shared.logs import setup_logging
 from shared.subjects import SECRETS_BUCKET
 
@@ -42,6 +49,8 @@ EXIT_STOPPED = 1
 EXIT_BAD_KEY = 2
 EXIT_CRASH_HOOK = 3
 """Status of the simulated crash (``MODELBUS_ROTATION_CRASH_AFTER``)."""
+CRASH_AFTER_ENV = "MODELBUS_ROTATION_CRASH_AFTER"
+"""Test hook: exit (status 3) right after this many secrets have been re-encrypted."""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -103,10 +112,12 @@ async def _rotate(new_key_file: str) -> int:
             os._exit(EXIT_CRASH_HOOK)
 
     url = nats_url()
+    state = state_identity_from_env()  # the identity that may write the secrets bucket
     try:
-        nc = await connect("modelbus-secrets-rotate", url)
+        nc = await connect("modelbus-secrets-rotate", url, **(state or {}))
     except Exception as exc:
-        _fail(f"cannot connect to NATS at {url}: {exc}")
+        who = f" as {state['user']}" if state else ""
+        _fail(f"cannot connect to NATS at {url}{who}: {exc}")
         return EXIT_STOPPED
     try:
         js = nc.jetstream()
@@ -127,9 +138,16 @@ async def _rotate(new_key_file: str) -> int:
         _fail(str(exc))
         return EXIT_STOPPED
     except Exception as exc:  # NATS trouble mid-way: every step is safe to stop at
+        hint = ""
+        if state is None and os.environ.get("NATS_USER"):
+            hint = (
+                f" It connected as {os.environ['NATS_USER']!r}: on a secure modelbus up only the state identity "
+                "(MODELBUS_STATE_USER=secrets-state) may use the secrets bucket; `modelbus secrets "
+                "rotate-master-key` sets it."
+            )
         _fail(
             f"the rotation stopped: {type(exc).__name__}: {exc}. Every secret is still readable with the old "
-            "or the new key; run the same command again to finish."
+            f"or the new key; run the same command again to finish.{hint}"
         )
         return EXIT_STOPPED
     finally:

@@ -3,14 +3,18 @@
 References (``CredentialRequest.ref``):
 
 * ``env:VAR``: variable ``VAR`` of this service's own environment (never the
-  requester's).
+  requester's), unless :mod:`services.secrets.env_policy` refuses the name:
+  the service's own configuration (``NATS_*``, ``MODELBUS_*``, ``VAULT_*``,
+  ``OTEL_*``, proxies) never, and only names matching
+  ``MODELBUS_SECRETS_ENV_ALLOW`` when that is set.
 * ``secret:NAME``: the secret ``NAME``: when Vault is configured
   (:mod:`services.secrets.vault`), first ``<prefix>/NAME`` in Vault, then the
   encrypted store (:mod:`services.secrets.store`), as AuroraSOC does.
 * ``NAME`` (bare, as Orloj's ``auth.secretRef: openai-api-key``): first the
   environment variable ``ORLOJ_SECRET_<NAME>``, tried as written, with ``-``
   replaced by ``_``, and upper-cased with every other character ``_`` (Orloj's
-  own normalisation); then the secret ``NAME`` as for ``secret:NAME``.
+  own normalisation), each only if the env policy allows it; then the secret
+  ``NAME`` as for ``secret:NAME``.
 * ``vault:PATH`` or ``vault:PATH#KEY``: the Vault secret at ``PATH`` in the
   configured KV-v2 mount, not under the prefix.
 
@@ -22,7 +26,9 @@ delete (from both), and list stored secrets, and describe credential
 references (whether a value is behind them, and where from); every change is
 announced on ``modelbus.v1.secrets.changed`` (name and operation only) so
 provider workers drop cached copies. Errors name references and secret names,
-never a value, and no value is ever logged or put on a span.
+never a value, and no value is ever logged or put on a span. How requests
+arrive and replies leave (and which reply subjects are answered at all) is
+:mod:`services.secrets.wire`.
 """
 
 from __future__ import annotations
@@ -35,15 +41,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
-from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 
-from services.secrets.crypto import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, KeyNotAvailable, RecordUnreadable
-from services.secrets.store import SecretStore, StoreKeyRetired, last4, name_problem
+from services.secrets.crypto import KeyNotAvailable, RecordReplayed, RecordUnreadable
+from services.secrets.env_policy import ALLOW_ENV, EnvPolicy
+from services.secrets.masterkey import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV
+from services.secrets.store import KeyCheckReplayed, SecretStore, StoreKeyRetired, last4, name_problem
 from services.secrets.vault import VaultEntry, VaultError, VaultSource, vault_path_problem
-from shared import headers as H
 from shared.envelopes import (
-    Credential,
-    CredentialRequest,
     SecretChanged,
     SecretDelete,
     SecretInfo,
@@ -51,15 +55,7 @@ from shared.envelopes import (
     SecretPut,
     SecretsDescribe,
 )
-from shared.errors import InvalidRequest, ModelbusError, NotFound
-from shared.subjects import (
-    SECRETS_DELETE,
-    SECRETS_DESCRIBE,
-    SECRETS_GET,
-    SECRETS_LIST,
-    SECRETS_PUT,
-    SECRETS_QUEUE,
-)
+from shared.errors import InvalidRequest, ModelbusError, NotFound, PolicyDenied
 
 log = logging.getLogger("modelbus.secrets")
 
@@ -71,14 +67,6 @@ VAULT_SCHEME = "vault"
 """``vault:PATH[#KEY]``: an explicit path in the configured KV-v2 mount."""
 _VAULT_FIELD_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-_request_decoder = msgspec.json.Decoder(CredentialRequest)
-_put_decoder = msgspec.json.Decoder(SecretPut)
-_delete_decoder = msgspec.json.Decoder(SecretDelete)
-_list_decoder = msgspec.json.Decoder(dict[str, Any])
-_describe_decoder = msgspec.json.Decoder(SecretsDescribe)
-_encoder = msgspec.json.Encoder()
-
-Reply = tuple[bytes, dict[str, str]]
 PublishChange = Callable[[SecretChanged], Awaitable[Any]]
 
 
@@ -113,7 +101,8 @@ class SecretsService:
     ``store`` is ``None`` when no master key is configured: ``env:`` and
     ``ORLOJ_SECRET_*`` references still resolve, stored secrets answer 503
     (unless Vault is configured: then a name Vault lacks is simply not found).
-    ``vault`` is ``None`` when no Vault address is configured.
+    ``vault`` is ``None`` when no Vault address is configured. ``policy``
+    (by default the one ``env`` sets) decides which variables may be read.
     """
 
     def __init__(
@@ -122,11 +111,17 @@ class SecretsService:
         store: SecretStore | None = None,
         publish_change: PublishChange | None = None,
         vault: VaultSource | None = None,
+        policy: EnvPolicy | None = None,
     ) -> None:
         self.env = os.environ if env is None else env
         self.store = store
         self.publish_change = publish_change
         self.vault = vault
+        self.policy = EnvPolicy.from_env(self.env) if policy is None else policy
+
+    def _variable(self, variable: str) -> str | None:
+        """A variable's value if the policy lets it out and it is set; the policy is asked first."""
+        return self.policy.read(self.env, variable)
 
     # ------------------------------------------------------------ resolution
 
@@ -138,6 +133,9 @@ class SecretsService:
         if not rest:
             raise InvalidRequest(f"credential reference {ref!r} is not of the form scheme:name", param="ref")
         if scheme == "env":
+            refusal = self.policy.refusal(rest)
+            if refusal is not None:  # decided on the name alone: set or not, the answer is the same
+                raise PolicyDenied(f"credential reference {ref!r}: {refusal}", code="secret_ref_refused", param="ref")
             value = self.env.get(rest)
             if not value:
                 raise NotFound(f"credential reference {ref!r}: variable {rest} is not set", code="secret_not_found")
@@ -161,20 +159,24 @@ class SecretsService:
                 f"credential reference {ref!r} is neither scheme:name nor a secret name (a secret name {problem})",
                 param="ref",
             )
-        variables = orloj_env_names(ref)
+        variables = [v for v in orloj_env_names(ref) if self.policy.allows(v)]
         for variable in variables:
             value = self.env.get(variable)
             if value:
                 return value
-        tried = " / ".join(variables)
+        unset = (
+            f"{' / '.join(variables)} is not set"
+            if variables
+            else f"{ORLOJ_ENV_PREFIX}* variables are not allowed by {ALLOW_ENV}"
+        )
         if self.store is None and self.vault is None:
             raise StoreUnavailable(
-                f"credential reference {ref!r}: {tried} is not set, and stored secrets are unavailable: {_NO_KEY}"
+                f"credential reference {ref!r}: {unset}, and stored secrets are unavailable: {_NO_KEY}"
             )
         value = await self._by_name(ref, ref)
         if value is None:
             raise NotFound(
-                f"credential reference {ref!r}: {tried} is not set and {self._missing(ref)}",
+                f"credential reference {ref!r}: {unset} and {self._missing(ref)}",
                 code="secret_not_found",
             )
         return value
@@ -230,6 +232,13 @@ class SecretsService:
             raise StoreUnavailable(f"credential reference {ref!r}: stored secrets are unavailable: {_NO_KEY}")
         try:
             return await self.store.get(name)
+        except RecordReplayed:
+            log.error("stored secret %r: record for %s was rolled back or replayed", name, name)
+            raise ModelbusError(
+                f"credential reference {ref!r}: record for {name} was rolled back or replayed (an older record "
+                "was written back to the secrets bucket); store the secret again",
+                code="secret_replayed",
+            ) from None
         except KeyNotAvailable as exc:
             raise ModelbusError(
                 f"credential reference {ref!r}: the stored secret is sealed under master key id {exc.key_id}, "
@@ -272,6 +281,12 @@ class SecretsService:
         else:
             try:
                 info = await self.store.put(req.name, req.value)
+            except KeyCheckReplayed:
+                raise StoreUnavailable(
+                    f"cannot store secret {req.name!r}: the secrets store's key check was rolled back or replayed; "
+                    "nothing is stored until an operator has looked (see docs/secrets.md)",
+                    code="keycheck_replayed",
+                ) from None
             except StoreKeyRetired as exc:
                 active = f" (key id {exc.key_id})" if exc.key_id else ""
                 raise StoreUnavailable(
@@ -314,7 +329,7 @@ class SecretsService:
                 raise _named("secret list", err) from None
         for variable, value in self.env.items():
             name = variable.removeprefix(ORLOJ_ENV_PREFIX)
-            if variable.startswith(ORLOJ_ENV_PREFIX) and name:
+            if variable.startswith(ORLOJ_ENV_PREFIX) and name and self.policy.allows(variable):
                 items.append(SecretInfo(name=name, key_present=bool(value), key_last4=last4(value), source="env"))
         items.sort(key=lambda info: (info.name, info.source or ""))
         return SecretList(items=items)
@@ -348,7 +363,7 @@ class SecretsService:
         name = rest if sep and scheme == "secret" else None if sep else ref
         if name is None or vault_path_problem(name) is not None:
             return None
-        if not sep and any(self.env.get(v) for v in orloj_env_names(name)):
+        if not sep and any(self._variable(v) for v in orloj_env_names(name)):
             return None  # the variable wins; Vault is not asked
         return self.vault.path_of(name), None
 
@@ -375,7 +390,7 @@ class SecretsService:
         absent = SecretInfo(name=ref, key_present=False)
         scheme, sep, rest = ref.partition(":")
         if sep and scheme == "env" and rest:
-            value = self.env.get(rest)
+            value = self._variable(rest)
             return SecretInfo(name=ref, key_present=True, key_last4=last4(value), source="env") if value else absent
         target = self._vault_lookup(ref)
         entry = in_vault.get(target) if target is not None else None
@@ -391,7 +406,7 @@ class SecretsService:
         if sep or name_problem(ref) is not None:
             return absent
         for variable in orloj_env_names(ref):
-            value = self.env.get(variable)
+            value = self._variable(variable)
             if value:
                 return SecretInfo(name=ref, key_present=True, key_last4=last4(value), source="env")
         info = stored.get(ref)
@@ -406,55 +421,6 @@ class SecretsService:
         except Exception as exc:
             log.error("could not announce %s of secret %r: %s", change.op, change.name, type(exc).__name__)
 
-    # ------------------------------------------------------------ wire
-
-    async def answer_get(self, body: bytes) -> Reply:
-        """The reply to a credential request; never raises."""
-        try:
-            req = _request_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            return _refused(InvalidRequest(f"malformed credential request: {exc}"))
-        try:
-            value = await self.resolve(req.ref)
-        except ModelbusError as err:
-            return _refused(err)
-        except Exception as exc:
-            return _failed(f"credential reference {req.ref!r}", exc)
-        return _encoder.encode(Credential(value=value)), {H.STATUS: "200"}
-
-    async def answer_put(self, body: bytes) -> Reply:
-        """The reply to ``modelbus.v1.secrets.put``; never raises."""
-        try:
-            req = _put_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            return _refused(InvalidRequest(f"malformed secret put: {exc}"))
-        return await _answer(self.put(req), f"put of secret {req.name!r}")
-
-    async def answer_delete(self, body: bytes) -> Reply:
-        """The reply to ``modelbus.v1.secrets.delete``; never raises."""
-        try:
-            req = _delete_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            return _refused(InvalidRequest(f"malformed secret delete: {exc}"))
-        return await _answer(self.delete(req), f"delete of secret {req.name!r}")
-
-    async def answer_list(self, body: bytes) -> Reply:
-        """The reply to ``modelbus.v1.secrets.list`` (empty body or a JSON object); never raises."""
-        if body.strip():
-            try:
-                _list_decoder.decode(body)
-            except msgspec.MsgspecError as exc:
-                return _refused(InvalidRequest(f"malformed secret list request: {exc}"))
-        return await _answer(self.list_secrets(), "secret list")
-
-    async def answer_describe(self, body: bytes) -> Reply:
-        """The reply to ``modelbus.v1.secrets.describe``; never raises."""
-        try:
-            req = _describe_decoder.decode(body)
-        except msgspec.MsgspecError as exc:
-            return _refused(InvalidRequest(f"malformed secret describe: {exc}"))
-        return await _answer(self.describe(req), "secret describe")
-
 
 def _vault_target(ref: str, rest: str) -> tuple[str, str | None]:
     """``PATH`` and ``KEY`` of ``vault:PATH[#KEY]``; :class:`InvalidRequest` naming the reference."""
@@ -468,64 +434,3 @@ def _vault_target(ref: str, rest: str) -> tuple[str, str | None]:
             param="ref",
         )
     return path, field if sep else None
-
-
-async def _answer(work: Awaitable[msgspec.Struct], what: str) -> Reply:
-    try:
-        result = await work
-    except ModelbusError as err:
-        return _refused(err)
-    except Exception as exc:
-        return _failed(what, exc)
-    return _encoder.encode(result), {H.STATUS: "200"}
-
-
-def _refused(err: ModelbusError) -> Reply:
-    log.warning("secrets request refused: %s", err.message)
-    return err.to_json(), {H.STATUS: str(err.http_status)}
-
-
-def _failed(what: str, exc: Exception) -> Reply:
-    # The exception type only: its text could, in principle, quote a payload.
-    log.error("%s failed: %s", what, type(exc).__name__)
-    err = ModelbusError(f"{what} failed: secrets store error ({type(exc).__name__})", retryable=True)
-    return err.to_json(), {H.STATUS: str(err.http_status)}
-
-
-def register(broker: NatsBroker, service: SecretsService) -> None:
-    """Control-plane subscribers of the secrets service.
-
-    Every handler takes the raw message and decodes it itself, so malformed
-    input always gets an error reply rather than a FastStream validation error.
-    """
-
-    @broker.subscriber(SECRETS_GET, queue=SECRETS_QUEUE, max_workers=16)
-    async def get_credential(msg: NatsMessage) -> NatsResponse:
-        """Reply with a :class:`shared.envelopes.Credential` or an error envelope."""
-        body, headers = await service.answer_get(msg.body)
-        return NatsResponse(body, headers=headers)
-
-    @broker.subscriber(SECRETS_PUT, queue=SECRETS_QUEUE, max_workers=4)
-    async def put_secret(msg: NatsMessage) -> NatsResponse:
-        """Store a :class:`shared.envelopes.SecretPut`; reply with its :class:`shared.envelopes.SecretInfo`."""
-        body, headers = await service.answer_put(msg.body)
-        return NatsResponse(body, headers=headers)
-
-    @broker.subscriber(SECRETS_DELETE, queue=SECRETS_QUEUE, max_workers=4)
-    async def delete_secret(msg: NatsMessage) -> NatsResponse:
-        """Delete per a :class:`shared.envelopes.SecretDelete`; reply with a :class:`shared.envelopes.SecretInfo`."""
-        body, headers = await service.answer_delete(msg.body)
-        return NatsResponse(body, headers=headers)
-
-    @broker.subscriber(SECRETS_LIST, queue=SECRETS_QUEUE, max_workers=4)
-    async def list_secrets(msg: NatsMessage) -> NatsResponse:
-        """Reply with a :class:`shared.envelopes.SecretList`: metadata only, never a value."""
-        body, headers = await service.answer_list(msg.body)
-        return NatsResponse(body, headers=headers)
-
-    @broker.subscriber(SECRETS_DESCRIBE, queue=SECRETS_QUEUE, max_workers=4)
-    async def describe_secrets(msg: NatsMessage) -> NatsResponse:
-        """Reply to a :class:`shared.envelopes.SecretsDescribe` with a :class:`shared.envelopes.SecretList`
-        holding one item per reference, named by it: presence and provenance, never a value."""
-        body, headers = await service.answer_describe(msg.body)
-        return NatsResponse(body, headers=headers)

@@ -3,8 +3,9 @@
 Layout of the bucket (file storage, 5 revisions of history per key):
 
 ================================ ==============================================
-``keycheck``                      key-check record of the store's active master key
-``keycheck.next``                 key-check record of the key a rotation is moving to
+``keycheck``                      key check of the store's active master key
+                                  (and the store's legacy horizon)
+``keycheck.next``                 key check of the key a rotation is moving to
                                   (only while one is under way)
 ``secret.<base64url(name)>``      one :class:`~services.secrets.crypto.SealedRecord` per secret
 ================================ ==============================================
@@ -14,10 +15,17 @@ so names are encoded with unpadded URL-safe base64 (alphabet ``[A-Za-z0-9_-]``),
 which is reversible and always a single valid token. Deleting a secret purges
 its key, so older encrypted revisions go too.
 
+Every record is sealed for the revision it is stored at
+(:mod:`services.secrets.versioned`) and refused anywhere else, so an older
+record written back is detected on read (:class:`~services.secrets.crypto.RecordReplayed`).
+
 Opening the store checks the master keys against the bucket before anything is
 written: a wrong key, a locked bucket, or secrets sealed under a key the
 service was not given (an unfinished rotation) stop the service with
-:class:`StoreStartupError` and leave the bucket as it was.
+:class:`StoreStartupError` and leave the bucket as it was. A key check in the
+old format is then rewritten in the current one, which fixes the store's
+legacy horizon: format-1 records at or below it stay readable until their next
+write; any above it were written back and are refused.
 """
 
 from __future__ import annotations
@@ -29,21 +37,24 @@ import re
 
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
+from nats.js.errors import BucketNotFoundError
 
 from services.secrets.crypto import (
-    MASTER_KEY_ENV,
-    MASTER_KEY_FILE_ENV,
-    PREVIOUS_KEY_ENV,
-    PREVIOUS_KEY_FILE_ENV,
+    LEGACY_FORMAT,
+    UNBOUNDED,
+    KeyCheck,
     KeyNotAvailable,
     Keyring,
+    OpenedSecret,
+    RecordReplayed,
     RecordUnreadable,
     SecretCipher,
     now_rfc3339,
+    record_format,
     record_key_id,
 )
+from services.secrets.masterkey import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, PREVIOUS_KEY_ENV, PREVIOUS_KEY_FILE_ENV
+from services.secrets.versioned import Stored, VersionedBucket
 from shared.envelopes import SecretInfo
 from shared.subjects import SECRETS_BUCKET
 
@@ -81,6 +92,10 @@ class StoreKeyRetired(Exception):
         super().__init__(key_id)
         self.key_id = key_id
         """The store's active key id, when its key check names one."""
+
+
+class KeyCheckReplayed(Exception):
+    """The store's key check is an older one written back; nothing is written until an operator looks."""
 
 
 def name_problem(name: str) -> str | None:
@@ -126,24 +141,17 @@ def last4(value: str) -> str | None:
     return value[-4:] if len(value) >= LAST4_MIN_LENGTH else None
 
 
-async def _keys(kv: KeyValue) -> list[str]:
+def _format(raw: bytes) -> int | None:
     try:
-        return await kv.keys()
-    except NoKeysError:
-        return []
-
-
-async def _read(kv: KeyValue, key: str) -> bytes | None:
-    try:
-        return (await kv.get(key)).value or b""
-    except KeyNotFoundError:
+        return record_format(raw)
+    except RecordUnreadable:
         return None
 
 
-def _check_key_id(check: bytes, ring: Keyring) -> str | None:
+def _check_key_id(check: Stored, ring: Keyring) -> str | None:
     """Which key a key-check record is for: the id it names, or the held key it opens with."""
     try:
-        return record_key_id(check) or ring.verifying_key_id(check)
+        return record_key_id(check.value) or ring.verifying_key_id(check.value, revision=check.revision)
     except RecordUnreadable:
         return None
 
@@ -159,6 +167,15 @@ def _mismatch(key_source: str, ring: Keyring, active: str | None = None) -> Stor
         f"its stored secrets do not decrypt with the key from {key_source} (key id {_ids(ring)}). "
         "Nothing was changed. Start the secrets service with the master key the secrets were stored with"
         f"{' (after a master-key rotation, the new key)' if active else ''}."
+    )
+
+
+def _replayed_check(key: str) -> StoreStartupError:
+    return StoreStartupError(
+        f"the key check {key!r} of the secrets store (JetStream KV bucket {SECRETS_BUCKET!r}) was rolled back "
+        "or replayed: it is a genuine key check, but not the one last written there. Someone with write access "
+        "to the bucket wrote an older one back. Nothing was changed. Find out who; then purge that key "
+        f"(`nats kv del --purge {SECRETS_BUCKET} {key}`) and start again: a new key check is written."
     )
 
 
@@ -189,7 +206,8 @@ async def ensure_no_locked_data(js: JetStreamContext) -> None:
         kv = await js.key_value(SECRETS_BUCKET)
     except BucketNotFoundError:
         return
-    if await _keys(kv):
+    bucket = VersionedBucket(js, kv)
+    if any([await bucket.read(key) for key in await bucket.keys()]):
         raise StoreStartupError(
             f"the secrets store (JetStream KV bucket {SECRETS_BUCKET!r}) holds encrypted data but no master "
             f"key is configured: set {MASTER_KEY_ENV} (base64 of 32 bytes) or {MASTER_KEY_FILE_ENV} to the key "
@@ -197,16 +215,29 @@ async def ensure_no_locked_data(js: JetStreamContext) -> None:
         )
 
 
+def legacy_horizon_for(version: int, *, versioned_records: bool) -> int:
+    """The legacy horizon a key check written at ``version`` fixes.
+
+    Every record already in the bucket is below ``version``, so format-1
+    records up to ``version - 1`` may be genuine. Once format-2 records exist
+    the store was upgraded before, and a format-1 key check beside them was
+    written back: then no format-1 record is genuine (horizon 0).
+    """
+    return 0 if versioned_records else version - 1
+
+
 class SecretStore:
     """Get, put, delete and list sealed secrets in the bucket."""
 
-    def __init__(self, kv: KeyValue, ring: Keyring) -> None:
-        self._kv = kv
+    def __init__(self, bucket: VersionedBucket, ring: Keyring) -> None:
+        self._bucket = bucket
         self._ring = ring
+        self._upgraded = False
+        """Whether a format-2 key check was seen: a format-1 one after that was written back."""
 
     @classmethod
     async def open(cls, js: JetStreamContext, ring: Keyring, *, key_source: str) -> SecretStore:
-        """Create the bucket if absent, check the keys against it, and write the key check if new.
+        """Create the bucket if absent, check the keys against it, and write (or upgrade) the key check.
 
         ``key_source`` names where the keys came from, for error messages.
         """
@@ -214,64 +245,125 @@ class SecretStore:
             kv = await js.key_value(SECRETS_BUCKET)
         except BucketNotFoundError:
             kv = await js.create_key_value(config=BUCKET_CONFIG)
-        store = cls(kv, ring)
+        store = cls(VersionedBucket(js, kv), ring)
         await store._check_keys(key_source)
         return store
+
+    async def _open_check(self, key: str) -> tuple[Stored | None, KeyCheck | None]:
+        stored = await self._bucket.read(key)
+        if stored is None:
+            return None, None
+        try:
+            return stored, self._ring.open_keycheck(stored.value, revision=stored.revision)
+        except RecordReplayed:
+            raise _replayed_check(key) from None
 
     async def _check_keys(self, key_source: str) -> None:
         """Refuse, changing nothing, unless every stored secret opens with a held key.
 
         The key check (or, during a rotation, the next key's check) must open
-        with a held key; then every record must name a held key. Records from
-        before key ids belong to the key check's key. Only reading the records'
-        JSON, no decryption: a damaged record still shows up when it is read.
+        with a held key, at the revision it was written for; then every record
+        must name a held key. Records from before key ids belong to the key
+        check's key. Only reading the records' JSON, no decryption: a damaged
+        record still shows up when it is read.
         """
-        check = await _read(self._kv, KEYCHECK_KEY)
-        upcoming = await _read(self._kv, NEXT_KEYCHECK_KEY)
-        checks = [c for c in (check, upcoming) if c is not None]
+        check, opened = await self._open_check(KEYCHECK_KEY)
+        upcoming, opened_next = await self._open_check(NEXT_KEYCHECK_KEY)
         active = _check_key_id(check, self._ring) if check is not None else None
-        if checks and not any(self._ring.verifying_key_id(c) for c in checks):
+        if (check is not None or upcoming is not None) and opened is None and opened_next is None:
             raise _mismatch(key_source, self._ring, active)
         missing: dict[str, int] = {}
-        for key in await _keys(self._kv):
+        versioned = False
+        for key in await self._bucket.keys():
             if not key.startswith(SECRET_KEY_PREFIX):
                 continue
-            raw = await _read(self._kv, key)
-            try:
-                kid = record_key_id(raw) if raw is not None else None
-            except RecordUnreadable:
-                continue
-            if raw is None or (kid is None and check is None):
-                continue  # deleted meanwhile, or no key check to belong to: the sample below decides
+            stored = await self._bucket.read(key)
+            if stored is None or _format(stored.value) is None:
+                continue  # deleted meanwhile, or not a record: reading it says so
+            versioned |= _format(stored.value) != LEGACY_FORMAT
+            kid = record_key_id(stored.value)
+            if kid is None and check is None:
+                continue  # no key check to belong to: the sample below decides
             kid = kid or active or _UNNAMED_ACTIVE_KEY
             if self._ring.cipher_for(kid) is None:
                 missing[kid] = missing.get(kid, 0) + 1
         if missing:
             raise _missing_keys(missing, key_source, self._ring)
-        if not checks:
-            await self._write_first_keycheck(key_source)
+        if any(c is not None and c.legacy_until is not None for c in (opened, opened_next)):
+            self._upgraded = True
+        if check is None and upcoming is None:
+            await self._write_first_keycheck(key_source, versioned)
+        elif check is not None and opened is not None and opened.legacy_until is None:
+            await self._upgrade_keycheck(check, opened.key_id, versioned)
 
-    async def _write_first_keycheck(self, key_source: str) -> None:
+    async def _write_first_keycheck(self, key_source: str, versioned: bool) -> None:
         # No key check yet. Secrets without one (a key check lost or purged by
         # hand) must still open with a held key before we vouch for it, and the
         # key check is written for the key they open with.
         writer: SecretCipher = self._ring.current
-        secret_keys = [k for k in await _keys(self._kv) if k.startswith(SECRET_KEY_PREFIX)]
-        for key in secret_keys[:1]:
-            raw = await _read(self._kv, key)
-            if raw is None:
-                continue
-            opener = next((c for c in self._ring.ciphers if _opens(c, key, raw)), None)
+        for key in [k for k in await self._bucket.keys() if k.startswith(SECRET_KEY_PREFIX)]:
+            stored = await self._bucket.read(key)
+            if stored is None:
+                continue  # deleted: the first secret that holds a value is the sample
+            opener = next((c for c in self._ring.ciphers if _opens(c, key, stored)), None)
             if opener is None:
                 raise _mismatch(key_source, self._ring)
             writer = opener
-        try:
-            await self._kv.create(KEYCHECK_KEY, writer.keycheck())
+            break
+
+        def seal(version: int) -> bytes:
+            return writer.keycheck(
+                version=version, legacy_until=legacy_horizon_for(version, versioned_records=versioned)
+            )
+
+        if await self._bucket.create(KEYCHECK_KEY, seal):
             log.info("secrets store %s initialised with a new key check", SECRETS_BUCKET)
-        except KeyWrongLastSequenceError:
-            # Another secrets instance wrote one first; it must agree with ours.
-            if not self._ring.verifying_key_id(await _read(self._kv, KEYCHECK_KEY) or b""):
-                raise _mismatch(key_source, self._ring) from None
+            self._upgraded = True
+            return
+        # Another secrets instance wrote one first; it must agree with ours.
+        _, opened = await self._open_check(KEYCHECK_KEY)
+        if opened is None:
+            raise _mismatch(key_source, self._ring)
+
+    async def _upgrade_keycheck(self, check: Stored, kid: str, versioned: bool) -> None:
+        """Rewrite a format-1 key check in format 2, fixing the legacy horizon (compare-and-set)."""
+        cipher = self._ring.cipher_for(kid)
+        assert cipher is not None
+        if versioned:
+            log.error(
+                "the key check of the secrets store is in the old format although secrets in the new format "
+                "exist: an old key check was written back. Old-format records are refused from now on."
+            )
+
+        def seal(version: int) -> bytes:
+            return cipher.keycheck(
+                version=version, legacy_until=legacy_horizon_for(version, versioned_records=versioned)
+            )
+
+        if await self._bucket.replace(KEYCHECK_KEY, seal, last=check.revision) is not None:
+            log.info("secrets store %s: key check upgraded to record format 2", SECRETS_BUCKET)
+            self._upgraded = True
+
+    async def _legacy_horizon(self) -> int:
+        """Highest revision at which a format-1 record may be genuine, from the key check a held key opens."""
+        for key in (KEYCHECK_KEY, NEXT_KEYCHECK_KEY):
+            stored = await self._bucket.read(key)
+            if stored is None:
+                continue
+            try:
+                check = self._ring.open_keycheck(stored.value, revision=stored.revision)
+            except RecordReplayed:
+                log.error(
+                    "the secrets store's key check %r was rolled back or replayed; old-format records refused", key
+                )
+                return 0
+            if check is None:
+                continue
+            if check.legacy_until is None:  # a store no service of this version has upgraded yet
+                return 0 if self._upgraded else UNBOUNDED
+            self._upgraded = True
+            return check.legacy_until
+        return 0
 
     async def _ensure_active_key_held(self) -> None:
         """Refuse to write once the store has been rotated to a key this service does not hold.
@@ -281,85 +373,105 @@ class SecretStore:
         rotation marks the new key active, such a service stops writing instead
         of leaving secrets behind under a key the store has moved away from.
         """
-        check = await _read(self._kv, KEYCHECK_KEY)
-        if check is None or self._ring.verifying_key_id(check):
+        check = await self._bucket.read(KEYCHECK_KEY)
+        if check is None:
             return
-        upcoming = await _read(self._kv, NEXT_KEYCHECK_KEY)
-        if upcoming is not None and self._ring.verifying_key_id(upcoming):
-            return
+        upcoming = await self._bucket.read(NEXT_KEYCHECK_KEY)
+        try:
+            if self._ring.verifying_key_id(check.value, revision=check.revision):
+                return
+            if upcoming is not None and self._ring.verifying_key_id(upcoming.value, revision=upcoming.revision):
+                return
+        except RecordReplayed:
+            raise KeyCheckReplayed from None
         raise StoreKeyRetired(_check_key_id(check, self._ring))
+
+    async def _open(self, name: str, stored: Stored) -> OpenedSecret:
+        horizon = await self._legacy_horizon() if _format(stored.value) == LEGACY_FORMAT else 0
+        return self._ring.open_secret(name, stored.value, revision=stored.revision, legacy_until=horizon)
 
     async def get(self, name: str) -> str | None:
         """The value of secret ``name``, ``None`` when there is none.
 
-        Raises :class:`RecordUnreadable` when the record exists but does not
-        open, :class:`~services.secrets.crypto.KeyNotAvailable` when it is
-        sealed under a key this service does not hold.
+        Raises :class:`~services.secrets.crypto.RecordReplayed` when the record
+        is an older one written back, :class:`RecordUnreadable` when it exists
+        but does not open, :class:`~services.secrets.crypto.KeyNotAvailable`
+        when it is sealed under a key this service does not hold.
         """
-        raw = await _read(self._kv, kv_key(name))
-        if raw is None:
+        stored = await self._bucket.read(kv_key(name))
+        if stored is None:
             return None
-        return self._ring.open_secret(name, raw).value
+        return (await self._open(name, stored)).value
 
     async def put(self, name: str, value: str) -> SecretInfo:
         """Seal and store ``value`` under ``name`` with the current key, replacing any previous value.
 
-        :class:`StoreKeyRetired` when the store has been rotated to a key this service does not hold.
+        :class:`StoreKeyRetired` when the store has been rotated to a key this
+        service does not hold, :class:`KeyCheckReplayed` when its key check was
+        written back.
         """
         await self._ensure_active_key_held()
         updated_at = now_rfc3339()
-        await self._kv.put(kv_key(name), self._ring.seal_secret(name, value, updated_at=updated_at))
+
+        def seal(version: int) -> bytes:
+            return self._ring.seal_secret(name, value, version=version, updated_at=updated_at)
+
+        await self._bucket.write(kv_key(name), seal)
         return SecretInfo(name=name, key_present=True, key_last4=last4(value), source="store", updated_at=updated_at)
 
     async def delete(self, name: str) -> bool:
         """Remove ``name`` and its history; ``False`` when it did not exist."""
         key = kv_key(name)
-        try:
-            await self._kv.get(key)
-        except KeyNotFoundError:
+        if await self._bucket.read(key) is None:
             return False
-        await self._kv.purge(key)
+        await self._bucket.remove(key)
         return True
 
     async def infos(self) -> list[SecretInfo]:
         """Metadata of every stored secret, sorted by name; never a value."""
         items: list[SecretInfo] = []
-        for key in await _keys(self._kv):
+        for key in await self._bucket.keys():
             if not key.startswith(SECRET_KEY_PREFIX):
                 continue
             try:
                 name = name_of(key)
-                entry = await self._kv.get(key)
-            except (ValueError, KeyNotFoundError):
-                continue  # not ours, or deleted since the key listing
+            except ValueError:
+                continue  # not ours
+            stored = await self._bucket.read(key)
+            if stored is None:
+                continue  # deleted since the key listing
             try:
-                opened = self._ring.open_secret(name, entry.value or b"")
+                opened = await self._open(name, stored)
             except KeyNotAvailable as exc:
                 log.error(
                     "stored secret %r is sealed under master key %s, which this service does not hold", name, exc.key_id
                 )
-                items.append(SecretInfo(name=name, key_present=False, source="store"))
-                continue
+            except RecordReplayed:
+                log.error("stored secret %r: record for %s was rolled back or replayed", name, name)
             except RecordUnreadable:
                 log.error("stored secret %r does not decrypt with the current master key", name)
-                items.append(SecretInfo(name=name, key_present=False, source="store"))
-                continue
-            items.append(
-                SecretInfo(
-                    name=name,
-                    key_present=True,
-                    key_last4=last4(opened.value),
-                    source="store",
-                    updated_at=opened.updated_at,
+            else:
+                items.append(
+                    SecretInfo(
+                        name=name,
+                        key_present=True,
+                        key_last4=last4(opened.value),
+                        source="store",
+                        updated_at=opened.updated_at,
+                    )
                 )
-            )
+                continue
+            items.append(SecretInfo(name=name, key_present=False, source="store"))
         items.sort(key=lambda info: info.name)
         return items
 
 
-def _opens(cipher: SecretCipher, key: str, raw: bytes) -> bool:
+def _opens(cipher: SecretCipher, key: str, stored: Stored) -> bool:
+    """Whether ``cipher`` is the key a record was sealed with (a replayed record proves that too)."""
     try:
-        cipher.open_secret(name_of(key), raw)
+        cipher.open_secret(name_of(key), stored.value, revision=stored.revision, legacy_until=UNBOUNDED)
+    except RecordReplayed:
+        return True
     except (RecordUnreadable, ValueError):
         return False
     return True

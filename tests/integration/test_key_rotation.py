@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from services.secrets.crypto import key_id, record_key_id
+from shared import identities
 from shared.natsserver import EmbeddedNats
 from shared.subjects import SECRETS_BUCKET, SECRETS_GET, SECRETS_PUT
 from tests.conftest import ROOT, stop_process
+from tests.integration import test_secrets_attacks as secure
 from tests.integration.test_secrets import ask, get, put, raw_entries, secrets_refusing_to_start, start_secrets
 
 KEY_A = os.urandom(32)
@@ -264,3 +266,28 @@ def test_a_service_with_only_the_new_key_starts_once_every_secret_is_under_it_ev
         stop_process(service.proc)
     assert rotate(url, A, new_key).returncode == 0
     assert all(ids == {ID_B} for ids in stored_key_ids(url).values())
+
+
+def test_in_secure_mode_the_rotation_runs_as_the_state_identity_and_never_as_the_serving_one(tmp_path: Path) -> None:
+    with secure.secure_boundary(tmp_path / "secure-nats") as boundary:
+        old_text = base64.b64encode(secure.MASTER_KEY).decode()
+        new_key = key_file(tmp_path / "new.key", B)
+        service = secure.start_service(boundary)
+        try:
+            secure.put(boundary, "team-a/openai-api-key", "sk-secure-rotation-0123456789")
+        finally:
+            stop_process(service.proc)
+        serving = identities.connection_env("secrets", boundary.passwords)
+        as_serving = {k: v for k, v in serving.items() if not k.startswith("MODELBUS_STATE_")}
+        refused = rotate(boundary.url, old_text, new_key, **as_serving)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "MODELBUS_STATE_USER=secrets-state" in refused.stderr  # the hint: which identity it needs
+        done = rotate(boundary.url, old_text, new_key, **serving)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "all 1 stored secret(s) are under key id" in done.stdout
+        restarted = secure.start_service(boundary, master_key=KEY_B)
+        try:
+            status, body = secure.ask(boundary, "providers", SECRETS_GET, {"ref": "secret:team-a/openai-api-key"})
+            assert status == 200 and b"sk-secure-rotation-0123456789" in body
+        finally:
+            stop_process(restarted.proc)

@@ -264,7 +264,7 @@ def test_missing_credential_names_the_reference_and_never_a_value(stack: Stack) 
     status, _, body = run(_raw(stack.url, _body(model="mock-unkeyed")))
     assert status == 502
     assert body["error"]["code"] == "credential_unavailable"
-    assert "MODELBUS_TEST_UNSET_KEY" in body["error"]["message"]
+    assert "REQUEST_PATH_UNSET_KEY" in body["error"]["message"]
     assert SECRET not in stack.log()
 
 

@@ -313,6 +313,35 @@ def test_malformed_input_to_each_subject_gets_an_error_reply_and_the_service_kee
     assert secrets.proc.poll() is None
 
 
+def test_without_identities_a_request_whose_reply_subject_is_a_kv_key_writes_nothing_there(
+    private_nats: EmbeddedNats,
+) -> None:
+    # No broker permissions here (--insecure), so only the service's own reply guard stands
+    # between a forged reply subject and a write to the bucket.
+    url = private_nats.url
+    service = start_secrets(url, extra={"SECRETS_TEST_ENV_ONLY_KEY": "sk-env-only-0123456789"})
+    victim = f"$KV.{SECRETS_BUCKET}.victim"
+
+    async def attack() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.publish(SECRETS_GET, b'{"ref": "env:SECRETS_TEST_ENV_ONLY_KEY"}', reply=victim)
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    try:
+        run(attack())
+        deadline = time.monotonic() + 10
+        while f"reply subject {victim!r}" not in service.log():  # the guard's warning: the request was handled
+            assert time.monotonic() < deadline, service.log()
+            time.sleep(0.02)
+        assert all(subject != victim for _, subject, _, _ in raw_entries(url))
+        assert get(url, "env:SECRETS_TEST_ENV_ONLY_KEY")[0] == 200  # a proper inbox is still answered
+    finally:
+        stop_process(service.proc)
+
+
 # ---------------------------------------------------------------- master key
 
 
@@ -375,10 +404,10 @@ def test_a_malformed_master_key_stops_the_service_with_a_clear_error(
 
 def test_without_a_master_key_env_references_work_and_stored_secrets_are_a_503(private_nats: EmbeddedNats) -> None:
     url = private_nats.url
-    service = start_secrets(url, key=None, extra={"MODELBUS_TEST_SECRET": "sk-env-only-0123456789"})
+    service = start_secrets(url, key=None, extra={"SECRETS_TEST_ENV_ONLY_KEY": "sk-env-only-0123456789"})
     try:
         assert "store locked" in service.log()
-        assert get(url, "env:MODELBUS_TEST_SECRET")[1]["value"] == "sk-env-only-0123456789"
+        assert get(url, "env:SECRETS_TEST_ENV_ONLY_KEY")[1]["value"] == "sk-env-only-0123456789"
         for subject, body in [
             (SECRETS_PUT, {"name": "k", "value": "sk-would-be-stored-0123"}),
             (SECRETS_GET, {"ref": "secret:k"}),

@@ -13,6 +13,7 @@ import logging
 import msgspec
 import pytest
 
+from services.secrets import wire
 from services.secrets.service import SecretsService, StoreUnavailable, orloj_env_names
 from shared import headers as H
 from shared.envelopes import Credential, SecretList
@@ -29,7 +30,7 @@ def resolve(ref: str, env: dict[str, str]) -> str:
 
 
 def answer(body: bytes, env: dict[str, str]) -> tuple[bytes, dict[str, str]]:
-    return run(SecretsService(env=env).answer_get(body))
+    return run(wire.answer_get(SecretsService(env=env), body))
 
 
 def test_an_env_reference_resolves_from_the_given_environment() -> None:
@@ -189,7 +190,7 @@ def test_putting_a_secret_without_a_master_key_is_a_503_and_announces_nothing() 
         announced.append(change)
 
     service = SecretsService(env=ENV, publish_change=publish)
-    body, headers = run(service.answer_put(b'{"name": "openai-api-key", "value": "sk-new-value-123456"}'))
+    body, headers = run(wire.answer_put(service, b'{"name": "openai-api-key", "value": "sk-new-value-123456"}'))
     assert headers == {H.STATUS: "503"}
     assert "MODELBUS_MASTER_KEY" in json.loads(body)["error"]["message"]
     assert b"sk-new-value-123456" not in body
@@ -197,7 +198,7 @@ def test_putting_a_secret_without_a_master_key_is_a_503_and_announces_nothing() 
 
 
 def test_the_list_without_a_store_shows_orloj_variables_as_env_secrets_without_values() -> None:
-    body, headers = run(SecretsService(env=ENV).answer_list(b""))
+    body, headers = run(wire.answer_list(SecretsService(env=ENV), b""))
     assert headers == {H.STATUS: "200"}
     listing = msgspec.json.decode(body, type=SecretList)
     assert [(i.name, i.source, i.key_present, i.key_last4) for i in listing.items] == [
@@ -220,7 +221,7 @@ def test_the_list_without_a_store_shows_orloj_variables_as_env_secrets_without_v
     ],
 )
 def test_a_malformed_admin_request_is_answered_with_400(method: str, body: bytes) -> None:
-    reply, headers = run(getattr(SecretsService(env=ENV), method)(body))
+    reply, headers = run(getattr(wire, method)(SecretsService(env=ENV), body))
     assert headers == {H.STATUS: "400"}
     assert json.loads(reply)["error"]["type"] == "invalid_request_error"
 
@@ -234,6 +235,6 @@ def test_a_malformed_admin_request_is_answered_with_400(method: str, body: bytes
     ],
 )
 def test_a_put_with_an_invalid_name_or_empty_value_names_the_field(body: bytes, param: str) -> None:
-    reply, headers = run(SecretsService(env=ENV).answer_put(body))
+    reply, headers = run(wire.answer_put(SecretsService(env=ENV), body))
     assert headers == {H.STATUS: "400"}
     assert json.loads(reply)["error"]["param"] == param

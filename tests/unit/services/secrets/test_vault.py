@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.secrets import wire
 from services.secrets.service import SecretsService
 from services.secrets.vault import (
     VaultConfigError,
@@ -405,7 +406,7 @@ def test_an_unknown_reference_is_not_found_naming_the_reference_and_where_it_was
 
 def test_a_wrong_token_is_an_error_naming_the_reference_and_not_the_token(fake: FakeVault) -> None:
     secrets = service(fake, token="hvs.wrong-token-do-not-leak")
-    body, headers = run(secrets.answer_get(b'{"ref": "secret:llm-providers/openai"}'))
+    body, headers = run(wire.answer_get(secrets, b'{"ref": "secret:llm-providers/openai"}'))
     assert headers == {H.STATUS: "502"}
     error = json.loads(body)["error"]
     assert error["code"] == "vault_permission_denied"
