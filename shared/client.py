@@ -5,13 +5,29 @@ It is a thin layer over one nats-py connection: it sends a request on
 typed error tree, and reassembles streams while checking their order and that
 they ended with an explicit terminator. Any language's NATS client can do the
 same by following docs/contract.md.
+
+Connecting to a secure ``modelbus up`` takes a broker identity. The simplest is
+a **credentials file**, the JSON object ``{"url", "user", "password",
+"inbox_prefix"}`` that ``modelbus up`` writes as ``<data-dir>/client.json`` and
+``modelbus create client NAME`` as ``<data-dir>/clients/NAME.json``::
+
+    client = await ModelbusClient.connect(creds="~/.local/share/modelbus/client.json")
+
+Without ``creds``, :meth:`ModelbusClient.connect` uses ``NATS_USER`` /
+``NATS_PASSWORD`` / ``MODELBUS_INBOX_PREFIX`` from the environment, else the
+file named by ``MODELBUS_CREDS``. The first connection attempt fails fast,
+with :class:`ServerUnreachable` or :class:`CredentialsRefused` (not nats-py's
+"no servers available"); once connected, the connection reconnects as usual.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +36,7 @@ from nats.aio.client import Client
 from opentelemetry import trace
 
 from shared import headers as H
-from shared.bus import connect, retry_after_from
+from shared.bus import identity_from_env, nats_url, retry_after_from
 from shared.chat import ChatCompletion, ChatCompletionChunk, chunk_decoder, completion_decoder
 from shared.errors import BadUpstreamResponse, DeadlineExceeded, ModelbusError, error_from_wire
 from shared.subjects import CHAT_COMPLETIONS
@@ -28,6 +44,154 @@ from shared.telemetry import inject_headers, tracer
 
 _encoder = msgspec.json.Encoder()
 _tracer = tracer("modelbus.client")
+log = logging.getLogger("modelbus.client")
+
+CREDS_ENV = "MODELBUS_CREDS"
+"""Names a credentials file to connect with when no identity is given otherwise."""
+CONNECT_TIMEOUT_S = 2.0
+"""Bound on the first connection attempt (a missing server is refused at once on loopback)."""
+_AUTH_VIOLATION = "authorization violation"
+
+
+class Credentials(msgspec.Struct, frozen=True, kw_only=True):
+    """A credentials file: where to connect and as whom (see the module docstring)."""
+
+    url: str
+    """The NATS URL of the stack that issued it."""
+    user: str
+    """Broker user name."""
+    password: str
+    """Broker password (the server holds only its bcrypt hash)."""
+    inbox_prefix: str
+    """The only inbox subjects this identity may subscribe to."""
+
+    def __repr__(self) -> str:
+        prefix = self.inbox_prefix
+        return f"Credentials(url={self.url!r}, user={self.user!r}, password=<hidden>, inbox_prefix={prefix!r})"
+
+    def connect_kwargs(self) -> dict[str, str]:
+        """``user``/``password``/``inbox_prefix`` for ``nats.connect``."""
+        return {"user": self.user, "password": self.password, "inbox_prefix": self.inbox_prefix}
+
+
+class CredentialsFileError(ValueError):
+    """A credentials file is missing, unreadable or not one; the message never quotes its content."""
+
+
+class ConnectFailed(ConnectionError):
+    """The first connection to NATS failed; :attr:`url` is where it was tried."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ServerUnreachable(ConnectFailed):
+    """Nothing accepts NATS connections at the URL (no stack runs there)."""
+
+
+class CredentialsRefused(ConnectFailed):
+    """The server refused the identity (authorization violation): wrong, revoked or missing credentials."""
+
+    def __init__(self, message: str, url: str, user: str | None) -> None:
+        super().__init__(message, url)
+        self.user = user
+
+
+def load_credentials(path: str | os.PathLike[str]) -> Credentials:
+    """Read a credentials file (``~`` is expanded)."""
+    target = Path(path).expanduser()
+    try:
+        data = target.read_bytes()
+    except OSError as exc:
+        raise CredentialsFileError(f"cannot read credentials file {target}: {exc.strerror or exc}") from None
+    try:
+        return msgspec.json.decode(data, type=Credentials)
+    except msgspec.MsgspecError:
+        raise CredentialsFileError(
+            f"{target} is not a modelbus credentials file (a JSON object with url, user, password, inbox_prefix)"
+        ) from None
+
+
+def _is_auth_error(err: BaseException) -> bool:
+    return isinstance(err, nats.errors.AuthorizationError) or _AUTH_VIOLATION in str(err).lower()
+
+
+async def open_connection(
+    url: str | None = None,
+    *,
+    name: str = "modelbus-client",
+    creds: str | os.PathLike[str] | Credentials | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    **kwargs: Any,
+) -> Client:
+    """A nats-py connection as an identity, failing fast and clearly when it cannot connect.
+
+    The identity is ``user``/``password``/``inbox_prefix`` in ``kwargs``, else
+    ``creds`` (a credentials file; its URL is used when ``url`` is ``None``),
+    else ``NATS_USER``/``NATS_PASSWORD``/``MODELBUS_INBOX_PREFIX``, else the file
+    named by ``MODELBUS_CREDS``, else none. Raises :class:`ServerUnreachable` or
+    :class:`CredentialsRefused` after one attempt (bounded by
+    ``connect_timeout``); the connection then reconnects as nats-py does unless
+    ``kwargs`` say otherwise.
+    """
+    if creds is None and "user" not in kwargs and "user" not in identity_from_env() and os.environ.get(CREDS_ENV):
+        creds = os.environ[CREDS_ENV]
+    if creds is not None:
+        loaded = creds if isinstance(creds, Credentials) else load_credentials(creds)
+        url = url or loaded.url
+        for key, value in loaded.connect_kwargs().items():
+            kwargs.setdefault(key, value)
+    else:
+        for key, value in identity_from_env().items():
+            kwargs.setdefault(key, value)
+    target = nats_url(url)
+    caller_cb = kwargs.pop("error_cb", None)
+    connecting: list[BaseException] = []
+
+    async def on_error(err: Exception) -> None:
+        # nats-py reports every failed attempt here too; while connecting they are
+        # kept to explain the failure, afterwards (permission violations) logged.
+        if not nc.is_connected and not nc.is_reconnecting:
+            connecting.append(err)
+        elif caller_cb is not None:
+            await caller_cb(err)
+        else:
+            log.error("nats: %s", err)
+
+    # One attempt (nats-py otherwise retries the first connect ~60 times), then
+    # the caller's (or nats-py's default) reconnect behaviour for the session.
+    later = {
+        "allow_reconnect": kwargs.pop("allow_reconnect", True),
+        "max_reconnect_attempts": kwargs.pop("max_reconnect_attempts", 60),
+        "reconnect_time_wait": kwargs.pop("reconnect_time_wait", 2),
+    }
+    nc = Client()
+    try:
+        await nc.connect(
+            target,
+            name=name,
+            error_cb=on_error,
+            connect_timeout=connect_timeout,  # type: ignore[arg-type]  # annotated int; any number works
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.05,  # type: ignore[arg-type]
+            **kwargs,
+        )
+    except Exception as exc:
+        user = kwargs.get("user")
+        if any(_is_auth_error(e) for e in (exc, *connecting)):
+            who = f"user {user!r}" if user else "a connection without credentials"
+            raise CredentialsRefused(
+                f"the NATS server at {target} refused {who} (authorization violation)", target, user
+            ) from None
+        if isinstance(exc, (OSError, TimeoutError, nats.errors.NoServersError, nats.errors.TimeoutError)):
+            cause = connecting[-1] if connecting else exc
+            detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+            raise ServerUnreachable(f"nothing accepts NATS connections at {target} ({detail})", target) from None
+        raise
+    nc.options.update(later)  # nats-py reads these when it reconnects
+    return nc
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -46,9 +210,23 @@ class ModelbusClient:
         self.subject = subject
 
     @classmethod
-    async def connect(cls, url: str | None = None, **kwargs: Any) -> ModelbusClient:
-        """Connect to NATS (``url``, then ``NATS_URL``) and return a client."""
-        return cls(await connect("modelbus-client", url, **kwargs))
+    async def connect(
+        cls, url: str | None = None, *, creds: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> ModelbusClient:
+        """Connect to NATS and return a client.
+
+        ``creds`` names a credentials file (``client.json`` of ``modelbus up``,
+        or one from ``modelbus create client NAME``), which also gives the URL;
+        otherwise ``url``, then ``NATS_URL``, with the identity found as
+        :func:`open_connection` says. Raises :class:`ServerUnreachable` or
+        :class:`CredentialsRefused` when the first attempt fails.
+        """
+        return cls(await open_connection(url, name="modelbus-client", creds=creds, **kwargs))
+
+    @classmethod
+    async def from_creds(cls, path: str | os.PathLike[str], **kwargs: Any) -> ModelbusClient:
+        """Connect with the credentials file at ``path`` (``~`` is expanded)."""
+        return await cls.connect(creds=path, **kwargs)
 
     async def close(self) -> None:
         """Drain and close the connection."""

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
-import nats.errors
 import yaml
 from nats.aio.client import Client
 
-from shared import headers as H
+from services.cli.clients_cmd import cmd_create_client
+from services.cli.rpc import actor, call
+from services.cli.secrets_cmd import SECRET_KINDS, cmd_create_secret, cmd_get_secrets
 from shared.admin import (
     KINDS,
+    SECRET_KIND,
     ApplyRequest,
     ApplyResult,
     AuditReport,
@@ -29,10 +30,8 @@ from shared.admin import (
     RouterList,
     StoredResource,
     WaitRequest,
-    admin_encoder,
     canonical_kind,
 )
-from shared.errors import DeadlineExceeded, ModelbusError, error_from_wire
 from shared.probe import probe_endpoint
 from shared.subjects import (
     AUDIT_VERIFY,
@@ -44,31 +43,6 @@ from shared.subjects import (
     CONFIG_ROUTERS,
     CONFIG_WAIT,
 )
-
-T = TypeVar("T")
-
-
-def actor() -> str:
-    """Who the CLI acts as, for the audit log."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli:unknown"
-
-
-async def call(nc: Client, subject: str, request: Any, reply_type: type[T], *, timeout: float = 30.0) -> T:
-    """One admin request; error replies become the typed error."""
-    body = b"" if request is None else admin_encoder.encode(request)
-    try:
-        msg = await nc.request(subject, body, timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise ModelbusError("the config service is not running (no responders on the admin subjects)") from None
-    except nats.errors.TimeoutError:
-        raise DeadlineExceeded(f"no answer from the config service within {timeout:g}s") from None
-    status = int((msg.headers or {}).get(H.STATUS, "0") or 0)
-    if status != 200:
-        raise error_from_wire(status, msg.data)
-    return msgspec.json.decode(msg.data, type=reply_type)
 
 
 def _print_result(verb: str, result: ApplyResult) -> None:
@@ -150,6 +124,8 @@ def as_document(r: StoredResource) -> dict[str, Any]:
 
 
 async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
+    if args.kind.lower() in SECRET_KINDS:
+        return await cmd_get_secrets(nc, args)
     if args.kind.lower() in ("router", "routers"):
         routers = await call(nc, CONFIG_ROUTERS, None, RouterList)
         if args.output == "json":
@@ -197,6 +173,12 @@ async def cmd_describe(nc: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_delete(nc: Client, args: argparse.Namespace) -> int:
+    if args.kind.lower() in SECRET_KINDS:
+        # Through the config service, which refuses while an endpoint still uses it and audits it.
+        request = DeleteRequest(kind=SECRET_KIND, name=args.name, actor=actor())
+        await call(nc, CONFIG_DELETE, request, ApplyResult)
+        print(f"secret {args.name} deleted")
+        return 0
     result = await call(nc, CONFIG_DELETE, DeleteRequest(kind=args.kind, name=args.name, actor=actor()), ApplyResult)
     _print_result("delete", result)
     return 0
@@ -232,34 +214,6 @@ async def cmd_audit_verify(nc: Client, args: argparse.Namespace) -> int:
     return 1
 
 
-async def cmd_create_secret(nc: Client, args: argparse.Namespace) -> int:
-    if bool(args.from_literal) == bool(args.from_file):
-        print("error: give exactly one of --from-literal value=... or --from-file PATH", file=sys.stderr)
-        return 2
-    if args.from_literal:
-        key, sep, value = args.from_literal.partition("=")
-        if not sep or key != "value":
-            print("error: --from-literal takes value=<secret>", file=sys.stderr)
-            return 2
-    else:
-        value = Path(args.from_file).read_text().rstrip("\n")
-    name, _, namespace = args.name.rpartition("/")[::-1] if "/" in args.name else (args.name, "", "")
-    metadata: dict[str, Any] = {"name": name}
-    if namespace:
-        metadata["namespace"] = namespace
-    doc = {
-        "apiVersion": "modelbus.dev/v1",
-        "kind": "Secret",
-        "metadata": metadata,
-        "spec": {"stringData": {"value": value}},
-    }
-    result = await call(
-        nc, CONFIG_APPLY, ApplyRequest(documents=json.dumps(doc), actor=actor(), source="create secret"), ApplyResult
-    )
-    print(f"secret {args.name} stored" if result.secrets else f"secret {args.name}: nothing stored")
-    return 0
-
-
 async def cmd_test_endpoint(nc: Client, args: argparse.Namespace) -> int:
     result = await probe_endpoint(nc, args.name, timeout_ms=int(args.timeout * 1000))
     if args.output == "json":
@@ -283,7 +237,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     apply.add_argument("--wait-timeout", type=float, default=10.0, help="seconds (default 10)")
     apply.set_defaults(admin=cmd_apply)
 
-    get = sub.add_parser("get", help=f"list resources ({kinds}, all) or routers")
+    get = sub.add_parser("get", help=f"list resources ({kinds}, all), routers, secrets or clients")
     get.add_argument("kind")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
@@ -294,7 +248,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     describe.add_argument("name")
     describe.set_defaults(admin=cmd_describe)
 
-    delete = sub.add_parser("delete", help="delete one resource")
+    delete = sub.add_parser("delete", help="delete one resource, a stored secret, or an application's identity")
     delete.add_argument("kind")
     delete.add_argument("name")
     delete.set_defaults(admin=cmd_delete)
@@ -324,10 +278,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     endpoint.add_argument("-o", "--output", choices=("text", "json"), default="text")
     endpoint.set_defaults(admin=cmd_test_endpoint)
 
-    create = sub.add_parser("create", help="create a secret")
+    create = sub.add_parser("create", help="store a secret, or issue an application its own identity")
     create_sub = create.add_subparsers(dest="create_what", required=True)
-    secret = create_sub.add_parser("secret", help="store a secret (encrypted) for auth.secretRef")
+    secret = create_sub.add_parser(
+        "secret",
+        help="store a secret (encrypted) for auth.secretRef",
+        description="The value comes from standard input (--from-stdin; prompted without echo on a terminal) "
+        "or a file (--from-file). --from-literal works but puts the value in the command line, which other "
+        "local users can read (ps, /proc) and your shell may keep in its history.",
+    )
     secret.add_argument("name")
-    secret.add_argument("--from-literal", help="value=<secret>")
-    secret.add_argument("--from-file", help="read the value from a file")
+    source = secret.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-stdin", action="store_true", help="read the value from standard input")
+    source.add_argument("--from-file", metavar="PATH", help="read the value from a file")
+    source.add_argument("--from-literal", metavar="value=SECRET", help="the value itself (visible to other users)")
     secret.set_defaults(admin=cmd_create_secret)
+    client = create_sub.add_parser(
+        "client",
+        help="issue an application its own broker identity (credentials file in <data-dir>/clients/)",
+        description="Writes <data-dir>/clients/NAME.json (mode 0600) and has the running `modelbus up` accept it "
+        "without a restart. `modelbus delete client NAME` revokes it.",
+    )
+    client.add_argument("name", help="1 to 32 characters: lower-case letters, digits and '-'")
+    client.set_defaults(local=cmd_create_client, admin=None)

@@ -2,6 +2,12 @@
 
 ``modelbus up``        start an embedded NATS and every service
 ``modelbus complete``  send one completion through the bus and print it
+``modelbus status``    where the running stack of the data dir listens
+``modelbus apply|get|describe|delete|history|rollback|audit|test``  administration
+``modelbus create|delete client NAME``, ``get clients``  per-application identities
+``modelbus create|delete secret NAME``, ``get secrets``  stored secrets
+
+How a command finds the stack and its credentials: :mod:`services.cli.connection`.
 
 The CLI is a NATS client like any other: it imports only :mod:`shared`.
 """
@@ -9,47 +15,31 @@ The CLI is a NATS client like any other: it imports only :mod:`shared`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Coroutine
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.cli.admin import add_parsers as add_admin_parsers
+from services.cli.clients_cmd import cmd_delete_client, cmd_get_clients
+from services.cli.connection import CliError, connect, data_dir_of, no_stack_message, resolve
+from services.cli.datadir import default_data_dir, read_run_info
 from services.cli.secrets_cmd import add_parser as add_secrets_parser
-from services.cli.up import default_data_dir, run_file, run_up
-from shared import identities
-from shared.bus import DEFAULT_NATS_URL
+from services.cli.up import run_up
+from shared.client import CREDS_ENV
+
+CLIENT_KINDS = ("client", "clients")
+"""How ``get`` and ``delete`` spell application identities (handled in the data directory, not over NATS)."""
 
 
-def _discover_url(args: argparse.Namespace) -> str:
-    """``--nats-url``, then ``NATS_URL``, then a running ``modelbus up``, then localhost."""
-    if args.nats_url:
-        return str(args.nats_url)
-    if os.environ.get("NATS_URL"):
-        return os.environ["NATS_URL"]
-    marker = run_file(Path(args.data_dir).expanduser())
-    try:
-        return str(json.loads(marker.read_text())["nats_url"])
-    except (OSError, ValueError, KeyError):
-        return DEFAULT_NATS_URL
-
-
-def identity_kwargs(args: argparse.Namespace, role: str) -> dict[str, str]:
-    """Connection credentials for ``role``: ``NATS_USER``/``NATS_PASSWORD`` from the
-    environment when set (``shared.bus`` reads them), else the identities a local secure
-    ``modelbus up`` generated in its data directory, else none."""
-    if os.environ.get("NATS_USER") or args.nats_url or os.environ.get("NATS_URL"):
-        return {}
-    data_dir = Path(args.data_dir).expanduser()
-    try:
-        if not json.loads(run_file(data_dir).read_text()).get("secure"):
-            return {}
-        passwords = json.loads((data_dir / identities.IDENTITIES_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {"user": role, "password": passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
+def _merge_globals(args: argparse.Namespace) -> None:
+    """Options given before the subcommand count like the subcommand's own."""
+    if not getattr(args, "nats_url", None):
+        args.nats_url = args.nats_url_global
+    if not getattr(args, "creds", None):
+        args.creds = args.creds_global
 
 
 async def _complete(args: argparse.Namespace) -> int:
@@ -65,11 +55,10 @@ async def _complete(args: argparse.Namespace) -> int:
         body["model"] = args.model
     if args.max_tokens:
         body["max_tokens"] = args.max_tokens
-    url = _discover_url(args)
     try:
-        client = await ModelbusClient.connect(url, **identity_kwargs(args, "client"))
-    except Exception as exc:
-        print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
+        client = ModelbusClient(await connect(resolve(args, "client"), "modelbus-cli"))
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     headers = {"Modelbus-Timeout-Ms": str(int(args.timeout * 1000))}
     if args.agent:
@@ -107,15 +96,12 @@ async def _complete(args: argparse.Namespace) -> int:
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    from shared.bus import connect
     from shared.errors import ModelbusError
 
-    args.nats_url = getattr(args, "nats_url", None) or args.nats_url_global
-    url = _discover_url(args)
     try:
-        nc = await connect("modelbus-cli", url, **identity_kwargs(args, "admin"))
-    except Exception as exc:
-        print(f"error: cannot connect to NATS at {url}: {exc}", file=sys.stderr)
+        nc = await connect(resolve(args, "admin"), "modelbus-cli")
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
         return int(await args.admin(nc, args))
@@ -149,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--provider-workers", type=int, default=1, help="provider worker processes")
     up.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for services")
     up.add_argument("--demo", action="store_true", help="send one demo completion once ready")
-    up.add_argument("--insecure", action="store_true",
-                    help="embedded NATS without per-role identities (default: secure, see docs/security.md)")
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="embedded NATS without per-role identities (default: secure, see docs/security.md)",
+    )
 
     complete = sub.add_parser("complete", help="send one completion and print the answer")
     complete.add_argument("prompt", help="the user message")
@@ -162,17 +151,67 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--max-tokens", type=int)
     complete.add_argument("--timeout", type=float, default=60.0, help="seconds")
     complete.add_argument("--nats-url", help="NATS server (default: NATS_URL or the running modelbus up)")
+    complete.add_argument("--creds", help=f"credentials file to connect with (default: {CREDS_ENV} or the data dir)")
     complete.add_argument("-v", "--verbose", action="store_true", help="print routing details to stderr")
+
+    status = sub.add_parser("status", help="the running stack of the data dir: NATS URL, admin API, pid")
+    status.add_argument("--admin-url", action="store_true", help="print only the admin API's URL (for scripts)")
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.set_defaults(local=_status)
 
     add_admin_parsers(sub)
     add_secrets_parser(sub)
     parser.add_argument("--nats-url", dest="nats_url_global", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--creds",
+        dest="creds_global",
+        default=None,
+        help=f"credentials file to connect with (default: {CREDS_ENV}, else the identities in the data dir)",
+    )
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Print what the running ``modelbus up`` of the data dir recorded."""
+    data_dir = data_dir_of(args)
+    run = read_run_info(data_dir)
+    if run is None:
+        print(f"error: {no_stack_message(data_dir)}", file=sys.stderr)
+        return 1
+    if args.admin_url:
+        if not run.admin_url:
+            print(f"error: the stack in {data_dir} serves no HTTP admin API (MODELBUS_ADMIN_HTTP=off)", file=sys.stderr)
+            return 1
+        print(run.admin_url)
+        return 0
+    if args.output == "json":
+        print(json.dumps(dataclasses.asdict(run), indent=2))
+        return 0
+    print(f"nats_url   {run.nats_url}")
+    print(f"admin_url  {run.admin_url or '-'}")
+    print(f"secure     {'yes' if run.secure else 'no (--insecure or external NATS)'}")
+    print(f"pid        {run.pid}")
+    print(f"data_dir   {data_dir}")
+    return 0
+
+
+def _local_handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
+    """The handler of a command that works on the data directory alone, without NATS."""
+    kind = str(getattr(args, "kind", "")).lower()
+    if args.command == "get" and kind in CLIENT_KINDS:
+        return cmd_get_clients
+    if args.command == "delete" and kind in CLIENT_KINDS:
+        return cmd_delete_client
+    return getattr(args, "local", None)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``modelbus`` console script."""
     args = build_parser().parse_args(argv)
+    _merge_globals(args)
+    local = _local_handler(args)
+    if local is not None:
+        sys.exit(local(args))
     if args.command == "up":
         if args.routers < 1 or args.provider_workers < 1:
             print("error: --routers and --provider-workers must be at least 1", file=sys.stderr)

@@ -1,36 +1,88 @@
 """``modelbus up``: an embedded nats-server plus one process per service.
 
 It prefixes every child's log lines with the child's name, prints a line
-starting with ``ready`` (with the NATS URL) once every service has said it is
-serving, and on SIGINT/SIGTERM, or when any child dies, stops all children and
-the server. Children also get a parent-death signal on Linux, so even a killed
-supervisor leaves no orphans behind.
+starting with ``ready`` (with the NATS URL, the client credentials file and the
+admin API's address) once every service has said it is serving, and on
+SIGINT/SIGTERM, or when any child dies, stops all children and the server.
+Children also get a parent-death signal on Linux, so even a killed supervisor
+leaves no orphans behind.
+
+Each child gets only its own secrets: its broker identities
+(:func:`shared.identities.connection_env`), and the master key (secrets) or
+the audit key and admin token (config); those variables are removed from what
+the others inherit. Everything is created with umask 077 in a data directory
+:mod:`services.cli.datadir` keeps private.
+
+While it runs, the supervisor watches the application registry
+(``clients.json``, written by ``modelbus create/delete client``), re-renders
+the server's authorization from it and reloads the nats-server it owns
+(SIGHUP to its own child), then writes ``clients.applied`` for the CLI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
+import re
+import shlex
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.cli.datadir import (
+    CLIENTS_APPLIED,
+    DEFAULT_HOME,
+    NATS_DIR,
+    NATS_LOG,
+    DataDirError,
+    RunInfo,
+    ensure_admin_token,
+    ensure_audit_key,
+    ensure_master_key,
+    prepare,
+    read_run_info,
+    run_file,
+    write_run_info,
+)
+from services.cli.registry import registry_digest, registry_state, render_authorization, watch_clients
 from shared import identities
 from shared.keyfile import (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_FILE_ENV,
+    AUDIT_KEY_ENV,
+    AUDIT_KEY_FILE_ENV,
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
-    generate_master_key_file,
-    write_new_private_file,
+    write_private_file,
 )
 from shared.logs import READY_MARKER
 from shared.natsserver import EmbeddedNats, NatsServerError, die_with_parent
 
 STOP_GRACE_S = 10.0
+_ADMIN_URL_RE = re.compile(r"\badmin=(https?://\S+)")
+
+KEY_ENV_OF: dict[str, tuple[str, ...]] = {
+    "secrets": (
+        MASTER_KEY_ENV,
+        MASTER_KEY_FILE_ENV,
+        "MODELBUS_MASTER_KEY_PREVIOUS",
+        "MODELBUS_MASTER_KEY_PREVIOUS_FILE",
+    ),
+    "config": (AUDIT_KEY_ENV, AUDIT_KEY_FILE_ENV, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV),
+}
+"""The key variables each service may see; every other child inherits none of them."""
+IDENTITY_ENV = (
+    identities.USER_ENV,
+    identities.PASSWORD_ENV,
+    identities.INBOX_ENV,
+    identities.STATE_USER_ENV,
+    identities.STATE_PASSWORD_ENV,
+    identities.STATE_INBOX_ENV,
+    "MODELBUS_CREDS",
+)
+"""Broker credentials a secure stack sets per child; never inherited from the operator's shell."""
 
 
 @dataclass
@@ -42,18 +94,9 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_line: str = ""
+    """The service's ready line (the config service's names the admin API's address)."""
     pump: asyncio.Task[None] | None = None
-
-
-def default_data_dir() -> Path:
-    """``$MODELBUS_HOME``, else ``~/.local/share/modelbus``."""
-    home = os.environ.get("MODELBUS_HOME")
-    return Path(home) if home else Path.home() / ".local" / "share" / "modelbus"
-
-
-def run_file(data_dir: Path) -> Path:
-    """Where a running ``modelbus up`` records its NATS URL for other commands."""
-    return data_dir / "run.json"
 
 
 class Supervisor:
@@ -68,7 +111,8 @@ class Supervisor:
         assert child.process is not None and child.process.stdout is not None
         prefix = f"[{child.name}] ".encode()
         while line := await child.process.stdout.readline():
-            if READY_MARKER.encode() in line:
+            if READY_MARKER.encode() in line and not child.ready.is_set():
+                child.ready_line = line.decode(errors="replace").strip()
                 child.ready.set()
             sys.stdout.buffer.write(prefix + line)
             sys.stdout.buffer.flush()
@@ -79,7 +123,7 @@ class Supervisor:
             *child.argv,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **child.env},
+            env=child.env,
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         child.pump = asyncio.create_task(self._pump(child))
@@ -131,32 +175,6 @@ class Supervisor:
                 await child.process.wait()  # type: ignore[union-attr]
 
 
-def ensure_master_key(data_dir: Path) -> Path | None:
-    """The master key file for the secrets store, generated (0600) on first run.
-
-    ``None`` when the operator supplies the key (``MODELBUS_MASTER_KEY`` or
-    ``MODELBUS_MASTER_KEY_FILE``): theirs is used as given.
-    """
-    if os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_FILE_ENV):
-        return None
-    path = data_dir / "master.key"
-    if not path.exists():
-        generate_master_key_file(path)
-        print(f"[modelbus] generated the secrets master key {path} (mode 0600); back it up", flush=True)
-    return path
-
-
-def ensure_admin_token(data_dir: Path) -> Path | None:
-    """The HTTP admin API's bearer token file, generated (0600) on first run, unless one is given."""
-    if os.environ.get(ADMIN_TOKEN_ENV) or os.environ.get(ADMIN_TOKEN_FILE_ENV):
-        return None
-    path = data_dir / "admin.token"
-    if not path.exists():
-        write_new_private_file(path, secrets.token_urlsafe(32).encode() + b"\n")
-        print(f"[modelbus] generated the admin API token {path} (mode 0600)", flush=True)
-    return path
-
-
 def build_children(
     args: object,
     nats_url: str,
@@ -164,17 +182,26 @@ def build_children(
     admin_token_file: Path | None = None,
     *,
     passwords: dict[str, str] | None = None,
+    audit_key_file: Path | None = None,
 ) -> tuple[list[Child], list[Child]]:
-    """The children started first, in order (secrets, then config), and the rest."""
+    """The children started first, in order (secrets, then config), and the rest, each with its
+    whole environment: the supervisor's, without any key or identity meant for another child."""
     py = sys.executable
-    common = {"NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
+    withheld = {v for names in KEY_ENV_OF.values() for v in names}
+    if passwords is not None:
+        withheld |= set(IDENTITY_ENV)
+    inherited = {k: v for k, v in os.environ.items() if k not in withheld}
+    common = {**inherited, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
 
     def child(name: str, module: str, *extra: str, service: str) -> Child:
         env = dict(common)
+        env.update({k: os.environ[k] for k in KEY_ENV_OF.get(service, ()) if os.environ.get(k)})
         if service == "secrets" and master_key_file is not None:
             env[MASTER_KEY_FILE_ENV] = str(master_key_file)
         if service == "config" and admin_token_file is not None:
             env[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file)
+        if service == "config" and audit_key_file is not None:
+            env[AUDIT_KEY_FILE_ENV] = str(audit_key_file)
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
         if passwords is not None:
             env.update(identities.connection_env(service, passwords))
@@ -195,30 +222,76 @@ def build_children(
     return first, rest
 
 
+def cli_command() -> str:
+    """How to run this ``modelbus`` from another terminal, exactly (for the printed hints)."""
+    on_path = shutil.which("modelbus")
+    script = Path(sys.executable).parent / "modelbus"
+    if on_path and script.is_file() and Path(on_path).resolve() == script.resolve():
+        return "modelbus"
+    if script.is_file():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m services.cli"
+
+
+def data_dir_option(data_dir: Path) -> str:
+    """``--data-dir DIR`` unless ``data_dir`` is the one found without options or environment."""
+    if data_dir.absolute() == DEFAULT_HOME.absolute():
+        return ""
+    return f" --data-dir {shlex.quote(str(data_dir.absolute()))}"
+
+
 async def run_up(args: object) -> int:
     """The whole ``modelbus up`` life cycle; returns the exit status."""
-    data_dir = Path(args.data_dir).expanduser()  # type: ignore[attr-defined]
-    data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # whatever this process and its children create is theirs alone
+    data_dir = Path(args.data_dir).expanduser().absolute()  # type: ignore[attr-defined]
+    try:
+        narrowed = prepare(data_dir)
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if narrowed:
+        print(f"[modelbus] made {len(narrowed)} file(s) and folder(s) in {data_dir} private (0600/0700)", flush=True)
+    running = read_run_info(data_dir)
+    if running is not None:
+        print(
+            f"error: a modelbus stack (pid {running.pid}) already runs with data dir {data_dir} "
+            f"at {running.nats_url}; stop it first or pass another --data-dir",
+            file=sys.stderr,
+        )
+        return 1
     server: EmbeddedNats | None = None
     nats_url = args.nats_url  # type: ignore[attr-defined]
     passwords: dict[str, str] | None = None
+    stamp, registry = registry_state(data_dir)
     if not nats_url:
         secure = not args.insecure  # type: ignore[attr-defined]
         passwords = identities.load_or_create(data_dir) if secure else None
+        try:
+            extra = render_authorization(passwords, registry) if passwords else ""
+        except ValueError as exc:
+            print(f"error: {data_dir / identities.CLIENTS_REGISTRY} is unreadable: {exc}", file=sys.stderr)
+            return 1
         server = EmbeddedNats(
-            data_dir / "nats",
+            data_dir / NATS_DIR,
             port=args.nats_port or -1,  # type: ignore[attr-defined]
-            log_file=data_dir / "nats-server.log",
-            extra_config=identities.render_authorization(passwords) if passwords else "",
+            log_file=data_dir / NATS_LOG,
+            extra_config=extra,
         )
         try:
             nats_url = server.start()  # main thread: PR_SET_PDEATHSIG follows the forking thread
         except NatsServerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / 'nats'})", flush=True)
+        if passwords:
+            write_private_file(data_dir / CLIENTS_APPLIED, registry_digest(registry).encode())
+        print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / NATS_DIR})", flush=True)
     first, rest = build_children(
-        args, nats_url, ensure_master_key(data_dir), ensure_admin_token(data_dir), passwords=passwords
+        args,
+        nats_url,
+        ensure_master_key(data_dir),
+        ensure_admin_token(data_dir),
+        passwords=passwords,
+        audit_key_file=ensure_audit_key(data_dir),
     )
     sup = Supervisor([*first, *rest])
     stop = asyncio.Event()
@@ -226,6 +299,7 @@ async def run_up(args: object) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     status = 0
+    watcher: asyncio.Task[None] | None = None
     try:
         for child in first:
             await sup.start(child)
@@ -233,16 +307,28 @@ async def run_up(args: object) -> int:
         for c in rest:
             await sup.start(c)
         await sup.wait_ready(rest, args.ready_timeout)  # type: ignore[attr-defined]
-        run_file(data_dir).write_text(
-            json.dumps({"nats_url": nats_url, "pid": os.getpid(), "secure": passwords is not None})
+        admin = _ADMIN_URL_RE.search(next(c.ready_line for c in first if c.name == "config"))
+        admin_url = admin.group(1) if admin else None
+        write_run_info(
+            data_dir,
+            RunInfo(
+                nats_url=nats_url,
+                pid=os.getpid(),
+                secure=passwords is not None,
+                admin_url=admin_url,
+                embedded=server is not None,
+            ),
         )
+        if server is not None and passwords is not None:
+            watcher = asyncio.create_task(watch_clients(server, data_dir, passwords, stamp))
         names = ",".join(c.name for c in sup.children)
         creds = ""
         if passwords is not None:
             creds = f" creds={identities.write_client_file(data_dir, nats_url, passwords)}"
-        print(f"ready nats={nats_url}{creds} services={names}", flush=True)
+        admin_part = f" admin={admin_url}" if admin_url else ""
+        print(f"ready nats={nats_url}{creds}{admin_part} services={names}", flush=True)
         if args.demo:  # type: ignore[attr-defined]
-            await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {})
+            await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {}, data_dir)
         exited = asyncio.create_task(sup.wait_any_exit())
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +343,8 @@ async def run_up(args: object) -> int:
         status = 1
     finally:
         print("stopping", flush=True)
+        if watcher is not None:
+            watcher.cancel()
         await sup.stop_all()
         if server is not None:
             await asyncio.to_thread(server.stop)
@@ -264,7 +352,7 @@ async def run_up(args: object) -> int:
     return status
 
 
-async def _demo(nats_url: str, identity: dict[str, str]) -> None:
+async def _demo(nats_url: str, identity: dict[str, str], data_dir: Path) -> None:
     """Send one completion through the bus and print it (``make run``)."""
     from shared.client import ModelbusClient
     from shared.errors import ModelbusError
@@ -286,7 +374,7 @@ async def _demo(nats_url: str, identity: dict[str, str]) -> None:
             f"model={headers.get('Modelbus-Model')}: {completion.choices[0].message.content}",
             flush=True,
         )
-        print(f'try:  modelbus complete --model fast "your prompt"   (NATS_URL={nats_url})', flush=True)
+        print(f'try:  {cli_command()}{data_dir_option(data_dir)} complete --model fast "your prompt"', flush=True)
     except ModelbusError as exc:
         print(f"demo failed: {exc.message}", file=sys.stderr, flush=True)
     finally:

@@ -48,7 +48,11 @@ class Up:
         clean = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         return subprocess.run(
             [*MODELBUS, "--data-dir", str(self.home), *args],
-            capture_output=True, text=True, timeout=60, cwd=ROOT, env={**clean, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env={**clean, **(env or {})},
         )
 
 
@@ -57,8 +61,12 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     home = tmp_path_factory.mktemp("modelbus-home")
     proc = subprocess.Popen(
         [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", "--demo"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=die_with_parent,
     )
     output: list[str] = []
     ready = wait_for_line(proc, lambda line: line.startswith("ready "), 90, output)
@@ -117,8 +125,8 @@ def test_test_endpoint_probes_with_one_token_and_reports_the_model(up: Up) -> No
     assert "404" in missing.stderr
 
 
-def test_up_generates_its_master_key_and_admin_token_privately(up: Up) -> None:
-    for name in ("master.key", "admin.token"):
+def test_up_generates_its_master_key_audit_key_and_admin_token_privately(up: Up) -> None:
+    for name in ("master.key", "audit.key", "admin.token"):
         path = up.home / name
         assert path.is_file()
         assert path.stat().st_mode & 0o777 == 0o600
@@ -133,19 +141,27 @@ def test_complete_exits_non_zero_with_the_error_message(up: Up) -> None:
 def test_complete_without_a_server_fails_clearly(tmp_path: Path) -> None:
     result = subprocess.run(
         [*MODELBUS, "--data-dir", str(tmp_path), "complete", "--nats-url", "nats://127.0.0.1:1", "hi"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 1
-    assert "cannot connect" in result.stderr
+    assert "no modelbus stack found at nats://127.0.0.1:1" in result.stderr
 
 
 def test_up_refuses_an_invalid_config_and_says_why(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: modelbus.dev/v1\nkind: ModelEndpoint\nmetadata: {name: x}\n"
-                   "spec: {provider: openai, base_url: not-a-url}\n")
+    bad.write_text(
+        "apiVersion: modelbus.dev/v1\nkind: ModelEndpoint\nmetadata: {name: x}\n"
+        "spec: {provider: openai, base_url: not-a-url}\n"
+    )
     result = subprocess.run(
         [*MODELBUS, "--data-dir", str(tmp_path / "home"), "up", "--nats-port", "0", "--config", str(bad)],
-        capture_output=True, text=True, timeout=90, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
     )
     assert result.returncode == 1
     assert "doc 1 (ModelEndpoint x): spec.base_url: not a URL" in result.stdout + result.stderr
