@@ -37,6 +37,20 @@ class Change(Struct, kw_only=True, frozen=True):
     name: str
 
 
+class AuditAnchor(Struct, kw_only=True, frozen=True):
+    """The audit chain's head when a revision was committed: ties the config log to the audit log.
+
+    ``modelbus audit verify`` fails when the audit log no longer holds this
+    entry with this seal (it was truncated, rebuilt or deleted), or holds no
+    later entry recording the revision. See docs/audit.md.
+    """
+
+    index: int
+    """Index of the newest audit entry at commit time; 0 when the log was empty."""
+    mac: str
+    """That entry's seal (64 zeros for index 0)."""
+
+
 class ConfigRecord(Struct, kw_only=True, frozen=True):
     """One message of the config log: everything at one revision."""
 
@@ -54,6 +68,8 @@ class ConfigRecord(Struct, kw_only=True, frozen=True):
     """The whole desired state after the change."""
     routing: RoutingConfig
     """The compiled routing configuration routers serve."""
+    audit: AuditAnchor | None = None
+    """The audit head this revision was committed after (absent in records from before anchors)."""
 
 
 class RoutingRecord(Struct, kw_only=True, frozen=True):
@@ -103,9 +119,21 @@ class ResourceList(Struct, kw_only=True, frozen=True):
 
 
 class DeleteRequest(Struct, kw_only=True, frozen=True):
+    """Delete one resource, or with ``kind="Secret"`` one stored secret (audited, no revision)."""
+
     kind: str
+    """A configuration kind, or :data:`SECRET_KIND`."""
     name: str
     actor: str = "unknown"
+
+
+SECRET_KIND = "Secret"
+"""``DeleteRequest.kind`` that deletes a stored secret through the config service.
+
+The reply is an :class:`ApplyResult` with no changes, the current revision and
+``secrets=[name]``: a secret is not part of the routing configuration, so its
+deletion makes no revision, only an audit entry (``secret.delete``).
+"""
 
 
 class HistoryQuery(Struct, kw_only=True, frozen=True):
@@ -185,14 +213,21 @@ class RouterList(Struct, kw_only=True, frozen=True):
 
 
 class AuditReport(Struct, kw_only=True, frozen=True):
-    """Result of walking the audit chain."""
+    """Result of walking the audit chain and checking the config log against it."""
 
     ok: bool
     entries: int
     """Entries checked."""
     broken_at: int | None = None
-    """Stream sequence of the first broken link."""
+    """Audit stream sequence of the first broken link (for a break the anchors found, where the
+    missing or mismatching entry is or should be)."""
     reason: str | None = None
+    revision: int | None = None
+    """The configuration revision at fault, when the break is between the two logs."""
+    revisions: int = 0
+    """Configuration revisions checked against the chain."""
+    legacy_entries: int = 0
+    """Entries from before the chain was keyed (a prefix sealed by the first keyed entry)."""
 
 
 KINDS = ("ModelEndpoint", "ModelAlias", "Agent", "AgentPolicy", "RoutingDefaults")

@@ -1,4 +1,11 @@
-"""Entry point: ``modelbus-config [--config FILE]`` (or ``python -m services.config``)."""
+"""Entry point: ``modelbus-config [--config FILE]`` (or ``python -m services.config``).
+
+Two broker connections (see docs/security.md): the FastStream broker, as the
+``config`` identity, serves the admin subjects and makes the service's own
+requests (secrets, router status, the probe); a second one, as ``config-state``,
+does all JetStream work (config log, audit stream, runs bucket) and publishes
+the change events. Without identities (``--insecure``) both are one connection.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,19 @@ import argparse
 import os
 from typing import Any
 
-from services.config.audit import AuditLog
-from services.config.http_api import AdminHttpError, AdminHttpServer, start_admin_http
+from services.config.audit import AuditLog, AuditVerifier
+from services.config.audit_key import AuditKeyError, load_audit_key
+from services.config.http_api import (
+    AdminHttpError,
+    AdminHttpServer,
+    AdminListener,
+    open_admin_listener,
+    start_admin_http,
+)
 from services.config.manager import ConfigManager
-from services.config.service import AuditVerifier, boot, ensure_runs_bucket, register, service_env
+from services.config.service import boot, ensure_runs_bucket, register, service_env
 from services.config.store import ConfigLog
-from shared.bus import make_broker, run
+from shared.bus import close_state, connect_state, make_broker, run
 from shared.errors import ConfigError
 from shared.logs import setup_logging
 from shared.runtime import serve
@@ -20,47 +34,70 @@ from shared.telemetry import setup_tracing
 
 async def _main(config_path: str | None) -> None:
     log = setup_logging("config")
+    env = service_env()
+    try:
+        audit_key = load_audit_key(env)
+    except AuditKeyError as exc:
+        log.error("refusing to start: %s", exc)
+        raise SystemExit(2) from None
+    try:
+        # Bound before connecting, so the ready line can say where the admin API really is.
+        listener: AdminListener | None = open_admin_listener(env)
+    except AdminHttpError as exc:
+        log.error("invalid admin HTTP settings: %s", exc)
+        raise SystemExit(2) from None
     setup_tracing("modelbus-config")
     broker = make_broker("config")
     holder: dict[str, Any] = {}
     register(broker, holder)
     http: list[AdminHttpServer] = []
+    state: list[Any] = []
 
     async def start() -> None:
         nc = broker.connection
-        config_log = ConfigLog(nc.jetstream())
+        state_nc = await connect_state("config", nc)
+        state.append(state_nc)
+        js = state_nc.jetstream()
+        config_log = ConfigLog(js)
         await config_log.ensure()
-        await ensure_runs_bucket(nc)
-        audit = AuditLog(nc.jetstream())
+        await ensure_runs_bucket(state_nc)
+        audit = AuditLog(js, audit_key)
         await audit.ensure_stream()
-        holder["audit"] = AuditVerifier(audit)
-        manager = ConfigManager(nc, config_log, auditor=audit)
+        await audit.seal_legacy()
+        verifier = AuditVerifier(audit, config_log)
+        holder["audit"] = verifier
+        manager = ConfigManager(nc, config_log, auditor=audit, state_nc=state_nc)
         try:
-            await boot(manager, config_path, service_env())
+            await boot(manager, config_path, env)
         except (ConfigError, OSError) as exc:
             log.error("invalid configuration: %s", exc)
             raise SystemExit(2) from None
         holder["manager"] = manager
-        try:
-            server = await start_admin_http(manager, nc, holder["audit"], service_env())
-        except AdminHttpError as exc:
-            log.error("invalid admin HTTP settings: %s", exc)
-            raise SystemExit(2) from None
-        if server is not None:
-            http.append(server)
+        if listener is not None:
+            http.append(await start_admin_http(listener, manager, nc, verifier, env))
 
     async def stop() -> None:
         for server in http:
             await server.stop()
+        for state_nc in state:
+            await close_state(state_nc, broker.connection)
 
-    await serve(log, broker, on_start=start, on_stop=stop, ready_detail="config")
+    detail = "config" if listener is None else f"config admin={listener.url}"
+    try:
+        await serve(log, broker, on_start=start, on_stop=stop, ready_detail=detail)
+    finally:
+        if listener is not None and not http:
+            listener.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the config service."""
     parser = argparse.ArgumentParser(prog="modelbus-config", description=__doc__)
-    parser.add_argument("--config", default=os.environ.get("MODELBUS_CONFIG") or None,
-                        help="routing configuration file applied at boot (default: built-in example)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("MODELBUS_CONFIG") or None,
+        help="routing configuration file applied at boot (default: built-in example)",
+    )
     args = parser.parse_args(argv)
     run(_main(args.config))
 

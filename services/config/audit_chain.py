@@ -1,35 +1,41 @@
-"""The audit chain itself: entries, canonical hashing, the secret guard, verification.
+"""The audit chain itself: entries, canonical bytes, the HMAC seal and the secret guard.
 
-Pure code with no I/O; :mod:`services.config.audit` stores the chain in JetStream.
-The hash-chained audit log of configuration and secret changes.
+Pure code with no I/O: :mod:`services.config.audit` stores the chain in
+JetStream and :mod:`services.config.audit_verify` checks it.
 
 Every mutation the config service makes (apply, delete, rollback, boot, secret
 set or delete) is appended as one :class:`AuditEntry` to the JetStream stream
-:data:`shared.subjects.AUDIT_STREAM`. Each entry carries the hash of the entry
-before it, so removing, reordering or editing any entry breaks a link that
-:meth:`AuditLog.verify` (``modelbus audit verify``) reports.
+:data:`shared.subjects.AUDIT_STREAM`. Each entry is sealed with an HMAC under
+the audit key (:mod:`services.config.audit_key`) and carries the seal of the
+entry before it, so removing, reordering, editing or forging any entry breaks
+a link that ``modelbus audit verify`` reports, and nobody without the key can
+write an entry that verifies.
 
 The chain, precisely (enough to write an independent verifier):
 
-* ``index`` counts from 1 with no gaps; the first entry's ``prev_hash`` is
-  :data:`GENESIS_HASH` (64 zeros).
-* An entry's canonical bytes are ``msgspec.json.encode(entry with hash="",
+* ``index`` counts from 1 with no gaps; the first entry's ``prev_mac`` is
+  :data:`GENESIS` (64 zeros).
+* An entry's canonical bytes are ``msgspec.json.encode(entry with mac="",
   order="sorted")``: compact JSON, UTF-8, object keys sorted at every level.
-* ``hash`` is the lowercase hex SHA-256 of those bytes; the next entry's
-  ``prev_hash`` is that same string.
+* ``mac`` is the lowercase hex HMAC-SHA256 of those bytes under the audit key;
+  the next entry's ``prev_mac`` is that same string. ``key_id`` is the first
+  16 hex digits of HMAC-SHA256(key, ``"modelbus audit key id v1"``).
+* ``revision`` is the configuration revision the mutation produced and
+  ``record`` the hex SHA-256 of that revision's message in the config stream,
+  so the audit log also vouches for the configuration it records.
 * Entries are stored one per stream message in stream order, from stream
   sequence 1; a missing sequence is a missing entry.
+
+**Entries from before the key** (:class:`LegacyAuditEntry`: fields ``hash``
+and ``prev_hash``, ``hash`` the plain SHA-256 of the same canonical form) are
+accepted only as a prefix of the chain. At start-up the config service seals
+such a prefix with a keyed ``audit.seal`` entry whose ``prev_mac`` is the last
+legacy ``hash``: from then on the prefix cannot change without breaking the
+keyed chain. An unkeyed entry after a keyed one is a forgery.
 
 The log never holds a secret value: callers pass names and references only,
 and :func:`check_details` refuses ``details`` keys that look like they carry a
 credential (``api_key``, ``token``, ``password``, ...).
-
-Limits of what the chain proves: someone who can rewrite the whole stream can
-build a new valid chain, and dropping the newest entries is visible only as a
-gap up to the stream's last sequence (JetStream keeps that after deletes).
-Anchor :attr:`VerifyReport.head_hash` elsewhere for more. The stream this
-module creates also refuses message deletes and purges, which no stream update
-can undo, so on it a gap means someone edited the files on disk.
 """
 
 from __future__ import annotations
@@ -37,17 +43,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
 
+from services.config.audit_key import AuditKey
 from shared.errors import ModelbusError
 
 log = logging.getLogger("modelbus.config.audit")
 
-GENESIS_HASH = "0" * 64
-"""``prev_hash`` of the first entry."""
+GENESIS = "0" * 64
+"""``prev_mac`` of the first entry (and the anchor of a revision committed before any entry)."""
+GENESIS_HASH = GENESIS
+"""The same, under its pre-HMAC name."""
 
 DetailValue = str | int | bool | None
 
@@ -69,6 +78,7 @@ _SECRET_SUFFIXES = ("apikey", "secret", "token", "password", "passwd", "credenti
 _ACTION = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _WRONG_LAST_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class AuditError(ModelbusError):
@@ -97,7 +107,7 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """One link of the audit chain: who did what, when, and at which revision.
 
     Unknown fields make an entry undecodable, so nothing can ride along
-    outside the hash.
+    outside the seal.
     """
 
     index: int
@@ -107,77 +117,87 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     actor: str
     """Who: ``boot``, ``cli:alice``, ``http:admin``, ..."""
     action: str
-    """What kind of mutation: ``apply``, ``delete``, ``rollback``, ``boot``, ``secret.set``, ``secret.delete``."""
+    """What kind of mutation: ``apply``, ``delete``, ``rollback``, ``boot``, ``secret.set``, ``secret.delete``,
+    ``audit.seal``."""
     target: str
     """What it touched: ``ModelEndpoint openai``, ``secret llm-providers/openai``, ``3 resources``."""
     revision: int | None = None
     """Configuration revision the mutation produced, if it produced one."""
+    record: str | None = None
+    """Hex SHA-256 of that revision's config-stream message (with :attr:`revision`)."""
     details: dict[str, DetailValue] = {}
     """Small metadata (names, counts, flags); never a secret value."""
-    prev_hash: str
-    """:attr:`hash` of the previous entry; :data:`GENESIS_HASH` for the first."""
-    hash: str
-    """Hex SHA-256 of :func:`canonical_bytes` of this entry."""
+    key_id: str
+    """Fingerprint of the key that sealed the entry (:attr:`services.config.audit_key.AuditKey.key_id`)."""
+    prev_mac: str
+    """:attr:`mac` of the previous entry (``hash`` of a legacy one); :data:`GENESIS` for the first."""
+    mac: str
+    """Hex HMAC-SHA256 of :func:`canonical_bytes` of this entry under the audit key."""
+
+    @property
+    def link(self) -> str:
+        """What the next entry's ``prev_mac`` must be."""
+        return self.mac
 
 
-class BrokenLink(msgspec.Struct, frozen=True, kw_only=True):
-    """Where the chain first stops holding, and why."""
+class LegacyAuditEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An entry written before the chain was keyed (plain SHA-256); read, never written."""
 
-    sequence: int
-    """Stream sequence of the offending message (for a gap, the first missing one)."""
     index: int
-    """Chain index expected at that place."""
-    reason: str
-    """``hash mismatch``, ``prev_hash does not match entry 4``, ``missing entry (gap at sequence 5)``, ..."""
+    time: str
+    actor: str
+    action: str
+    target: str
+    revision: int | None = None
+    details: dict[str, DetailValue] = {}
+    prev_hash: str
+    hash: str
+
+    @property
+    def link(self) -> str:
+        """What the next entry's ``prev_mac`` (or ``prev_hash``) must be."""
+        return self.hash
 
 
-class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
-    """Outcome of walking the chain from its first entry."""
-
-    ok: bool
-    """True when every entry up to the stream's last sequence is intact and linked."""
-    checked: int
-    """Entries found intact before the first broken link (all of them when ``ok``)."""
-    head_index: int = 0
-    """Index of the last intact entry; 0 for an empty log."""
-    head_hash: str = GENESIS_HASH
-    """Hash of the last intact entry: record it elsewhere to detect a rewritten log later."""
-    broken: BrokenLink | None = None
-    """The first broken link, when not ``ok``."""
-
-    def describe(self) -> str:
-        """One line for people: what ``modelbus audit verify`` prints."""
-        if self.broken is None:
-            return f"ok: {self.checked} entries, head {self.head_hash[:12]}"
-        link = self.broken
-        return (
-            f"broken at sequence {link.sequence} (entry {link.index}): {link.reason}; "
-            f"{self.checked} entries intact before it"
-        )
-
+AnyEntry = AuditEntry | LegacyAuditEntry
 
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder(AuditEntry)
+_legacy_decoder = msgspec.json.Decoder(LegacyAuditEntry)
 
 
-def canonical_bytes(entry: AuditEntry) -> bytes:
-    """The bytes an entry's hash covers: sorted-key JSON of every field, with ``hash`` empty."""
-    return _encoder.encode(msgspec.structs.replace(entry, hash=""))
+def canonical_bytes(entry: AnyEntry) -> bytes:
+    """The bytes an entry's seal covers: sorted-key JSON of every field, with the seal empty."""
+    if isinstance(entry, LegacyAuditEntry):
+        return _encoder.encode(msgspec.structs.replace(entry, hash=""))
+    return _encoder.encode(msgspec.structs.replace(entry, mac=""))
 
 
-def entry_hash(entry: AuditEntry) -> str:
-    """Hex SHA-256 of :func:`canonical_bytes`; what :attr:`AuditEntry.hash` must be."""
+def entry_mac(key: AuditKey, entry: AuditEntry) -> str:
+    """Hex HMAC-SHA256 of :func:`canonical_bytes` under ``key``; what :attr:`AuditEntry.mac` must be."""
+    return key.mac(canonical_bytes(entry))
+
+
+def legacy_hash(entry: LegacyAuditEntry) -> str:
+    """Hex SHA-256 of :func:`canonical_bytes`; what a legacy entry's ``hash`` must be."""
     return hashlib.sha256(canonical_bytes(entry)).hexdigest()
 
 
-def encode_entry(entry: AuditEntry) -> bytes:
-    """The stored form of an entry (its canonical JSON, including the hash)."""
+def encode_entry(entry: AnyEntry) -> bytes:
+    """The stored form of an entry (its canonical JSON, seal included)."""
     return _encoder.encode(entry)
 
 
-def decode_entry(raw: bytes) -> AuditEntry:
-    """Parse a stored entry; raises :class:`msgspec.DecodeError` or :class:`msgspec.ValidationError`."""
-    return _decoder.decode(raw)
+def decode_entry(raw: bytes) -> AnyEntry:
+    """Parse a stored entry, keyed or legacy; raises :class:`msgspec.DecodeError` or
+    :class:`msgspec.ValidationError` (the keyed format's complaint) when it is neither."""
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as keyed_error:
+        try:
+            return _legacy_decoder.decode(raw)
+        except msgspec.ValidationError:
+            raise keyed_error from None
 
 
 def rfc3339_utc(moment: datetime) -> str:
@@ -246,19 +266,25 @@ def check_fields(
 
 
 def next_entry(
-    previous: AuditEntry | None,
+    previous: AnyEntry | None,
     *,
+    key: AuditKey,
     actor: str,
     action: str,
     target: str,
     time: str,
     revision: int | None = None,
+    record: str | None = None,
     details: Mapping[str, object] | None = None,
 ) -> AuditEntry:
-    """The entry that follows ``previous`` (or starts the chain), hash included.
+    """The entry that follows ``previous`` (or starts the chain), sealed with ``key``.
 
-    Validates the fields like :func:`check_fields`.
+    Validates the fields like :func:`check_fields`; ``record`` must be a hex
+    SHA-256 and comes only with a ``revision``.
     """
+    clean = check_fields(actor=actor, action=action, target=target, revision=revision, details=details)
+    if record is not None and (revision is None or not _DIGEST.fullmatch(record)):
+        raise ValueError("record: a lowercase hex SHA-256, and only with a revision")
     unsealed = AuditEntry(
         index=previous.index + 1 if previous else 1,
         time=time,
@@ -266,87 +292,10 @@ def next_entry(
         action=action,
         target=target,
         revision=revision,
-        details=check_fields(actor=actor, action=action, target=target, revision=revision, details=details),
-        prev_hash=previous.hash if previous else GENESIS_HASH,
-        hash="",
+        record=record,
+        details=clean,
+        key_id=key.key_id,
+        prev_mac=previous.link if previous else GENESIS,
+        mac="",
     )
-    return msgspec.structs.replace(unsealed, hash=entry_hash(unsealed))
-
-
-class ChainVerifier:
-    """Checks entries one by one, in stream order, and remembers the first broken link.
-
-    Feed it ``(stream sequence, raw bytes)`` pairs; :meth:`feed` returns False
-    once the chain is broken, so a reader can stop early. :func:`verify_chain`
-    is the one-shot form.
-    """
-
-    def __init__(self, *, first_sequence: int = 1) -> None:
-        self._expected_sequence = first_sequence
-        self._last_sequence = first_sequence - 1
-        self._head: AuditEntry | None = None
-        self._checked = 0
-        self.broken: BrokenLink | None = None
-
-    @property
-    def _expected_index(self) -> int:
-        return self._head.index + 1 if self._head else 1
-
-    def _break(self, sequence: int, reason: str) -> bool:
-        self.broken = BrokenLink(sequence=sequence, index=self._expected_index, reason=reason)
-        return False
-
-    def feed(self, sequence: int, raw: bytes) -> bool:
-        """Check the message at ``sequence``; False when the chain is (already) broken."""
-        if self.broken is not None:
-            return False
-        if sequence <= self._last_sequence:
-            return self._break(sequence, f"sequence {sequence} out of order after {self._last_sequence}")
-        if sequence > self._expected_sequence:
-            return self._break(self._expected_sequence, f"missing entry (gap at sequence {self._expected_sequence})")
-        self._last_sequence = sequence
-        self._expected_sequence = sequence + 1
-        try:
-            entry = decode_entry(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return self._break(sequence, f"undecodable entry: {exc}")
-        if entry_hash(entry) != entry.hash:
-            return self._break(sequence, "hash mismatch")
-        if entry.index != self._expected_index:
-            return self._break(sequence, f"index {entry.index} where {self._expected_index} was expected")
-        expected_prev = self._head.hash if self._head else GENESIS_HASH
-        if entry.prev_hash != expected_prev:
-            if self._head is None:
-                return self._break(sequence, "prev_hash of the first entry is not the genesis hash")
-            return self._break(sequence, f"prev_hash does not match entry {self._head.index}")
-        self._head = entry
-        self._checked += 1
-        return True
-
-    def finish(self, last_sequence: int | None = None) -> VerifyReport:
-        """The report; ``last_sequence`` (the stream's) exposes entries missing at the end."""
-        if self.broken is None and last_sequence is not None and self._expected_sequence <= last_sequence:
-            self._break(self._expected_sequence, f"missing entry (gap at sequence {self._expected_sequence})")
-        return VerifyReport(
-            ok=self.broken is None,
-            checked=self._checked,
-            head_index=self._head.index if self._head else 0,
-            head_hash=self._head.hash if self._head else GENESIS_HASH,
-            broken=self.broken,
-        )
-
-
-def verify_chain(
-    records: Iterable[tuple[int, bytes]], *, first_sequence: int = 1, last_sequence: int | None = None
-) -> VerifyReport:
-    """Verify ``(stream sequence, raw bytes)`` pairs in stream order; pure, no I/O.
-
-    Checks, per entry and in this order: no sequence gap, decodable, hash
-    matches the content, dense index, ``prev_hash`` equals the previous hash.
-    Stops at the first broken link.
-    """
-    verifier = ChainVerifier(first_sequence=first_sequence)
-    for sequence, raw in records:
-        if not verifier.feed(sequence, raw):
-            break
-    return verifier.finish(last_sequence)
+    return msgspec.structs.replace(unsealed, mac=entry_mac(key, unsealed))

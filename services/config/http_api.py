@@ -20,6 +20,9 @@ except ``GET /healthz``:
       DELETE /api/v1/resources/{kind}/{name}        GET    /api/v1/routers
       POST   /api/v1/apply[?dry_run=true]           GET    /api/v1/audit/verify
 
+Where it listens (and what happens when its port is taken) is
+:mod:`services.config.http_server`.
+
 Every mutation goes through :class:`ConfigManager` with the actor
 ``http:admin``, so it is revisioned, announced and audited like a CLI change.
 Errors use the wire contract's envelope and status. The token is compared in
@@ -29,20 +32,12 @@ hold keys), and no reply contains a secret value.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
-import ipaddress
 import logging
-import os
-import socket
-import stat
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
-import uvicorn
 from msgspec import Struct
 from nats.aio.client import Client
 from starlette.applications import Starlette
@@ -51,9 +46,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.config.audit import AuditVerifier
+from services.config.http_server import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    AdminHttpError,
+    AdminHttpServer,
+    AdminListener,
+    is_loopback,
+    load_token,
+    open_admin_listener,
+    parse_address,
+)
 from services.config.llm_providers import LlmConfig, LlmProviders, ProviderKeyBody
 from services.config.manager import ConfigManager
-from services.config.service import AuditVerifier, gather_routers
+from services.config.service import gather_routers
 from shared.admin import RouterList, admin_encoder
 from shared.errors import (
     AuthenticationError,
@@ -68,11 +77,21 @@ from shared.probe import DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS
 
 log = logging.getLogger("modelbus.config.http")
 
-ADDRESS_ENV = "MODELBUS_ADMIN_HTTP"
-"""``host:port`` to serve on, ``off`` to disable."""
-TOKEN_ENV = "MODELBUS_ADMIN_TOKEN"
-TOKEN_FILE_ENV = "MODELBUS_ADMIN_TOKEN_FILE"
-DEFAULT_ADDRESS = "127.0.0.1:8790"
+__all__ = [
+    "ADDRESS_ENV",
+    "DEFAULT_ADDRESS",
+    "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
+    "AdminApi",
+    "AdminHttpError",
+    "AdminHttpServer",
+    "AdminListener",
+    "load_token",
+    "open_admin_listener",
+    "parse_address",
+    "start_admin_http",
+]
+
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Largest request body accepted (the contract's request limit); larger ones get a 413."""
 ACTOR = "http:admin"
@@ -82,52 +101,6 @@ MAX_HISTORY = 1000
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class AdminHttpError(Exception):
-    """The HTTP admin API is misconfigured; the message names the variable, never a token."""
-
-
-# ------------------------------------------------------------------ settings
-
-
-def parse_address(value: str | None) -> tuple[str, int] | None:
-    """``host:port`` (``[v6]:port`` for IPv6) from ``MODELBUS_ADMIN_HTTP``; ``None`` for ``off``.
-
-    Unset or empty means the default, loopback only.
-    """
-    text = (value or "").strip() or DEFAULT_ADDRESS
-    if text.lower() == "off":
-        return None
-    host, sep, port_text = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise AdminHttpError(f"{ADDRESS_ENV}: expected host:port (e.g. {DEFAULT_ADDRESS}) or off, got {text!r}")
-    return host, int(port_text)
-
-
-def load_token(env: Mapping[str, str]) -> bytes | None:
-    """The admin token from ``MODELBUS_ADMIN_TOKEN`` or the file ``MODELBUS_ADMIN_TOKEN_FILE``.
-
-    ``None`` when neither is set (every authenticated endpoint then answers
-    401); both set is an error, as for the master key.
-    """
-    value = env.get(TOKEN_ENV) or None
-    path = env.get(TOKEN_FILE_ENV) or None
-    if value and path:
-        raise AdminHttpError(f"set {TOKEN_ENV} or {TOKEN_FILE_ENV}, not both")
-    if path:
-        try:
-            mode = os.stat(path).st_mode
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise AdminHttpError(f"{TOKEN_FILE_ENV}: cannot read {path}: {reason}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s %s is readable by group or others; chmod 600 it", TOKEN_FILE_ENV, path)
-        if not value:
-            log.warning("%s %s is empty", TOKEN_FILE_ENV, path)
-    return value.encode() if value else None
 
 
 # ------------------------------------------------------------------ replies
@@ -377,113 +350,22 @@ class AdminApi:
         return json_response(await self.verifier.verify())
 
 
-# ------------------------------------------------------------------ the server
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the process's signals belong to
-    :func:`shared.runtime.serve`, which stops this server through :meth:`AdminHttpServer.stop`."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class AdminHttpServer:
-    """The HTTP admin API served as a task on the running event loop."""
-
-    def __init__(self, app: Starlette, sock: socket.socket) -> None:
-        self.sock = sock
-        self.url = _url(sock)
-        config = uvicorn.Config(
-            app,
-            loop="none",  # the config service's loop is already running; uvicorn only adds a task
-            lifespan="off",
-            log_config=None,
-            access_log=False,  # paths only would be safe, but mutations are logged by the manager
-            server_header=False,
-            limit_concurrency=64,
-            timeout_graceful_shutdown=3,
-        )
-        self._server = _EmbeddedServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, timeout_s: float = 5.0) -> None:
-        """Start serving and return once connections are accepted."""
-        self._task = asyncio.create_task(self._server.serve(sockets=[self.sock]), name="admin-http")
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # raises why it stopped
-                raise AdminHttpError("the admin HTTP server stopped while starting")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AdminHttpError(f"the admin HTTP server did not start within {timeout_s:g}s")
-            await asyncio.sleep(0.01)
-        log.info("admin http listening on %s", self.url)
-
-    async def stop(self) -> None:
-        """Finish requests in flight (briefly) and close the socket."""
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(self._task, 5.0)
-        except TimeoutError:
-            log.warning("admin http did not stop in time")
-        self.sock.close()
+# ------------------------------------------------------------------ start
 
 
 async def start_admin_http(
-    manager: ConfigManager, nc: Client, verifier: AuditVerifier, env: Mapping[str, str]
-) -> AdminHttpServer | None:
-    """Serve the admin API as ``MODELBUS_ADMIN_HTTP`` says; ``None`` when it is off or its port is taken.
-
-    A malformed setting raises :class:`AdminHttpError`. A busy port only logs
-    an error: a second config service on the same host keeps serving NATS.
-    """
-    address = parse_address(env.get(ADDRESS_ENV))
-    token = load_token(env)
-    if address is None:
-        log.info("admin http off (%s=off)", ADDRESS_ENV)
-        return None
-    host, port = address
-    try:
-        sock = _bind(host, port)
-    except OSError as exc:
-        log.error("admin http disabled: cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
-        return None
+    listener: AdminListener, manager: ConfigManager, nc: Client, verifier: AuditVerifier, env: Mapping[str, str]
+) -> AdminHttpServer:
+    """Serve the admin API on ``listener``'s socket; returns once connections are accepted."""
+    sock, token = listener.sock, listener.token
     if token is None:
         log.warning(
             "admin http has no token (%s or %s): every endpoint but /healthz answers 401", TOKEN_ENV, TOKEN_FILE_ENV
         )
-    if not _is_loopback(sock):
+    if not is_loopback(sock):
         log.warning("admin http listens beyond loopback: the bearer token travels in clear text unless TLS fronts it")
     # uvicorn's start and stop lines say nothing the line above does not; keep its warnings.
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = AdminHttpServer(AdminApi(manager, nc, verifier, env, token).app(), sock)
     await server.start()
     return server
-
-
-def _is_loopback(sock: socket.socket) -> bool:
-    try:
-        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
-    except ValueError:
-        return False

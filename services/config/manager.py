@@ -6,10 +6,14 @@ as the next revision of the config log, and only then publishes change events
 and appends to the audit log. On a revision conflict (another config service
 committed first) it re-reads the head and re-runs the mutation.
 
+Every revision records the audit head it was committed after, and its audit
+entry the digest of the stored record (see :mod:`services.config.audit_verify`).
+
 Applies are declarative per resource (like ``kubectl apply``): documents create
 or replace the resources they name and leave the others alone; ``delete``
-removes one. Boot defaults (the built-in example, keys and settings from the
-environment) only fill gaps: they never replace what an operator applied.
+removes one (or, with kind ``Secret``, a stored secret: audited, no revision).
+Boot defaults (the built-in example, keys and settings from the environment)
+only fill gaps: they never replace what an operator applied.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from nats.aio.client import Client
 from services.config.compile import compile_config
 from services.config.documents import Parsed, load_documents, parse_documents
 from services.config.resources import Resource, resource_from_stored, spec_to_dict
-from services.config.store import ConfigLog, RevisionConflict, UnknownRevision, now
+from services.config.store import ConfigLog, RevisionConflict, UnknownRevision, now, record_digest
 from shared import headers as H
 from shared.admin import (
+    SECRET_KIND,
     ApplyResult,
+    AuditAnchor,
     Change,
     ConfigRecord,
     HistoryEntry,
@@ -37,9 +43,9 @@ from shared.admin import (
     StoredResource,
     canonical_kind,
 )
-from shared.envelopes import ConfigChanged, SecretInfo, SecretPut
-from shared.errors import ConfigError, Conflict, ModelbusError, NotFound, error_from_wire
-from shared.subjects import CONFIG_EVENTS, SECRETS_PUT
+from shared.envelopes import ConfigChanged, SecretDelete, SecretInfo, SecretPut
+from shared.errors import ConfigError, Conflict, ModelbusError, NoRouteAvailable, NotFound, error_from_wire
+from shared.subjects import CONFIG_EVENTS, SECRETS_DELETE, SECRETS_PUT
 
 log = logging.getLogger("modelbus.config")
 
@@ -53,12 +59,26 @@ _encoder = msgspec.json.Encoder()
 _secret_info = msgspec.json.Decoder(SecretInfo)
 
 
+SECRETS_TIMEOUT_S = 5.0
+
+
 class Auditor(Protocol):
-    """Where mutations are recorded (the hash-chained audit log)."""
+    """Where mutations are recorded (the HMAC-chained audit log, :class:`services.config.audit.AuditLog`)."""
 
     async def append(
-        self, actor: str, action: str, target: str, revision: int | None = None, details: dict[str, Any] | None = None
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        revision: int | None = None,
+        details: dict[str, Any] | None = None,
+        *,
+        record: str | None = None,
     ) -> object: ...
+
+    async def anchor(self) -> AuditAnchor:
+        """The current head, recorded in the next revision."""
+        ...
 
 
 def stored(resource: Resource) -> StoredResource:
@@ -81,10 +101,23 @@ def _diff(old: State, new: State) -> list[Change]:
 
 
 class ConfigManager:
-    """Owns the config log on behalf of the config service."""
+    """Owns the config log on behalf of the config service.
 
-    def __init__(self, nc: Client, config_log: ConfigLog, *, auditor: Auditor | None = None) -> None:
+    ``nc`` is the serving connection, for requests to the secrets service;
+    ``state_nc`` (default: ``nc``) the state identity's, for the change events
+    (the config log itself is written through ``config_log``'s JetStream context).
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        config_log: ConfigLog,
+        *,
+        auditor: Auditor | None = None,
+        state_nc: Client | None = None,
+    ) -> None:
         self.nc = nc
+        self.state_nc = state_nc or nc
         self.log = config_log
         self.auditor = auditor
         self.head: ConfigRecord | None = None
@@ -98,6 +131,33 @@ class ConfigManager:
         """Read the newest revision (after a restart, the state before it)."""
         self.head = await self.log.head()
         return self.head
+
+    async def audit_head_revision(self) -> bool:
+        """Audit the newest revision if a crash left it without its entry; whether one was appended.
+
+        A revision is committed before its entry is appended, so a process
+        killed in between leaves a revision ``audit verify`` reports as
+        unaudited. That case is recognised by the audit head being exactly the
+        (non-empty) head the revision recorded: nothing was appended since. The
+        entry is then appended late, marked ``late: true``. Any other state (an
+        emptied or rebuilt log, entries appended since) is left for ``audit
+        verify`` to report: re-auditing it would paper over a deletion.
+        """
+        head, auditor = self.head, self.auditor
+        if head is None or auditor is None or head.audit is None or head.audit.index == 0:
+            return False
+        if await auditor.anchor() != head.audit:
+            return False
+        log.warning("revision %d has no audit entry (a crash after its commit?); appending it now", head.revision)
+        await auditor.append(
+            head.actor,
+            head.action,
+            _target(head.changes),
+            revision=head.revision,
+            details={"changes": len(head.changes), "late": True},
+            record=record_digest(head),
+        )
+        return True
 
     # ------------------------------------------------------------ mutations
 
@@ -163,7 +223,9 @@ class ConfigManager:
         return msgspec.structs.replace(result, secrets=sorted(s.name for s in parsed.secrets))
 
     async def delete(self, kind: str, name: str, *, actor: str) -> ApplyResult:
-        """Delete one resource; fails if others still refer to it."""
+        """Delete one resource (fails if others still refer to it), or a stored secret."""
+        if kind.strip().lower() == SECRET_KIND.lower():
+            return await self.delete_secret(name, actor=actor)
         kind = canonical_kind(kind)
 
         def mutate(state: State) -> State:
@@ -172,6 +234,38 @@ class ConfigManager:
             return {k: v for k, v in state.items() if k != (kind, name)}
 
         return await self._mutate(mutate, actor=actor, action="delete", target=f"{kind} {name}")
+
+    async def delete_secret(self, name: str, *, actor: str) -> ApplyResult:
+        """Delete stored secret ``name`` through the secrets service and audit it (``secret.delete``).
+
+        A secret is not part of the routing configuration, so no revision is
+        made. Refused (409) while an endpoint still refers to it, since that
+        endpoint would then fail every request.
+        """
+        users = sorted(
+            f"{r.kind} {r.name}" for r in (self.head.resources if self.head else []) if _refers_to(r.spec, name)
+        )
+        if users:
+            raise Conflict(
+                f"secret {name!r} is still referred to by {', '.join(users)}; point them at another credential first",
+                code="secret_in_use",
+            )
+        try:
+            reply = await self.nc.request(
+                SECRETS_DELETE, _encoder.encode(SecretDelete(name=name, actor=actor)), timeout=SECRETS_TIMEOUT_S
+            )
+        except Exception as exc:
+            raise NoRouteAvailable(
+                f"secret {name!r}: the secrets service did not answer ({type(exc).__name__})",
+                code="secrets_unavailable",
+            ) from None
+        status = int((reply.headers or {}).get(H.STATUS, "0") or 0)
+        if status != 200:
+            raise error_from_wire(status, reply.data)
+        if self.auditor is not None:
+            await self.auditor.append(actor, "secret.delete", f"secret {name}")
+        log.info("secret %s deleted by %s", name, actor)
+        return ApplyResult(revision=self.revision, changes=[], secrets=[name])
 
     async def rollback(self, to: int, *, actor: str) -> ApplyResult:
         """Make revision ``to``'s resources current again, as a new revision."""
@@ -247,6 +341,8 @@ class ConfigManager:
                     changes=changes,
                     resources=sorted(new.values(), key=lambda r: (r.kind, r.name)),
                     routing=routing,
+                    # Read before the commit: this revision's own entry comes after it.
+                    audit=await self.auditor.anchor() if self.auditor is not None else None,
                 )
                 try:
                     self.head = await self.log.commit(record)
@@ -273,7 +369,7 @@ class ConfigManager:
                 kind=change.kind,
                 name=change.name,
             )
-            await self.nc.publish(
+            await self.state_nc.publish(
                 CONFIG_EVENTS, _encoder.encode(event), headers={H.CONFIG_REVISION: str(record.revision)}
             )
         if self.auditor is not None:
@@ -284,6 +380,7 @@ class ConfigManager:
                     _target(record.changes),
                     revision=record.revision,
                     details={"changes": len(record.changes)},
+                    record=record_digest(record),
                 )
             except Exception as exc:
                 log.error("revision %d applied but not audited: %s", record.revision, exc)
@@ -308,6 +405,18 @@ class ConfigManager:
         _secret_info.decode(reply.data)
         if self.auditor is not None:
             await self.auditor.append(actor, "secret.set", f"secret {name}")
+
+
+def _refers_to(spec: Any, name: str) -> bool:
+    """Whether a resource spec refers to stored secret ``name`` (``secret:NAME``, or a bare ``secretRef``)."""
+    if isinstance(spec, dict):
+        return any(
+            (key in ("secretRef", "secret_ref") and value == name) or _refers_to(value, name)
+            for key, value in spec.items()
+        )
+    if isinstance(spec, list):
+        return any(_refers_to(item, name) for item in spec)
+    return isinstance(spec, str) and spec == f"secret:{name}"
 
 
 def _target(changes: Iterable[Change]) -> str:

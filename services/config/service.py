@@ -1,7 +1,15 @@
-"""The config service process: admin subjects, boot configuration, router tracking."""
+"""The config service process: admin subjects, boot configuration, router tracking.
+
+Every admin subscriber checks the reply subject first (:class:`shared.bus.ReplyGuard`):
+a request whose reply is not an inbox of an allowed requester (``_INBOX_admin.``,
+or nats-py's ``_INBOX.`` without identities) gets no answer and has no effect, so
+nobody can make the service publish an answer onto ``modelbus.v1.config.log``,
+the audit stream or a ``$JS.API`` subject.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -11,18 +19,20 @@ from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
+from faststream.exceptions import SkipMessage
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 
-from services.config.audit import AuditLog
+from services.config.audit import AuditVerifier
 from services.config.boot_env import endpoints_from_env
 from services.config.documents import Parsed, load_documents
 from services.config.formats import aurora_env_documents, byo_documents, convert
 from services.config.manager import ConfigManager
 from services.config.resources import SecretValue, parse_native
 from shared import headers as H
+from shared import identities
 from shared.admin import (
     ApplyRequest,
     AuditReport,
@@ -35,6 +45,7 @@ from shared.admin import (
     WaitRequest,
     admin_encoder,
 )
+from shared.bus import ReplyGuard
 from shared.errors import ConfigError, DeadlineExceeded, InvalidRequest, ModelbusError, NoRouteAvailable
 from shared.routing import routing_encoder
 from shared.subjects import (
@@ -106,6 +117,7 @@ def boot_defaults(env: Mapping[str, str], *, with_example: bool) -> Parsed:
 async def boot(manager: ConfigManager, config_path: str | None, env: Mapping[str, str]) -> None:
     """Load the stored state, fill gaps with boot defaults, then apply the ``--config`` file."""
     await manager.load()
+    await manager.audit_head_revision()  # a crash between a commit and its audit entry
     defaults = boot_defaults(env, with_example=not config_path)
     await manager.apply_parsed(defaults, actor="boot", action="boot", defaults=True)
     if config_path:
@@ -219,25 +231,12 @@ async def _serve(
         return _error(ModelbusError("internal error in the config service"))
 
 
-class AuditVerifier:
-    """Walks the audit chain for ``modelbus audit verify``."""
+def register(broker: NatsBroker, holder: dict[str, Any]) -> ReplyGuard:
+    """Admin subscribers of the config service; ``holder['manager']`` is set once booted.
 
-    def __init__(self, audit: AuditLog) -> None:
-        self.audit = audit
-
-    async def verify(self) -> AuditReport:
-        report = await self.audit.verify()
-        broken = report.broken
-        return AuditReport(
-            ok=report.ok,
-            entries=report.checked,
-            broken_at=broken.sequence if broken else None,
-            reason=broken.reason if broken else None,
-        )
-
-
-def register(broker: NatsBroker, holder: dict[str, Any]) -> None:
-    """Admin subscribers of the config service; ``holder['manager']`` is set once booted."""
+    Returns the reply guard every subscriber checks first.
+    """
+    guard = ReplyGuard("config", identities.requester_inboxes("config"))
 
     def manager() -> ConfigManager:
         m = holder.get("manager")
@@ -245,8 +244,18 @@ def register(broker: NatsBroker, holder: dict[str, Any]) -> None:
             raise NoRouteAvailable("the config service is still starting")
         return m  # type: ignore[no-any-return]
 
-    def subscriber(subject: str) -> Callable[[Callable[..., Any]], Any]:
-        return broker.subscriber(subject, queue=CONFIG_QUEUE, max_workers=8)
+    def subscriber(subject: str) -> Callable[[Callable[[NatsMessage], Awaitable[NatsResponse]]], Any]:
+        def decorate(handler: Callable[[NatsMessage], Awaitable[NatsResponse]]) -> Any:
+            @functools.wraps(handler)
+            async def guarded(msg: NatsMessage) -> NatsResponse:
+                if not guard.allows(msg.reply_to):
+                    guard.refuse(subject, msg.reply_to)
+                    raise SkipMessage  # FastStream then sends nothing, not even an empty reply
+                return await handler(msg)
+
+            return broker.subscriber(subject, queue=CONFIG_QUEUE, max_workers=8)(guarded)
+
+        return decorate
 
     @subscriber(CONFIG_GET)
     async def get_routing(msg: NatsMessage) -> NatsResponse:
@@ -329,6 +338,8 @@ def register(broker: NatsBroker, holder: dict[str, Any]) -> None:
             return await verifier.verify()
 
         return await _serve(msg.body, None, run)
+
+    return guard
 
 
 def service_env() -> Mapping[str, str]:

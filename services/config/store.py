@@ -6,18 +6,27 @@ two writers can never interleave: the loser gets :class:`RevisionConflict` and
 must recompute. Each record holds the whole desired state and its compiled
 routing configuration, so an apply is atomic, history is a walk back through
 the stream, and rollback re-commits an old record's resources.
+
+Nothing ever deletes a revision: the stream refuses message deletes and purges
+(set on streams created before that, too); only its history limit drops the
+oldest records. Each record carries the audit head it was committed after
+(:class:`shared.admin.AuditAnchor`), and the audit entry of the revision the
+SHA-256 of the stored message (:func:`record_digest`), so the two logs vouch
+for each other (see :mod:`services.config.audit_verify`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from services.config.streams import protect, scan
 from shared.admin import ConfigRecord
 from shared.subjects import CONFIG_LOG, CONFIG_STREAM
 
@@ -36,6 +45,16 @@ class UnknownRevision(LookupError):
     """The revision does not exist (never written, or dropped from history)."""
 
 
+def encode_record(record: ConfigRecord) -> bytes:
+    """The stored form of a record: exactly the bytes :meth:`ConfigLog.commit` publishes."""
+    return _encoder.encode(record)
+
+
+def record_digest(record: ConfigRecord) -> str:
+    """Hex SHA-256 of the stored form of ``record``, as its audit entry records it."""
+    return hashlib.sha256(encode_record(record)).hexdigest()
+
+
 def now() -> str:
     """RFC 3339 UTC timestamp with milliseconds."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -50,20 +69,46 @@ class ConfigLog:
         self.subject = subject
 
     async def ensure(self, history: int = DEFAULT_HISTORY) -> None:
-        """Create the stream (file storage) if it does not exist."""
+        """Create the stream (file storage) if it does not exist; protect an existing one."""
         try:
-            await self.js.stream_info(self.stream)
+            info = await self.js.stream_info(self.stream)
         except NotFoundError:
-            await self.js.add_stream(
-                StreamConfig(
-                    name=self.stream,
-                    subjects=[self.subject],
-                    storage=StorageType.FILE,
-                    max_msgs=history,
-                    discard=DiscardPolicy.OLD,
-                    description="modelbus configuration revisions (written only by the config service)",
+            try:
+                await self.js.add_stream(
+                    StreamConfig(
+                        name=self.stream,
+                        subjects=[self.subject],
+                        storage=StorageType.FILE,
+                        max_msgs=history,
+                        discard=DiscardPolicy.OLD,
+                        deny_delete=True,
+                        deny_purge=True,
+                        description="modelbus configuration revisions (written only by the config service)",
+                    )
                 )
-            )
+                return
+            except APIError:
+                info = await self.js.stream_info(self.stream)  # another config service created it first
+        await protect(self.js, info)
+
+    async def bounds(self) -> tuple[int, int]:
+        """``(first, last)`` revision still stored; ``(0, 0)`` before the first commit or without the stream."""
+        try:
+            info = await self.js.stream_info(self.stream)
+        except NotFoundError:
+            return 0, 0
+        if info.state.last_seq == 0 or info.state.messages == 0:
+            return 0, info.state.last_seq
+        return info.state.first_seq, info.state.last_seq
+
+    def scan(self, first: int, last: int) -> AsyncGenerator[tuple[int, bytes], None]:
+        """``(revision, stored bytes)`` from ``first`` to ``last``, oldest first."""
+        return scan(self.js, self.stream, self.subject, first, last)
+
+    @staticmethod
+    def decode(raw: bytes) -> ConfigRecord:
+        """A stored record."""
+        return _decoder.decode(raw)
 
     async def head(self) -> ConfigRecord | None:
         """The newest record, or ``None`` before the first commit."""
@@ -86,7 +131,7 @@ class ConfigLog:
         try:
             ack = await self.js.publish(
                 self.subject,
-                _encoder.encode(record),
+                encode_record(record),
                 stream=self.stream,
                 headers={"Nats-Expected-Last-Sequence": str(record.revision - 1)},
             )

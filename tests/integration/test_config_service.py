@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 
 from shared import headers as H
@@ -23,7 +24,17 @@ from shared.admin import ApplyRequest, ApplyResult, ResourceList, ResourceQuery,
 from shared.client import ModelbusClient
 from shared.errors import ModelbusError, error_from_wire
 from shared.natsserver import EmbeddedNats, die_with_parent
-from shared.subjects import CONFIG_APPLY, CONFIG_RESOURCES, CONFIG_ROUTERS, CONFIG_WAIT
+from shared.subjects import (
+    AUDIT_STREAM,
+    AUDIT_SUBJECT,
+    CONFIG_APPLY,
+    CONFIG_GET,
+    CONFIG_LOG,
+    CONFIG_RESOURCES,
+    CONFIG_ROUTERS,
+    CONFIG_STREAM,
+    CONFIG_WAIT,
+)
 from tests.conftest import ROOT, Katan, Stack, run, start_katan, start_stack, stop_process
 
 HELLO = [{"role": "user", "content": "hello config"}]
@@ -402,3 +413,34 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+BAD_REPLIES = [CONFIG_LOG, AUDIT_SUBJECT, f"$JS.API.STREAM.PURGE.{AUDIT_STREAM}"]
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES)
+def test_a_reply_subject_outside_an_inbox_gets_no_answer_and_writes_nothing(stack: Stack, reply: str) -> None:
+    """Without identities nothing but the service stops this: answered, ``config.get`` would store the
+    routing table as a forged revision on the config log, or send a purge to the audit stream."""
+    tag = BAD_REPLIES.index(reply)
+    injected = ApplyRequest(documents=json.dumps(mock_alias(f"injected-{tag}", "m")), actor="mallory")
+    honest = ApplyRequest(documents=json.dumps(mock_alias(f"honest-{tag}", "m")), actor="test")
+
+    async def attack() -> tuple[int, int, ApplyResult, int, int]:
+        nc = await nats.connect(stack.url)
+        try:
+            js = nc.jetstream()
+            before = [(await js.stream_info(s)).state.last_seq for s in (CONFIG_STREAM, AUDIT_STREAM)]
+            await nc.publish(CONFIG_GET, b"", reply=reply)
+            await nc.publish(CONFIG_APPLY, msgspec.json.encode(injected), reply=reply)
+            # Handled after the injected ones (which, unguarded, would reach the commit lock first).
+            msg = await nc.request(CONFIG_APPLY, msgspec.json.encode(honest), timeout=30)
+            after = [(await js.stream_info(s)).state.last_seq for s in (CONFIG_STREAM, AUDIT_STREAM)]
+        finally:
+            await nc.close()
+        return before[0], before[1], msgspec.json.decode(msg.data, type=ApplyResult), after[0], after[1]
+
+    config_before, audit_before, result, config_after, audit_after = run(attack())
+    assert result.revision == config_before + 1
+    assert (config_after, audit_after) == (config_before + 1, audit_before + 1)
+    assert f"injected-{tag}" not in {r.name for r in resources(stack.url, "ModelAlias").items}

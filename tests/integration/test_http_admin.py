@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ TOKEN = "admin-token-for-tests-5b2e0c"
 RIGHT_KEY = "katan-right-key-7c1f9e4d"
 WRONG_KEY = "env-wrong-key-0000aaaa"
 LISTENING = re.compile(r"admin http listening on (http://127\.0\.0\.1:\d+)")
+READY_ADMIN = re.compile(r"modelbus-service-ready modelbus\.config config admin=(http://127\.0\.0\.1:\d+)")
+AUDIT_KEY = base64.b64encode(bytes(range(32))).decode()  # test only
 HELLO = [{"role": "user", "content": "hello admin"}]
 
 
@@ -532,9 +535,14 @@ def listening(line: str) -> bool:
 
 
 def start_config_service(nats_url: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
-    """The config service alone, with the admin API on a free port and only the given token settings."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELBUS_ADMIN_")}
-    full_env.update(NATS_URL=nats_url, PYTHONUNBUFFERED="1", MODELBUS_ADMIN_HTTP="127.0.0.1:0", **env)
+    """The config service alone, with the admin API on a free port (unless ``env`` says otherwise),
+    a test audit key, and only the given token settings."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELBUS_ADMIN_", "MODELBUS_AUDIT_KEY"))}
+    full_env.update(
+        NATS_URL=nats_url, PYTHONUNBUFFERED="1", MODELBUS_ADMIN_HTTP="127.0.0.1:0", MODELBUS_AUDIT_KEY=AUDIT_KEY
+    )
+    full_env.update(env)
+    full_env = {k: v for k, v in full_env.items() if v}  # an empty value removes a variable
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.config"],
         stdout=subprocess.PIPE,
@@ -591,3 +599,88 @@ def test_setting_both_token_variables_stops_the_service_without_quoting_either(l
     assert proc.returncode == 2, out
     assert "not both" in out
     assert "secret-token-value" not in out
+
+
+# ---------------------------------------------------------------- where the admin API listens
+
+
+def ready_line(line: str) -> bool:
+    return "modelbus-service-ready" in line
+
+
+def test_the_ready_line_says_where_the_admin_api_listens(lone_nats: EmbeddedNats) -> None:
+    proc, output = start_config_service(lone_nats.url, {"MODELBUS_ADMIN_TOKEN": TOKEN})
+    try:
+        found = READY_ADMIN.search(wait_for_line(proc, ready_line, 30, output))
+        assert found, "".join(output)
+        assert Admin(found.group(1)).get("/api/v1/resources").status_code == 200
+    finally:
+        stop_process(proc)
+
+
+def test_a_squatter_on_the_admin_port_gets_no_token_the_service_serves_on_a_free_port(lone_nats: EmbeddedNats) -> None:
+    """Another local user holds 127.0.0.1:PORT first: the service must not say ready without its API
+    (the CLI would then send its token to the squatter), but move and say where it went."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(8)
+        squatter.setblocking(False)
+        port = squatter.getsockname()[1]
+        proc, output = start_config_service(
+            lone_nats.url, {"MODELBUS_ADMIN_HTTP": f"127.0.0.1:{port}", "MODELBUS_ADMIN_TOKEN": TOKEN}
+        )
+        try:
+            found = READY_ADMIN.search(wait_for_line(proc, ready_line, 30, output))
+            assert found, "".join(output)
+            url = found.group(1)
+            assert url != f"http://127.0.0.1:{port}"
+            assert Admin(url).get("/api/v1/resources").status_code == 200
+            log = "".join(output)
+            assert f"127.0.0.1:{port} is taken by another process; serving on {url} instead" in log
+            with pytest.raises(BlockingIOError):
+                squatter.accept()  # nobody knocked on the squatter's door
+        finally:
+            stop_process(proc)
+    assert TOKEN not in "".join(output)
+
+
+def test_an_admin_address_that_cannot_be_bound_at_all_stops_the_service(lone_nats: EmbeddedNats) -> None:
+    proc, _ = start_config_service(lone_nats.url, {"MODELBUS_ADMIN_HTTP": "192.0.2.1:8790"})  # TEST-NET-1
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 2, out
+    assert "cannot listen on 192.0.2.1:8790" in out and "nor on any free port" in out
+    assert "modelbus-service-ready" not in out
+
+
+# ---------------------------------------------------------------- the audit key
+
+
+def test_without_an_audit_key_the_config_service_refuses_to_start_saying_how_to_set_one(
+    lone_nats: EmbeddedNats,
+) -> None:
+    proc, _ = start_config_service(lone_nats.url, {"MODELBUS_AUDIT_KEY": ""})
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 2, out
+    assert "refusing to start: no audit key: set MODELBUS_AUDIT_KEY_FILE" in out
+    assert "modelbus-service-ready" not in out
+
+
+def test_the_audit_key_can_come_from_a_file(lone_nats: EmbeddedNats, tmp_path: Path) -> None:
+    key_file = tmp_path / "audit.key"
+    key_file.write_text(AUDIT_KEY + "\n")
+    key_file.chmod(0o600)
+    proc, output = start_config_service(
+        lone_nats.url,
+        {"MODELBUS_AUDIT_KEY": "", "MODELBUS_AUDIT_KEY_FILE": str(key_file), "MODELBUS_ADMIN_HTTP": "off"},
+    )
+    try:
+        wait_for_line(proc, ready_line, 30, output)
+    finally:
+        stop_process(proc)
+    assert AUDIT_KEY not in "".join(output)

@@ -62,9 +62,7 @@ def test_a_bad_url_is_reported_with_document_index_kind_name_path_and_reason() -
 
 
 def test_a_url_without_http_scheme_is_not_a_url() -> None:
-    message = config_error(
-        endpoint_doc("x", '{provider: openai, base_url: "ftp://files.example.com"}')
-    )
+    message = config_error(endpoint_doc("x", '{provider: openai, base_url: "ftp://files.example.com"}'))
     assert message == "doc 1 (ModelEndpoint x): spec.base_url: not a URL"
 
 
@@ -102,9 +100,7 @@ def test_an_out_of_range_number_is_an_error_naming_the_field() -> None:
 
 
 def test_an_alias_without_targets_is_an_error() -> None:
-    assert config_error(alias_doc("fast", "[]")).startswith(
-        "doc 1 (ModelAlias fast): spec.targets: "
-    )
+    assert config_error(alias_doc("fast", "[]")).startswith("doc 1 (ModelAlias fast): spec.targets: ")
 
 
 def test_every_invalid_document_is_reported_at_once() -> None:
@@ -129,9 +125,7 @@ def test_text_that_is_not_yaml_is_an_error_naming_the_source() -> None:
 
 
 def test_an_alias_pointing_at_a_missing_endpoint_is_an_error() -> None:
-    message = config_error(
-        docs(MOCK_ENDPOINT, alias_doc("fast", "[{endpoint: mock}, {endpoint: ghost}]"))
-    )
+    message = config_error(docs(MOCK_ENDPOINT, alias_doc("fast", "[{endpoint: mock}, {endpoint: ghost}]")))
     assert message == "ModelAlias fast: spec.targets[1].endpoint: no endpoint named 'ghost'"
 
 
@@ -243,23 +237,14 @@ def test_locality_is_local_only_when_data_stays_on_the_host_or_network(
 
 def test_an_explicit_locality_overrides_the_derived_one() -> None:
     config = compile_text(
-        endpoint_doc(
-            "x", "{provider: openai-compatible, base_url: 'http://127.0.0.1:1', locality: remote}"
-        )
+        endpoint_doc("x", "{provider: openai-compatible, base_url: 'http://127.0.0.1:1', locality: remote}")
     )
     assert config.endpoints["x"].locality == "remote"
 
 
-@pytest.mark.parametrize(
-    ("provider", "allowed"), [("mock", True), ("ollama", True), ("openai", False)]
-)
-def test_private_addresses_are_allowed_by_default_only_for_local_provider_types(
-    provider: str, allowed: bool
-) -> None:
-    assert (
-        compile_text(endpoint_doc("x", f"{{provider: {provider}}}")).endpoints["x"].allow_private
-        is allowed
-    )
+@pytest.mark.parametrize(("provider", "allowed"), [("mock", True), ("ollama", True), ("openai", False)])
+def test_private_addresses_are_allowed_by_default_only_for_local_provider_types(provider: str, allowed: bool) -> None:
+    assert compile_text(endpoint_doc("x", f"{{provider: {provider}}}")).endpoints["x"].allow_private is allowed
 
 
 def test_allow_private_can_be_set_explicitly() -> None:
