@@ -142,7 +142,9 @@ ATTACKERS = [r for r in identities.ROLES if r != "secrets-state"]
 
 
 @pytest.mark.parametrize("role", ATTACKERS)
-def test_no_identity_but_its_owner_can_copy_the_secrets_bucket_into_a_stream_of_its_own(broker: Broker, role: str) -> None:
+def test_no_identity_but_its_owner_can_copy_the_secrets_bucket_into_a_stream_of_its_own(
+    broker: Broker, role: str
+) -> None:
     config = json.dumps({"name": "LOOT", "sources": [{"name": SECRETS_KV}], "storage": "memory"}).encode()
     errors = run(_attempt(broker, role, _request("$JS.API.STREAM.CREATE.LOOT", config)))
     assert _refused(errors, "$JS.API.STREAM.CREATE.LOOT"), errors
