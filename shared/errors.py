@@ -32,7 +32,6 @@ exactly as if it had been raised locally.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import msgspec
@@ -112,17 +111,6 @@ class ModelbusError(Exception):
     def http_status(self) -> int:
         """The status sent in ``Modelbus-Status``; subclasses may vary it per instance."""
         return self.status
-
-    def scrub(self, secrets: Iterable[str]) -> None:
-        """Remove secret values from the message before it leaves the process.
-
-        Upstreams quote the key they rejected in their error text (llm-katan
-        does in full, OpenAI masked), so every adapter error passes here.
-        """
-        for value in secrets:
-            if value and value in self.message:
-                self.message = self.message.replace(value, "[redacted]")
-        self.args = (self.message,)  # str(), repr() and tracebacks must not keep the old text
 
     def to_body(self) -> ErrorBody:
         """The wire form of this error."""
