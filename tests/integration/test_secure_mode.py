@@ -165,14 +165,15 @@ def test_a_client_cannot_use_admin_subjects(secure: Secure) -> None:
 
 
 def test_the_router_reads_configuration_but_cannot_write_it(secure: Secure) -> None:
-    async def write(nc: nats.NATS) -> None:
-        await nc.publish(CONFIG_LOG, b"{}")
-        await nc.publish(f"$JS.API.STREAM.PURGE.{CONFIG_STREAM}", b"{}")
-
+    # One publish per connection: _violations returns at the first refusal it sees.
     for role in ("router", "router-state"):
-        errors = run(_violations(secure.url, secure.login(role), write))
-        assert any(CONFIG_LOG in e for e in errors), errors
-        assert any("stream.purge" in e.lower() for e in errors), errors
+        for subject in (CONFIG_LOG, f"$JS.API.STREAM.PURGE.{CONFIG_STREAM}"):
+
+            async def write(nc: nats.NATS, subject: str = subject) -> None:
+                await nc.publish(subject, b"{}")
+
+            errors = run(_violations(secure.url, secure.login(role), write))
+            assert any(subject.lower() in e.lower() for e in errors), (role, subject, errors)
 
     async def read() -> int:
         nc = await nats.connect(secure.url, **secure.login("router-state"))
