@@ -24,45 +24,25 @@ import pytest
 from shared import identities
 from shared.client import ModelbusClient
 from shared.envelopes import Credential, CredentialRequest
-from shared.natsserver import die_with_parent
 from shared.subjects import CHAT_COMPLETIONS, CONFIG_APPLY, CONFIG_LOG, CONFIG_STREAM, SECRETS_GET
-from tests.conftest import ROOT, run, wait_for_line
+from tests.conftest import ROOT, run
+from tests.integration.secure_stack import SecureStack, start_secure_stack
 
 SECRET = "sk-secure-mode-test-7f1e"
 
 
-class Secure:
-    def __init__(self, url: str, home: Path, creds: Path) -> None:
-        self.url, self.home, self.creds = url, home, creds
-        self.passwords: dict[str, str] = json.loads((home / identities.IDENTITIES_FILE).read_text())
+class Secure(SecureStack):
+    """The shared secure stack plus the client credentials file its ready line names."""
 
-    def login(self, role: str) -> dict[str, Any]:
-        return {"user": role, "password": self.passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
+    @property
+    def creds(self) -> Path:
+        return Path(re.search(r"creds=(\S+)", self.ready).group(1))  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
-    home = tmp_path_factory.mktemp("secure-home")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SECURE_TEST_KEY": SECRET, "MODELBUS_ADMIN_HTTP": "off"}
-    env.pop("NATS_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(home), "up", "--nats-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=die_with_parent,
-    )
-    output: list[str] = []
-    ready = wait_for_line(proc, lambda line: line.startswith("ready "), 90, output)
-    url = re.search(r"nats=(\S+)", ready).group(1)  # type: ignore[union-attr]
-    creds = Path(re.search(r"creds=(\S+)", ready).group(1))  # type: ignore[union-attr]
-    try:
-        yield Secure(url, home, creds)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with start_secure_stack(tmp_path_factory.mktemp("secure-home"), env={"SECURE_TEST_KEY": SECRET}) as stack:
+        yield Secure(stack.proc, stack.url, stack.home, stack.ready, stack.output)
 
 
 async def _violations(url: str, login: dict[str, Any], action: Any) -> list[str]:
