@@ -22,9 +22,9 @@ with :class:`ServerUnreachable` or :class:`CredentialsRefused` (not nats-py's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -36,9 +36,18 @@ from nats.aio.client import Client
 from opentelemetry import trace
 
 from shared import headers as H
-from shared.bus import identity_from_env, nats_url, retry_after_from
+from shared.bus import RECONNECT_WAIT_S, identity_from_env, retry_after_from, server_urls
 from shared.chat import ChatCompletion, ChatCompletionChunk, chunk_decoder, completion_decoder
-from shared.errors import BadUpstreamResponse, DeadlineExceeded, ModelbusError, error_from_wire
+from shared.errors import (
+    BadUpstreamResponse,
+    DeadlineExceeded,
+    ModelbusError,
+    NoRouteAvailable,
+    RequestLost,
+    error_from_wire,
+)
+from shared.mux import ReplyMux, Silence, Waiter
+from shared.replies import CLIENT_GRACE_S, MAX_SILENCE_S, MAX_TIMEOUT_MS, is_no_responders, is_stream_end, status_of
 from shared.subjects import CHAT_COMPLETIONS
 from shared.telemetry import inject_headers, tracer
 
@@ -145,7 +154,8 @@ async def open_connection(
     else:
         for key, value in identity_from_env().items():
             kwargs.setdefault(key, value)
-    target = nats_url(url)
+    servers = server_urls(url)
+    target = ",".join(servers)
     caller_cb = kwargs.pop("error_cb", None)
     connecting: list[BaseException] = []
 
@@ -164,12 +174,12 @@ async def open_connection(
     later = {
         "allow_reconnect": kwargs.pop("allow_reconnect", True),
         "max_reconnect_attempts": kwargs.pop("max_reconnect_attempts", 60),
-        "reconnect_time_wait": kwargs.pop("reconnect_time_wait", 2),
+        "reconnect_time_wait": kwargs.pop("reconnect_time_wait", RECONNECT_WAIT_S),
     }
     nc = Client()
     try:
         await nc.connect(
-            target,
+            servers=servers,
             name=name,
             error_cb=on_error,
             connect_timeout=connect_timeout,  # type: ignore[arg-type]  # annotated int; any number works
@@ -208,6 +218,8 @@ class ModelbusClient:
     def __init__(self, nc: Client, *, subject: str = CHAT_COMPLETIONS) -> None:
         self.nc = nc
         self.subject = subject
+        self._mux = ReplyMux(nc, skip=(H.KEEPALIVE,))
+        """Every reply on one subscription; keepalives only restart the silence clock."""
 
     @classmethod
     async def connect(
@@ -230,6 +242,7 @@ class ModelbusClient:
 
     async def close(self) -> None:
         """Drain and close the connection."""
+        await self._mux.stop()
         await self.nc.drain()
 
     @staticmethod
@@ -238,12 +251,37 @@ class ModelbusClient:
             return request
         return _encoder.encode(request)
 
-    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        hdrs = {H.REQUEST_ID: uuid.uuid4().hex}
+    def _headers(self, extra: Mapping[str, str] | None, timeout: float) -> dict[str, str]:
+        hdrs = {H.REQUEST_ID: uuid.uuid4().hex, H.KEEPALIVE: "1"}
         if extra:
             hdrs.update(extra)
+        if H.TIMEOUT_MS not in hdrs:  # the router's deadline is the caller's, so its 408 arrives in time
+            hdrs[H.TIMEOUT_MS] = str(max(1, min(MAX_TIMEOUT_MS, int(timeout * 1000))))
         inject_headers(hdrs)
         return hdrs
+
+    async def _send(self, request: Mapping[str, Any] | bytes | msgspec.Struct, hdrs: dict[str, str]) -> Waiter:
+        if not self._mux.started:
+            await self._mux.start()
+        waiter = self._mux.open(MAX_SILENCE_S)
+        await self.nc.publish(self.subject, self._body(request), reply=waiter.subject, headers=hdrs)
+        return waiter
+
+    async def _next(self, waiter: Waiter, until: float, timeout: float) -> tuple[dict[str, str], bytes]:
+        """The next message that is not a keepalive, or the typed error for silence and deadline."""
+        try:
+            msg = await waiter.next(until)
+        except Silence:
+            raise RequestLost(
+                f"modelbus sent nothing for {MAX_SILENCE_S:g}s, not even a keepalive: "
+                "whoever held the request is gone (it may or may not have reached a provider)"
+            ) from None
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer from modelbus within {timeout:g}s") from None
+        hdrs = dict(msg.headers or {})
+        if is_no_responders(hdrs, msg.data):
+            raise NoRouteAvailable(f"no router serves {self.subject}", code="no_router")
+        return hdrs, msg.data
 
     async def request_raw(
         self,
@@ -252,15 +290,22 @@ class ModelbusClient:
         headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
     ) -> Reply:
-        """Send one non-streamed request and return the reply as it came."""
+        """Send one non-streamed request and return the reply as it came.
+
+        Raises :class:`RequestLost` after :data:`~shared.replies.MAX_SILENCE_S` of
+        silence (keepalives are asked for), :class:`DeadlineExceeded` after
+        ``timeout`` plus the router's grace, :class:`NoRouteAvailable` when no
+        router listens.
+        """
         with _tracer.start_as_current_span("chat.completions request"):
-            hdrs = self._headers(headers)
+            hdrs = self._headers(headers, timeout)
+            waiter = await self._send(request, hdrs)
             try:
-                msg = await self.nc.request(self.subject, self._body(request), timeout=timeout, headers=hdrs)
-            except nats.errors.TimeoutError as exc:
-                raise DeadlineExceeded(f"no reply from modelbus within {timeout}s") from exc
-        reply_headers = dict(msg.headers or {})
-        return Reply(int(reply_headers.get(H.STATUS, "0") or 0), reply_headers, msg.data)
+                until = asyncio.get_running_loop().time() + timeout + CLIENT_GRACE_S
+                reply_headers, body = await self._next(waiter, until, timeout)
+            finally:
+                self._mux.close(waiter)
+        return Reply(status_of(reply_headers), reply_headers, body)
 
     async def complete(
         self,
@@ -284,53 +329,45 @@ class ModelbusClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
-        idle_timeout: float = 30.0,
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Stream a request (its body must set ``"stream": true``) chunk by chunk.
 
-        Raises the typed error if the stream ends with an error terminator, and
-        :class:`DeadlineExceeded` if it stalls or runs past ``timeout``: a
-        stream is never taken as complete without its clean ``end`` message.
+        Raises the typed error if the stream ends with an error terminator (or
+        the request was refused before it started), :class:`RequestLost` after
+        :data:`~shared.replies.MAX_SILENCE_S` without even a keepalive, and
+        :class:`DeadlineExceeded` past ``timeout``: a stream is never taken as
+        complete without its clean ``end`` message.
         """
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
         # The span covers the whole stream but is current only around the
         # publish: an async generator must not leave context attached across yields.
         span = _tracer.start_span("chat.completions stream")
+        waiter: Waiter | None = None
         try:
             with trace.use_span(span, end_on_exit=False):
-                await self.nc.publish(self.subject, self._body(request), reply=inbox, headers=self._headers(headers))
-            deadline = time.monotonic() + timeout
+                waiter = await self._send(request, self._headers(headers, timeout))
+            until = asyncio.get_running_loop().time() + timeout + CLIENT_GRACE_S
             expected_seq = 0
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DeadlineExceeded(f"stream did not finish within {timeout}s")
-                try:
-                    msg = await sub.next_msg(timeout=min(left, idle_timeout))
-                except nats.errors.TimeoutError as exc:
-                    raise DeadlineExceeded("stream stalled: no message from modelbus in time") from exc
-                hdrs = dict(msg.headers or {})
-                seq = int(hdrs.get(H.SEQ, "-1"))
-                if seq != expected_seq:
-                    raise BadUpstreamResponse(f"stream out of order: got seq {seq}, expected {expected_seq}")
+                hdrs, data = await self._next(waiter, until, timeout)
+                status = status_of(hdrs, default=200)
+                if status != 200:  # an error terminator, or an error before the stream began
+                    raise _error_of(status, hdrs, data)
+                seq = hdrs.get(H.SEQ, "")
+                if seq != str(expected_seq):
+                    raise BadUpstreamResponse(f"stream out of order: got seq {seq or 'none'}, expected {expected_seq}")
                 expected_seq += 1
-                status = int(hdrs.get(H.STATUS, "200") or 0)
-                if hdrs.get(H.STREAM) == H.STREAM_END:
-                    if status != 200:
-                        raise _error_of(status, hdrs, msg.data)
-                    if msg.data:
-                        yield chunk_decoder.decode(msg.data)
+                if is_stream_end(hdrs):
+                    if data:
+                        yield chunk_decoder.decode(data)
                     return
-                if status != 200:
-                    raise _error_of(status, hdrs, msg.data)
-                yield chunk_decoder.decode(msg.data)
+                yield chunk_decoder.decode(data)
         except BaseException as exc:
             span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
             raise
         finally:
             span.end()
-            await sub.unsubscribe()
+            if waiter is not None:
+                self._mux.close(waiter)
 
 
 def _error_of(status: int, headers: Mapping[str, str], body: bytes) -> ModelbusError:

@@ -17,9 +17,9 @@ from msgspec import Struct
 class ProviderCall(Struct, kw_only=True, frozen=True):
     """Router → provider worker on ``modelbus.v1.provider.<type>.chat``.
 
-    The reply is a ``chat.completion`` body (status 200), an error envelope, or,
-    when the request streams, a sequence of chunk messages ending with
-    ``Modelbus-Stream: end``, all sent to the message's reply subject.
+    The answer goes to ``deliver_to`` (the client); the message's reply subject
+    (the router) gets heartbeats while the call is in flight and exactly one
+    outcome (see :mod:`shared.replies` and docs/contract.md).
     """
 
     endpoint: msgspec.Raw
@@ -34,16 +34,22 @@ class ProviderCall(Struct, kw_only=True, frozen=True):
     """A credential that came with the request itself (a BYO endpoint's token).
     Used for this call only: never cached, logged or traced."""
     deliver_to: str | None = None
-    """Direct delivery: the client's reply subject. When set, a **successful**
-    non-streamed completion is published there (with ``deliver_headers`` added)
-    and the message's own reply subject gets only a bodiless notice carrying
-    ``Modelbus-Delivered: 1``; failures still go to the reply subject alone, so
-    the router keeps every fallback decision. A worker that ignores the field
-    answers the router as before and the router relays."""
+    """Direct delivery: the client's reply subject. The worker publishes the
+    answer there (a completion with ``deliver_headers`` added, or a stream's
+    chunks and terminator) and sends the message's own reply subject only
+    heartbeats and the outcome (``Modelbus-Delivered: 1``); failures before
+    anything reached the client go to the reply subject alone, so the router
+    keeps every fallback decision. A worker that may already be taken for lost
+    answers the router instead, which relays (see docs/architecture.md,
+    "Exactly one answer")."""
     deliver_headers: dict[str, str] = {}
     """Headers the router would have put on the client's answer (endpoint,
     attempts, request id, revision, router id); the worker adds status,
     provider and model."""
+    keepalive: bool = False
+    """The client accepts keepalives (always true for streams)."""
+    idle_timeout_ms: int | None = None
+    """A stream that sends nothing for this long fails (the route's ``stream_idle_timeout_ms``)."""
 
 
 class CredentialRequest(Struct, kw_only=True, frozen=True):

@@ -261,6 +261,25 @@ class BadUpstreamResponse(ProviderError):
     default_code = "bad_upstream_response"
 
 
+class WorkerLost(ProviderError):
+    """The provider worker handling an attempt went silent: no heartbeat for
+    ``shared.replies.LOST_AFTER_S`` (502, retryable: the router tries another worker)."""
+
+    status = 502
+    default_code = "worker_lost"
+    default_retryable = True
+
+
+class RequestLost(ModelbusError):
+    """Client side: modelbus sent nothing for ``shared.replies.MAX_SILENCE_S`` though the
+    contract promises keepalives; whoever held the request is gone (retryable)."""
+
+    status = 504
+    type = "timeout_error"
+    default_code = "request_lost"
+    default_retryable = True
+
+
 class BadUpstreamRequest(ProviderError):
     """The upstream rejected the request as invalid: 400, 404, 422."""
 
@@ -305,6 +324,8 @@ _BY_CODE: dict[str, type[ModelbusError]] = {
         UpstreamTimeout,
         UpstreamUnavailable,
         BadUpstreamResponse,
+        WorkerLost,
+        RequestLost,
         BadUpstreamRequest,
         AuthFailed,
         ConfigError,

@@ -18,6 +18,10 @@ TIMEOUT_MS = "Modelbus-Timeout-Ms"
 """Overall deadline for the request, in milliseconds. Also sent router → provider as the time left."""
 REQUEST_ID = "Modelbus-Request-Id"
 """Caller's id for the request; generated when absent and echoed on every reply."""
+KEEPALIVE = "Modelbus-Keepalive"
+"""``1`` on a request: the client accepts keepalive messages (streams always get them). ``1`` on a
+message: a keepalive, with no body, no sequence number and no status; skip it (see
+:mod:`shared.replies`)."""
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
@@ -50,10 +54,24 @@ SEQ = "Modelbus-Seq"
 STREAM = "Modelbus-Stream"
 """``end`` on the one message that ends a stream."""
 STREAM_END = "end"
+"""The value of :data:`STREAM` on a stream's terminator."""
 
 # Internal.
 CONFIG_REVISION = "Modelbus-Config-Revision"
 """Routing-config revision a router used for a request."""
 DELIVERED = "Modelbus-Delivered"
 """``1`` on a provider's bodiless notice to the router: the completion already went
-straight to the client (direct delivery, see ``ProviderCall.deliver_to``)."""
+straight to the client (direct delivery, see ``ProviderCall.deliver_to``): a completion, an
+error, or a stream's terminator."""
+HEARTBEAT = "Modelbus-Heartbeat"
+"""Provider → router while a call is in flight: a bodiless sign of life, every
+``shared.replies.HEARTBEAT_S``; the value is the number of messages delivered to the client so far."""
+COMMITTED = "Modelbus-Committed"
+"""On the provider's notice that a stream's first content reached the client (no failover after it):
+the number of messages delivered with it."""
+FENCED = "Modelbus-Fenced"
+"""Provider → router: a stream stopped after this many messages because the worker may already
+be taken for lost; the router ends it with the error terminator."""
+DISPATCHED_AT = "Modelbus-Dispatched-At"
+"""Router → provider: wall-clock milliseconds when the call was sent, so a worker knows how long
+it sat in a queue (a call that waited longer than the router waits for a sign of life is fenced)."""

@@ -2,8 +2,9 @@
 
 One queue subscription per type (so adding workers adds capacity), one pooled
 connection per endpoint spec, and one GenAI ``chat {model}`` span per call.
-Every call gets exactly one final answer: a completion, an error reply, or a
-stream that ends with ``Modelbus-Stream: end``.
+Every call gets exactly one outcome on the router's reply subject, and the
+answer itself goes straight to the client (:mod:`services.providers.delivery`);
+heartbeats and keepalives come from one timer (:class:`shared.mux.Beats`).
 
 Two rules keep a worker from being turned against the bus or its callers:
 
@@ -13,7 +14,8 @@ Two rules keep a worker from being turned against the bus or its callers:
   ``$JS.API...``, ``$KV...`` or any other subject gets no upstream request and
   no answer, only a rate-limited warning. ``deliver_to`` must be a requester's
   inbox (``_INBOX_client.``, ``_INBOX_admin.``, ``_INBOX_config.``); any other
-  is ignored and the answer goes to the router, which relays it. The broker
+  is ignored and a completion goes to the router, which relays it (a stream
+  without a valid ``deliver_to`` is refused with a 400). The broker
   enforces the same (:mod:`shared.identities`); this is the second line.
 * **Errors.** Every error that leaves the worker, and every traceback it logs,
   is scrubbed of every credential the call sent, including fragments and
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 
 import msgspec
 from nats.aio.client import Client
@@ -34,14 +35,17 @@ from opentelemetry.trace import Span, SpanKind
 
 from services.providers.base import ChatAdapter, EndpointConnection, call_credential, call_secrets
 from services.providers.credentials import CredentialCache
+from services.providers.delivery import Delivery, stream_to_client
 from services.providers.registry import ADAPTERS
 from services.providers.scrub import CredentialScrubber
 from shared import headers as H
 from shared import identities
 from shared.bus import ReplyGuard, RequestServer, reply_error
-from shared.chat import ChatCompletionChunk, ChatCompletionRequest, Usage, decode_request, encoder
+from shared.chat import ChatCompletionRequest, Usage, decode_request, encoder
 from shared.envelopes import provider_call_decoder
-from shared.errors import AuthFailed, InvalidRequest, ModelbusError
+from shared.errors import AuthFailed, InvalidRequest, ModelbusError, UpstreamTimeout, WorkerLost
+from shared.mux import Beats
+from shared.replies import time_left_s
 from shared.routing import endpoint_decoder
 from shared.subjects import provider_queue, provider_subject
 from shared.telemetry import extract_context, record_error, tracer
@@ -67,6 +71,8 @@ class ProviderWorker:
         self.nc = nc
         self.types = types
         self.credentials = CredentialCache(nc)
+        self.beats = Beats(nc)
+        """Heartbeats to routers and keepalives to clients for the calls in flight."""
         self._adapters: dict[bytes, ChatAdapter] = {}
         self._retiring: set[ChatAdapter] = set()
         self._by_name: dict[str, bytes] = {}
@@ -90,6 +96,7 @@ class ProviderWorker:
     async def start(self) -> None:
         """Subscribe to secret invalidations, then to every type's subject."""
         await self.credentials.watch_invalidations()
+        self.beats.start()
         for server in self._servers:
             await server.start()
 
@@ -97,6 +104,7 @@ class ProviderWorker:
         """Finish calls in flight, then close pooled connections."""
         for server in self._servers:
             await server.stop()
+        await self.beats.stop()
         for adapter in self._adapters.values():
             await adapter.connection.aclose()
 
@@ -167,7 +175,7 @@ class ProviderWorker:
         call_secrets.set(used)  # this task only, like call_credential
         in_headers = msg.headers or {}
         request_id = in_headers.get(H.REQUEST_ID)
-        streaming = False
+        delivery: Delivery | None = None
         with _tracer.start_as_current_span("chat", context=extract_context(in_headers), kind=SpanKind.CLIENT) as span:
             span.set_attribute("gen_ai.operation.name", "chat")
             adapter: ChatAdapter | None = None
@@ -182,115 +190,121 @@ class ProviderWorker:
                     call_credential.set(call.credential)  # this task only: never cached on the adapter
                 request = decode_request(bytes(call.request))
                 deliver_to = self._delivery(call.deliver_to)
-                streaming = request.stream
-                _describe_call(span, adapter, call.model, request)
-                timeout_s = _timeout_s(in_headers, adapter.connection.endpoint.timeout_ms)
-                if streaming:
-                    await self._stream(reply, adapter, request, call.model, timeout_s, span, request_id, used)
-                else:
-                    completion = await adapter.complete(request, call.model, timeout_s=timeout_s)
-                    _describe_response(
-                        span,
-                        completion.model,
-                        completion.id,
-                        completion.usage,
-                        [c.finish_reason for c in completion.choices if c.finish_reason],
+                if request.stream and deliver_to is None:
+                    raise InvalidRequest(
+                        "a streamed call needs deliver_to, a requester's inbox", code="invalid_provider_call"
                     )
-                    headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
-                    body = encoder.encode(completion)
-                    if deliver_to:
-                        # Straight to the client; the router gets a notice for its
-                        # statistics, breakers and budgets. Both go out in one flush.
-                        await self.nc.publish(deliver_to, body, headers={**call.deliver_headers, **headers})
-                        body = b""
-                        headers[H.DELIVERED] = "1"
-                    if completion.usage is not None:
-                        headers[H.USAGE] = f"{completion.usage.prompt_tokens} {completion.usage.completion_tokens}"
-                    await self.nc.publish(reply, body, headers=headers)
+                delivery = Delivery.open(
+                    self.nc,
+                    reply,  # checked by the reply guard
+                    deliver_to,
+                    call.deliver_headers,
+                    in_headers,
+                    keepalive=call.keepalive or request.stream,
+                )
+                if delivery.stale:
+                    raise WorkerLost("the call waited in this worker's queue past the router's patience; not started")
+                _describe_call(span, adapter, call.model, request)
+                timeout_s = time_left_s(in_headers, adapter.connection.endpoint.timeout_ms)
+                self.beats.held.add(delivery.signal)
+                if request.stream:
+                    idle_s = (call.idle_timeout_ms or adapter.connection.endpoint.timeout_ms) / 1000
+                    await self._stream(delivery, adapter, request, call.model, timeout_s, idle_s, span, used)
+                else:
+                    await self._complete(delivery, adapter, request, call.model, timeout_s, span, provider_type)
             except ModelbusError as err:
                 _sanitize(err, adapter, used)
                 record_error(span, err, err.http_status)
-                if not streaming:
-                    await reply_error(self.nc, reply, err, request_id=request_id)
+                await reply_error(self.nc, reply, err, request_id=request_id)
             except Exception as exc:
                 log.error(
                     "internal error in %s adapter\n%s", provider_type, _scrubber(adapter, used).scrub_traceback(exc)
                 )
                 record_error(span, exc, 500)
-                if not streaming:
-                    await reply_error(
-                        self.nc,
-                        reply,
-                        ModelbusError(f"internal error in {provider_type} worker"),
-                        request_id=request_id,
-                    )
+                await reply_error(
+                    self.nc,
+                    reply,
+                    ModelbusError(f"internal error in {provider_type} worker"),
+                    request_id=request_id,
+                )
+            finally:
+                if delivery is not None:
+                    self.beats.held.discard(delivery.signal)
 
-    async def _stream(
+    async def _complete(
         self,
-        reply: str,
+        d: Delivery,
         adapter: ChatAdapter,
         request: ChatCompletionRequest,
         model: str,
         timeout_s: float,
         span: Span,
-        request_id: str | None,
+        provider_type: str,
+    ) -> None:
+        """One non-streamed call: the completion to the client, a notice to the router.
+
+        The whole call, not each socket operation, is bounded by the time left, so a
+        completion is never delivered after the deadline the router keeps.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                completion = await adapter.complete(request, model, timeout_s=timeout_s)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{adapter.connection.endpoint.name!r} did not answer within {timeout_s:g}s", provider=provider_type
+            ) from None
+        _describe_response(
+            span,
+            completion.model,
+            completion.id,
+            completion.usage,
+            [c.finish_reason for c in completion.choices if c.finish_reason],
+        )
+        headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
+        body = encoder.encode(completion)
+        if d.direct():
+            # Straight to the client; the router gets a notice for its statistics,
+            # breakers and budgets. Both go out in one flush.
+            await d.to_client(body, {**d.deliver_headers, **headers})
+            body = b""
+            headers[H.DELIVERED] = "1"
+        if completion.usage is not None:
+            headers[H.USAGE] = f"{completion.usage.prompt_tokens} {completion.usage.completion_tokens}"
+        await d.to_router(body, headers)
+
+    async def _stream(
+        self,
+        d: Delivery,
+        adapter: ChatAdapter,
+        request: ChatCompletionRequest,
+        model: str,
+        timeout_s: float,
+        idle_s: float,
+        span: Span,
         used: set[str],
     ) -> None:
-        """Publish chunks as they arrive; end with a terminator whatever happens."""
-        seq = 0
-        started = time.monotonic()
-        usage_chunk: ChatCompletionChunk | None = None
-        last: ChatCompletionChunk | None = None
-        finish_reasons: list[str] = []
-        try:
-            async for chunk in adapter.stream(request, model, timeout_s=timeout_s):
-                if chunk.usage is not None:
-                    # Usage always travels as its own final chunk (OpenAI's shape),
-                    # in the terminator, and only when the client asked for it;
-                    # some upstreams attach it to a content chunk instead.
-                    usage_chunk = msgspec.structs.replace(chunk, choices=[])
-                    if not chunk.choices:
-                        continue
-                    chunk = msgspec.structs.replace(chunk, usage=None)
-                if seq == 0:
-                    span.set_attribute("gen_ai.response.time_to_first_chunk", time.monotonic() - started)
-                finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
-                last = chunk
-                await self.nc.publish(reply, encoder.encode(chunk), headers={H.SEQ: str(seq)})
-                seq += 1
-        except ModelbusError as err:
-            _sanitize(err, adapter, used)
-            record_error(span, err, err.http_status)
-            await reply_error(
-                self.nc, reply, err, request_id=request_id, extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)}
-            )
-            return
-        except Exception as exc:
+        """Stream straight to the client (:func:`services.providers.delivery.stream_to_client`)."""
+
+        def safe(exc: Exception) -> ModelbusError:
+            if isinstance(exc, ModelbusError):
+                _sanitize(exc, adapter, used)
+                record_error(span, exc, exc.http_status)
+                return exc
             log.error("internal error while streaming\n%s", _scrubber(adapter, used).scrub_traceback(exc))
             record_error(span, exc, 500)
-            await reply_error(
-                self.nc,
-                reply,
-                ModelbusError("internal error while streaming"),
-                request_id=request_id,
-                extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq)},
-            )
-            return
-        response_model = last.model if last is not None else model
-        _describe_response(
-            span, response_model, last.id if last else None, usage_chunk.usage if usage_chunk else None, finish_reasons
+            return ModelbusError("internal error while streaming")
+
+        result = await stream_to_client(
+            d, adapter, request, model, timeout_s=timeout_s, idle_s=idle_s, span=span, on_error=safe
         )
-        body = encoder.encode(usage_chunk) if usage_chunk is not None and request.include_usage else b""
-        end = {
-            H.STATUS: "200",
-            H.STREAM: H.STREAM_END,
-            H.SEQ: str(seq),
-            H.PROVIDER: adapter.connection.endpoint.provider,
-            H.MODEL: response_model,
-        }
-        if usage_chunk is not None and usage_chunk.usage is not None:
-            end[H.USAGE] = f"{usage_chunk.usage.prompt_tokens} {usage_chunk.usage.completion_tokens}"
-        await self.nc.publish(reply, body, headers=end)
+        if result is not None:
+            _describe_response(
+                span,
+                result.model,
+                result.response_id,
+                result.usage_chunk.usage if result.usage_chunk else None,
+                result.finish_reasons,
+            )
 
 
 def _scrubber(adapter: ChatAdapter | None, used: set[str]) -> CredentialScrubber:
@@ -319,18 +333,6 @@ def _sanitize(err: ModelbusError, adapter: ChatAdapter | None, used: set[str]) -
             "its own message is withheld because it can quote keys"
         )
         err.args = (err.message,)
-
-
-def _timeout_s(headers: Mapping[str, str], endpoint_timeout_ms: int) -> float:
-    """The tighter of the endpoint's timeout and the time the router says is left."""
-    left = headers.get(H.TIMEOUT_MS)
-    ms = endpoint_timeout_ms
-    if left is not None:
-        try:
-            ms = min(ms, max(1, int(left)))
-        except ValueError:
-            pass
-    return ms / 1000
 
 
 def _describe_call(span: Span, adapter: ChatAdapter, model: str, request: ChatCompletionRequest) -> None:

@@ -16,10 +16,17 @@ The rules, in the order they apply:
   tried.
 * If every target is cooling down, the answer is a 503 with ``Retry-After``
   set to the soonest one: never a spin.
-* Streams may fail over only until the first **content** chunk reaches the
-  client (role-only chunks are held back until then); after that a failure,
-  a stall past ``stream_idle_timeout_ms`` or a gap in the sequence ends the
-  stream with an error terminator, never a clean end.
+* The provider worker answers the client directly, streams included; the
+  router watches each attempt through the worker's heartbeats
+  (:mod:`shared.mux`). A worker silent for ``LOST_AFTER_S`` is lost: a
+  retryable 502 ``worker_lost``, so the loop goes on to another worker or
+  target. Streams may fail over only until the worker reports the first
+  **content** chunk delivered (``Modelbus-Committed``); after that a lost or
+  fenced worker's stream gets its error terminator from the router.
+* The router answers 408 only when the worker has not answered by the
+  deadline plus ``DEADLINE_GRACE_S`` (the worker enforces the deadline itself
+  and reports its own timeout), so a late success and a 408 never both reach
+  the client.
 """
 
 from __future__ import annotations
@@ -28,35 +35,36 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
 from services.router.table import ResolvedTarget, Route
 from shared import headers as H
-from shared.bus import reply_error, retry_after_from
-from shared.chat import chunk_decoder
+from shared.bus import error_headers, reply_error, retry_after_from
 from shared.envelopes import ProviderCall, provider_call_encoder
 from shared.errors import (
     BadUpstreamResponse,
     DeadlineExceeded,
     ModelbusError,
     NoRouteAvailable,
-    UpstreamTimeout,
     UpstreamUnavailable,
+    WorkerLost,
     error_from_wire,
 )
+from shared.mux import Beats, ReplyMux, Signal, Silence
+from shared.replies import DEADLINE_GRACE_S, KEEPALIVE_S, LOST_AFTER_S, is_no_responders, status_of, stream_end
 from shared.routing import Policy, RoutingDefaults
 from shared.telemetry import hot_span, propagate_headers, record_error, tracer
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
+
 
 Key = tuple[str, str]
 
@@ -89,6 +97,9 @@ class Call:
     revision: int
     defaults: RoutingDefaults
     router_id: str
+    signal: Signal
+    """Keepalives to the client while the router holds the request (between attempts)."""
+    streaming: bool = False
     credential: str | None = None
     run_id: str | None = None
     tried: list[str] = field(default_factory=list)
@@ -104,30 +115,30 @@ class _Failed(Exception):
         self.error = error
 
 
-Attempt = Callable[[Call, ResolvedTarget, int, Span], Awaitable[None]]
-
-
 class Forwarder:
     """Runs the attempt loop for non-streamed and streamed requests."""
 
     def __init__(
-        self, nc: Client, *, stats: Stats, breakers: Breakers, budgets: Budgets, rng: random.Random | None = None
+        self,
+        nc: Client,
+        *,
+        stats: Stats,
+        breakers: Breakers,
+        budgets: Budgets,
+        mux: ReplyMux,
+        beats: Beats,
+        rng: random.Random | None = None,
     ) -> None:
         self.nc = nc
         self.stats = stats
         self.breakers = breakers
         self.budgets = budgets
+        self.mux = mux
+        self.beats = beats
         self.rng = rng or random.Random()
 
-    async def complete(self, call: Call) -> None:
-        await self._run(call, self._complete_once, streaming=False)
-
-    async def stream(self, call: Call) -> None:
-        await self._run(call, self._stream_once, streaming=True)
-
-    # ------------------------------------------------------------ the loop
-
-    async def _run(self, call: Call, attempt_once: Attempt, *, streaming: bool) -> None:
+    async def forward(self, call: Call) -> None:
+        """Try the plan until one attempt answers the client or the loop gives up (then answer the error)."""
         plan, defaults = call.plan, call.defaults
         max_attempts = len(plan) + defaults.max_retries
         retry_at: dict[Key, float] = {}
@@ -159,25 +170,29 @@ class Forwarder:
             if wait >= call.left():
                 raise _deadline(call)
             if wait > 0:
-                await asyncio.sleep(wait)
+                await asyncio.sleep(wait)  # keepalives go on meanwhile (call.signal is held)
             attempts += 1
             call.tried.append(f"{target.endpoint.name}/{target.model}")
             with hot_span(_tracer, f"attempt {target.endpoint.name}", kind=SpanKind.CLIENT) as span:
                 _describe_attempt(span, target, attempts)
                 try:
-                    await attempt_once(call, target, attempts, span)
+                    healthy = await self._attempt(call, target, attempts, span)
                 except _Failed as failed:
                     last = failed.error
                     record_error(span, last, last.http_status)
                 else:
-                    await self.breakers.success(target.key)
+                    if healthy:
+                        await self.breakers.success(target.key)
+                    else:
+                        await self.breakers.failure(target.key, defaults)
                     return
             if last.retry_after is not None:
                 hint = min(last.retry_after, defaults.max_retry_after_ms / 1000)
                 retry_at[target.key] = time.monotonic() + hint
             if not last.retryable:
                 break
-            await self.breakers.failure(target.key, defaults)
+            if last.code != "worker_lost":  # a dead worker says nothing about the endpoint
+                await self.breakers.failure(target.key, defaults)
         if last is None:
             soonest = min(cooling) if cooling else None
             raise NoRouteAvailable(
@@ -186,15 +201,13 @@ class Forwarder:
                 retry_after=soonest,
             )
         extra = {H.ATTEMPTS: str(attempts)}
-        if streaming:
-            extra.update({H.STREAM: H.STREAM_END, H.SEQ: "0"})
+        if call.streaming:
+            extra = stream_end(0, extra)
         await reply_error(self.nc, call.reply, last, request_id=call.request_id, extra=extra)
 
     # ------------------------------------------------------------ one attempt
 
-    def _provider_call(
-        self, call: Call, target: ResolvedTarget, attempt: int, *, deliver: bool = False
-    ) -> tuple[bytes, dict[str, str]]:
+    def _provider_call(self, call: Call, target: ResolvedTarget, attempt: int) -> tuple[bytes, dict[str, str]]:
         body = provider_call_encoder.encode(
             ProviderCall(
                 endpoint=target.endpoint_raw,
@@ -202,11 +215,17 @@ class Forwarder:
                 request=msgspec.Raw(call.msg.data),
                 attempt=attempt,
                 credential=call.credential,
-                deliver_to=call.reply if deliver else None,
-                deliver_headers=self._delivery_headers(call, target, attempt) if deliver else {},
+                deliver_to=call.reply,
+                deliver_headers=self._delivery_headers(call, target, attempt),
+                keepalive=call.signal.keepalive,
+                idle_timeout_ms=call.defaults.stream_idle_timeout_ms if call.streaming else None,
             )
         )
-        hdrs = {H.TIMEOUT_MS: str(max(1, int(call.left() * 1000))), H.REQUEST_ID: call.request_id}
+        hdrs = {
+            H.TIMEOUT_MS: str(max(1, int(call.left() * 1000))),
+            H.REQUEST_ID: call.request_id,
+            H.DISPATCHED_AT: str(int(time.time() * 1000)),
+        }
         propagate_headers(hdrs, call.msg.headers)
         return body, hdrs
 
@@ -243,151 +262,112 @@ class Forwarder:
             return
         await self.budgets.charge(call.run_id, call.route.policies, tokens)
 
-    async def _complete_once(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> None:
-        # Direct delivery: a success goes from the provider straight to the client
-        # (one hop less); failures still come back here for the fallback decision.
-        body, hdrs = self._provider_call(call, target, attempt, deliver=True)
+    async def _attempt(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> bool:
+        """Dispatch one attempt and follow it to its outcome.
+
+        Returns once the client has its final answer (``True`` if the target did
+        well, ``False`` if the answer was an error the target caused); raises
+        :class:`_Failed` when nothing reached the client, so the loop may go on.
+        """
+        loop = asyncio.get_running_loop()
         key = target.key
+        waiter = self.mux.open(LOST_AFTER_S)
+        body, hdrs = self._provider_call(call, target, attempt)
+        timing = _Timing(self.stats, key, call.streaming, loop.time())
         self.stats.start(key)
-        started = time.monotonic()
+        self.beats.held.discard(call.signal)  # the worker sends the keepalives now
+        lost = False
         try:
-            resp = await self.nc.request(target.subject, body, timeout=call.left(), headers=hdrs)
-        except nats.errors.NoRespondersError:
-            self.stats.finish(key, latency_s=None, ttft_s=None, error_status=503)
-            raise _Failed(_no_worker(target)) from None
-        except nats.errors.TimeoutError:
-            self.stats.finish(key, latency_s=time.monotonic() - started, ttft_s=None, error_status=504)
-            raise _deadline(call) from None
-        provider_headers = resp.headers or {}
-        status = int(provider_headers.get(H.STATUS, "0") or 0)
-        span.set_attribute("modelbus.status", status)
-        elapsed = time.monotonic() - started
-        if status != 200:
-            self.stats.finish(key, latency_s=elapsed, ttft_s=None, error_status=status or 502)
-            raise _Failed(error_from_wire(status, resp.data, retry_after=retry_after_from(provider_headers)))
-        self.stats.finish(key, latency_s=elapsed, ttft_s=None, error_status=None)
-        if provider_headers.get(H.DELIVERED) != "1":  # a worker without direct delivery: relay
-            await self.nc.publish(
-                call.reply, resp.data, headers=self._success_headers(call, target, provider_headers, attempt)
-            )
-        await self._charge(call, provider_headers)
-
-    async def _stream_once(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> None:
-        """Relay one attempt's stream; raise :class:`_Failed` only before the first content chunk."""
-        idle_s = call.defaults.stream_idle_timeout_ms / 1000
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        key = target.key
-        self.stats.start(key)
-        started = time.monotonic()
-        ttft: float | None = None
-        held: list[bytes] = []  # role-only chunks, sent once content arrives
-        sent = 0  # messages relayed to the client
-        expected = 0  # provider sequence
-        finished = False
-
-        def finish(status: int | None) -> None:
-            # Streams feed the time-to-first-token average only; a stream that never
-            # produced content counts its whole wait, so a stalling target looks slow.
-            nonlocal finished
-            if not finished:
-                finished = True
-                first = ttft if ttft is not None else (time.monotonic() - started if status else None)
-                self.stats.finish(key, latency_s=None, ttft_s=first, error_status=status)
-
-        try:
-            body, hdrs = self._provider_call(call, target, attempt)
-            await self.nc.publish(target.subject, body, reply=inbox, headers=hdrs)
+            await self.nc.publish(target.subject, body, reply=waiter.subject, headers=hdrs)
+            until = loop.time() + call.left() + DEADLINE_GRACE_S
             while True:
-                left = call.left()
                 try:
-                    if left <= 0:
-                        raise nats.errors.TimeoutError
-                    part = await sub.next_msg(timeout=min(left, idle_s))
-                except nats.errors.TimeoutError:
-                    err: ModelbusError = (
-                        _deadline(call)
-                        if call.left() <= 0
-                        else UpstreamTimeout(
-                            f"stream from {target.endpoint.name!r} stalled for {idle_s:g}s", retryable=sent == 0
-                        )
+                    msg = await waiter.next(until)
+                except Silence:
+                    lost = True
+                    timing.finish(502)
+                    err = WorkerLost(
+                        f"the provider worker serving {target.endpoint.name!r} went silent for {LOST_AFTER_S:g}s",
+                        provider=target.endpoint.provider,
                     )
-                    finish(504)
-                    if sent == 0:
+                    if timing.committed is None:
                         raise _Failed(err) from None
-                    await self._terminate(call, err, sent, attempt)
-                    return
-                part_headers = part.headers or {}
-                if part_headers.get("Status") == "503" and not part.data:  # no responders, on our inbox
-                    finish(503)
+                    await self._terminate(call, err, waiter.delivered, attempt)
+                    return False
+                except TimeoutError:
+                    timing.finish(504)
+                    if timing.committed is None:
+                        raise _deadline(call) from None
+                    await self._terminate(call, _deadline(call), waiter.delivered, attempt)
+                    return False
+                h = msg.headers or {}
+                if is_no_responders(h, msg.data):
+                    timing.finish(503)
                     raise _Failed(_no_worker(target))
-                if part_headers.get(H.SEQ) != str(expected):
-                    finish(502)
-                    gap = BadUpstreamResponse(
-                        f"stream from {target.endpoint.name!r} lost messages: got {part_headers.get(H.SEQ)}, "
-                        f"expected {expected}",
-                        retryable=sent == 0,
-                    )
-                    if sent == 0:
-                        raise _Failed(gap)
-                    await self._terminate(call, gap, sent, attempt)
-                    return
-                expected += 1
-                if part_headers.get(H.STREAM) == H.STREAM_END:
-                    status = int(part_headers.get(H.STATUS, "0") or 0)
-                    if status != 200:
-                        finish(status or 502)
-                        error = error_from_wire(status, part.data, retry_after=retry_after_from(part_headers))
-                        if sent == 0:
-                            raise _Failed(error)
-                        await self._terminate(call, error, sent, attempt)
-                        return
-                    finish(None)
-                    for chunk in held:  # a stream with no content at all is still a clean stream
-                        await self.nc.publish(call.reply, chunk, headers={H.SEQ: str(sent)})
-                        sent += 1
-                    out = self._success_headers(call, target, part_headers, attempt)
-                    out[H.STREAM] = H.STREAM_END
-                    out[H.SEQ] = str(sent)
-                    await self.nc.publish(call.reply, part.data, headers=out)
-                    await self._charge(call, part_headers)
-                    return
-                if sent == 0 and not _has_content(part.data):
-                    held.append(part.data)  # failover is still possible
+                committed = h.get(H.COMMITTED)
+                if committed is not None:
+                    timing.committed = loop.time()
+                    if committed.isdigit():
+                        waiter.delivered = max(waiter.delivered, int(committed))
                     continue
-                if ttft is None:
-                    ttft = time.monotonic() - started
-                for chunk in held:
-                    await self.nc.publish(call.reply, chunk, headers={H.SEQ: str(sent)})
-                    sent += 1
-                held.clear()
-                await self.nc.publish(call.reply, part.data, headers={H.SEQ: str(sent)})
-                sent += 1
+                status = status_of(h)
+                span.set_attribute("modelbus.status", status)
+                fenced = h.get(H.FENCED)
+                if fenced is not None:  # a committed stream the worker had to stop: end it here
+                    timing.finish(status or 502)
+                    error = error_from_wire(status or 502, msg.data)
+                    await self._terminate(call, error, int(fenced) if fenced.isdigit() else 0, attempt)
+                    return False
+                if h.get(H.DELIVERED) == "1":  # the client has its answer from the worker
+                    timing.finish(None if status == 200 else status or 502)
+                    if status == 200:
+                        await self._charge(call, h)
+                    return status == 200
+                if status == 200 and not call.streaming:  # a fenced worker's completion: relay it
+                    timing.finish(None)
+                    await self.nc.publish(call.reply, msg.data, headers=self._success_headers(call, target, h, attempt))
+                    await self._charge(call, h)
+                    return True
+                timing.finish(status or 502)
+                if status == 200:
+                    raise _Failed(BadUpstreamResponse("a provider worker ended a stream without delivering it"))
+                raise _Failed(error_from_wire(status, msg.data, retry_after=retry_after_from(h)))
         finally:
-            finish(499)  # no-op unless the attempt was cancelled midway
-            await sub.unsubscribe()
+            timing.finish(499)  # no-op unless the attempt was cancelled midway
+            self.mux.close(waiter)
+            now = loop.time()
+            call.signal.last_client = now - KEEPALIVE_S if lost else now
+            self.beats.held.add(call.signal)
 
     async def _terminate(self, call: Call, err: ModelbusError, seq: int, attempt: int) -> None:
-        await reply_error(
-            self.nc,
-            call.reply,
-            err,
-            request_id=call.request_id,
-            extra={H.STREAM: H.STREAM_END, H.SEQ: str(seq), H.ATTEMPTS: str(attempt)},
-        )
+        """End a stream the worker can no longer end: the error terminator at ``seq``."""
+        hdrs = error_headers(err, call.request_id)
+        await self.nc.publish(call.reply, err.to_json(), headers=stream_end(seq, {**hdrs, H.ATTEMPTS: str(attempt)}))
 
 
-def _has_content(data: bytes) -> bool:
-    """Whether a chunk carries something the client must see (text, tool call, refusal, finish)."""
-    try:
-        chunk = chunk_decoder.decode(data)
-    except msgspec.MsgspecError:
-        return True  # unreadable: let the client see it rather than hide it
-    for choice in chunk.choices:
-        delta = choice.delta
-        if delta.content or delta.tool_calls or delta.refusal or choice.finish_reason:
-            return True
-    return chunk.usage is not None
+@dataclass
+class _Timing:
+    """One attempt's statistics, recorded once."""
+
+    stats: Stats
+    key: Key
+    streaming: bool
+    started: float
+    committed: float | None = None
+    done: bool = False
+
+    def finish(self, error_status: int | None) -> None:
+        # Streams feed the time-to-first-token average only; a stream that never
+        # produced content counts its whole wait, so a stalling target looks slow.
+        if self.done:
+            return
+        self.done = True
+        elapsed = asyncio.get_running_loop().time() - self.started
+        if self.streaming:
+            first = self.committed - self.started if self.committed is not None else (elapsed if error_status else None)
+            self.stats.finish(self.key, latency_s=None, ttft_s=first, error_status=error_status)
+        else:
+            self.stats.finish(self.key, latency_s=elapsed, ttft_s=None, error_status=error_status)
 
 
 def _no_worker(target: ResolvedTarget) -> UpstreamUnavailable:

@@ -9,6 +9,7 @@ exactly one final answer: a reply, an error reply, or a stream terminator.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -35,6 +36,8 @@ from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest, decode_request
 from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PayloadTooLarge
 from shared.identities import requester_inboxes
+from shared.mux import Beats, ReplyMux, Signal
+from shared.replies import stream_end, timeout_s, wants_stream
 from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
 from shared.telemetry import hot_span, record_error, tracer
 
@@ -60,7 +63,19 @@ class Router:
         self.budgets = TokenBudgets(state)
         self.rotation = Rotation()
         self.rng = random.Random()
-        self.forwarder = Forwarder(nc, stats=self.stats, breakers=self.breakers, budgets=self.budgets, rng=self.rng)
+        self.mux = ReplyMux(nc)
+        """Where provider workers' heartbeats and outcomes come back."""
+        self.beats = Beats(nc)
+        """Keepalives to clients while this router holds their requests."""
+        self.forwarder = Forwarder(
+            nc,
+            stats=self.stats,
+            breakers=self.breakers,
+            budgets=self.budgets,
+            mux=self.mux,
+            beats=self.beats,
+            rng=self.rng,
+        )
         self.follower = TableFollower(
             nc, self.router_id, lambda: self._server.in_flight, health=self.health, state_nc=state
         )
@@ -98,19 +113,25 @@ class Router:
         """Load the current configuration and the shared breakers, then start serving requests."""
         await self.breakers.start()
         await self.follower.start(config_timeout_s)
+        await self.mux.start()
+        self.beats.start()
         await self._server.start()
 
     async def stop(self) -> None:
         """Stop taking requests and let those in flight finish."""
         await self._server.stop()
+        await self.beats.stop()
+        await self.mux.stop()
         await self.follower.stop()
 
-    async def _table_for(self, table: RoutingTable, headers: Mapping[str, str]) -> RoutingTable:
+    async def _table_for(self, table: RoutingTable, headers: Mapping[str, str], deadline: float) -> RoutingTable:
         """The table a request routes on: its run's pinned revision, or the current one."""
         run_id = headers.get(H.RUN_ID)
         if run_id is None:
             return table
-        revision = await self.pins.revision_for(run_id, table.revision, table.defaults.run_pin_ttl_s)
+        revision = await self.pins.revision_for(
+            run_id, table.revision, table.defaults.run_pin_ttl_s, deadline=deadline
+        )
         if revision == table.revision:
             return table
         pinned = await self.follower.table_at(revision)
@@ -132,9 +153,12 @@ class Router:
         if not self.reply_guard.allows(reply):
             self.reply_guard.refuse(CHAT_COMPLETIONS, reply)
             return
+        streaming = wants_stream(msg.data)
+        keepalive = streaming or in_headers.get(H.KEEPALIVE) == "1"
+        signal = Signal(None, reply, keepalive, asyncio.get_running_loop().time())
+        self.beats.held.add(signal)  # keepalives while this router holds the request
         with hot_span(_tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers) as span:
             span.set_attribute("modelbus.request_id", request_id)
-            streaming = False
             try:
                 table = self.follower.current
                 if table is None:
@@ -143,27 +167,29 @@ class Router:
                     raise PayloadTooLarge(
                         f"request body is {len(msg.data)} bytes; the limit is {table.defaults.max_request_bytes}"
                     )
+                deadline = time.monotonic() + timeout_s(in_headers, table.defaults.timeout_ms)
                 request = decode_request(msg.data)
                 streaming = request.stream
-                deadline = time.monotonic() + _timeout_s(in_headers, table.defaults.timeout_ms)
-                call = await self._plan(msg, reply, request_id, request, in_headers, table, deadline)
+                call = await self._plan(msg, reply, request_id, request, in_headers, table, deadline, signal)
                 span.set_attribute("modelbus.model_requested", request.model or "")
                 span.set_attribute("modelbus.config_revision", call.revision)
-                if streaming:
-                    await self.forwarder.stream(call)
-                else:
-                    await self.forwarder.complete(call)
+                await self.forwarder.forward(call)
             except ModelbusError as err:
                 record_error(span, err, err.http_status)
-                extra = {H.STREAM: H.STREAM_END, H.SEQ: "0"} if streaming else None
-                await reply_error(self.nc, reply, err, request_id=request_id, extra=extra)
+                end = stream_end(0) if streaming else None
+                await reply_error(self.nc, reply, err, request_id=request_id, extra=end)
             except Exception as exc:
                 log.exception("internal error on request %s", request_id)
                 record_error(span, exc, 500)
-                extra = {H.STREAM: H.STREAM_END, H.SEQ: "0"} if streaming else None
                 await reply_error(
-                    self.nc, reply, ModelbusError("internal router error"), request_id=request_id, extra=extra
+                    self.nc,
+                    reply,
+                    ModelbusError("internal router error"),
+                    request_id=request_id,
+                    extra=stream_end(0) if streaming else None,
                 )
+            finally:
+                self.beats.held.discard(signal)
 
     async def _plan(
         self,
@@ -174,10 +200,11 @@ class Router:
         headers: Mapping[str, str],
         table: RoutingTable,
         deadline: float,
+        signal: Signal,
     ) -> Call:
         """Resolve, filter, check policy and budget, and order the targets of one request."""
         confidential = _sensitivity(headers) == "confidential"
-        table = await self._table_for(table, headers)
+        table = await self._table_for(table, headers, deadline)
         credential: str | None = None
         env = headers.get(H.ENV)
         if env is not None:
@@ -221,24 +248,11 @@ class Router:
             revision=table.revision,
             defaults=table.defaults,
             router_id=self.router_id,
+            signal=signal,
+            streaming=request.stream,
             credential=credential,
             run_id=run_id,
         )
-
-
-def _timeout_s(headers: Mapping[str, str], default_ms: int) -> float:
-    raw = headers.get(H.TIMEOUT_MS)
-    if raw is None:
-        return default_ms / 1000
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(
-            f"{H.TIMEOUT_MS} must be a whole number of milliseconds, got {raw!r}", param=H.TIMEOUT_MS
-        ) from None
-    if value <= 0:
-        raise InvalidRequest(f"{H.TIMEOUT_MS} must be positive, got {value}", param=H.TIMEOUT_MS)
-    return value / 1000
 
 
 def _sensitivity(headers: Mapping[str, str]) -> str | None:

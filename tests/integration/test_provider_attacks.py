@@ -176,9 +176,15 @@ async def connect(url: str) -> Client:
     return nc
 
 
-async def call(nc: Client, subject: str, body: bytes) -> list[Msg]:
-    """Publish one call with a fresh inbox as its reply; every message back, up to the final one."""
-    inbox = nc.new_inbox()
+NOTICES = (H.HEARTBEAT, H.COMMITTED, H.KEEPALIVE)
+"""Worker-to-router signs of life: not answers, skipped (their headers are still checked for leaks)."""
+
+
+async def call(nc: Client, subject: str, body: bytes, inbox: str | None = None) -> list[Msg]:
+    """Publish one call with ``inbox`` (default: a fresh one) as its reply; every message back, up to the
+    final one. A call may name the same inbox as ``deliver_to``: then the client's and the router's
+    messages arrive together, and the first final one ends the call."""
+    inbox = inbox or nc.new_inbox()
     sub = await nc.subscribe(inbox)
     await nc.publish(subject, body, reply=inbox)
     replies: list[Msg] = []
@@ -186,6 +192,8 @@ async def call(nc: Client, subject: str, body: bytes) -> list[Msg]:
         msg = await sub.next_msg(timeout=TIMEOUT_S)
         replies.append(msg)
         headers = msg.headers or {}
+        if any(name in headers for name in NOTICES):
+            continue
         if headers.get(H.STREAM) == H.STREAM_END or H.SEQ not in headers:
             await sub.unsubscribe()
             return replies
@@ -205,8 +213,10 @@ def test_upstream_errors_quoting_fragments_and_encodings_of_the_key_reach_the_ca
     async def attack() -> list[Msg]:
         nc = await connect(nats_server.url)
         try:
-            body = provider_call(provider, upstream, model, byo=byo, stream=model == "quote-stream")
-            return await call(nc, provider_subject(provider), body)
+            inbox = nc.new_inbox()  # the router's and the client's at once: everything the worker sends
+            stream = model == "quote-stream"
+            body = provider_call(provider, upstream, model, byo=byo, stream=stream, deliver_to=inbox)
+            return await call(nc, provider_subject(provider), body, inbox)
         finally:
             await nc.close()
 

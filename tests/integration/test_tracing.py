@@ -270,7 +270,7 @@ async def _stream(url: str, request: dict[str, Any]) -> str:
     client = await ModelbusClient.connect(url)
     text = ""
     try:
-        async for chunk in client.stream(request, timeout=10, idle_timeout=5):
+        async for chunk in client.stream(request, timeout=10):
             text += "".join(c.delta.content or "" for c in chunk.choices)
     finally:
         await client.close()

@@ -1,0 +1,270 @@
+"""How a provider worker answers: straight to the client, while its router watches.
+
+A call names two subjects: the router's (``msg.reply``), which gets heartbeats
+and the call's outcome, and the client's (``ProviderCall.deliver_to``), which
+gets the answer itself, so a router that dies after dispatching loses nothing.
+
+* **Fencing.** The router takes a worker it has not heard from for
+  :data:`~shared.replies.LOST_AFTER_S` for lost and tries another. So a worker
+  that may have been silent that long (its heartbeats stopped for
+  :data:`~shared.replies.FENCE_AFTER_S`, the call waited in a queue, or the
+  connection was re-established since the call came) never answers the client
+  directly again: a completion goes to the router, which relays it only while
+  that attempt is still the current one, and a stream already under way stops
+  with ``Modelbus-Fenced`` so the router ends it. Two final answers would need
+  both the worker and the router to answer, and fencing is what keeps the
+  worker from doing so once the router may have.
+* **Streams** hold role-only chunks back until the first content, so that a
+  failure before it can still go to another target; the first content chunk
+  goes out together with ``Modelbus-Committed`` to the router. Failures before
+  that go to the router (which may fail over); after it the worker ends the
+  stream itself with an error terminator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client
+from opentelemetry.trace import Span
+
+from services.providers.base import ChatAdapter
+from shared import headers as H
+from shared.bus import error_headers, reply_error
+from shared.chat import ChatCompletionChunk, ChatCompletionRequest, encoder
+from shared.errors import ModelbusError, UpstreamTimeout, WorkerLost
+from shared.mux import Signal
+from shared.replies import FENCE_AFTER_S, LOST_AFTER_S, chunk_headers, stream_end
+
+
+@dataclass
+class Delivery:
+    """Where one call's messages go, and whether the worker may still answer the client."""
+
+    nc: Client
+    reply: str
+    deliver_to: str | None
+    deliver_headers: Mapping[str, str]
+    signal: Signal
+    request_id: str | None
+    epoch: int
+    """The connection's reconnect count when the call arrived."""
+    fenced: bool = False
+
+    @classmethod
+    def open(
+        cls,
+        nc: Client,
+        reply: str,
+        deliver_to: str | None,
+        deliver_headers: Mapping[str, str],
+        headers: Mapping[str, str],
+        *,
+        keepalive: bool,
+    ) -> Delivery:
+        """A delivery whose silence clock starts when the router sent the call, not when it arrived."""
+        now = asyncio.get_running_loop().time()
+        age = queued_s(headers)
+        sig = Signal(reply, deliver_to, keepalive, now - age)
+        sig.last_client = now
+        d = cls(nc, reply, deliver_to, deliver_headers, sig, headers.get(H.REQUEST_ID), nc.stats["reconnects"])
+        d.fenced = age > FENCE_AFTER_S
+        return d
+
+    @property
+    def stale(self) -> bool:
+        """The router has surely given this call up already: do not start it."""
+        return asyncio.get_running_loop().time() - self.signal.last_signal > LOST_AFTER_S
+
+    def direct(self) -> bool:
+        """Whether the answer may still go straight to the client (and stays so: fencing is final)."""
+        if self.fenced or self.deliver_to is None:
+            return False
+        now = asyncio.get_running_loop().time()
+        if (
+            now - self.signal.last_signal > FENCE_AFTER_S
+            or self.nc.stats["reconnects"] != self.epoch
+            or not self.nc.is_connected
+        ):
+            self.fenced = True
+            return False
+        return True
+
+    async def to_client(self, data: bytes, headers: dict[str, str], *, counts: bool = True) -> None:
+        """Publish to the client (a chunk or the final answer)."""
+        assert self.deliver_to is not None
+        await self.nc.publish(self.deliver_to, data, headers=headers)
+        self.signal.last_client = asyncio.get_running_loop().time()
+        if counts:
+            self.signal.delivered += 1
+
+    async def to_router(self, data: bytes, headers: dict[str, str]) -> None:
+        """Publish to the router (a notice or the outcome)."""
+        await self.nc.publish(self.reply, data, headers=headers)
+        self.signal.last_signal = asyncio.get_running_loop().time()
+
+    async def failed(self, err: ModelbusError) -> None:
+        """Nothing reached the client: the router decides what happens next."""
+        await reply_error(self.nc, self.reply, err, request_id=self.request_id)
+
+
+def queued_s(headers: Mapping[str, str]) -> float:
+    """How long ago the router sent the call (``Modelbus-Dispatched-At``), from the wall clock."""
+    raw = headers.get(H.DISPATCHED_AT)
+    if not raw or not raw.isdigit():
+        return 0.0
+    return max(0.0, time.time() - int(raw) / 1000)
+
+
+def has_content(chunk: ChatCompletionChunk) -> bool:
+    """Whether a chunk carries something the client must see (text, tool call, refusal, finish)."""
+    for choice in chunk.choices:
+        delta = choice.delta
+        if delta.content or delta.tool_calls or delta.refusal or choice.finish_reason:
+            return True
+    return chunk.usage is not None
+
+
+@dataclass
+class StreamResult:
+    """What a stream ended with, for the span."""
+
+    model: str
+    response_id: str | None
+    usage_chunk: ChatCompletionChunk | None
+    finish_reasons: list[str]
+
+
+async def stream_to_client(
+    d: Delivery,
+    adapter: ChatAdapter,
+    request: ChatCompletionRequest,
+    model: str,
+    *,
+    timeout_s: float,
+    idle_s: float,
+    span: Span,
+    on_error: Callable[[Exception], ModelbusError],
+) -> StreamResult | None:
+    """Stream one call straight to the client; the router gets notices and the outcome.
+
+    ``on_error`` turns what the adapter raised into an error safe to send
+    (scrubbed; an unexpected exception logged and replaced). Returns ``None`` when the
+    call ended without a clean end (the outcome has been sent either way).
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout_s
+    endpoint = adapter.connection.endpoint
+    seq = 0
+    committed = False
+    held: list[bytes] = []
+    usage_chunk: ChatCompletionChunk | None = None
+    last: ChatCompletionChunk | None = None
+    finish_reasons: list[str] = []
+    chunks = adapter.stream(request, model, timeout_s=timeout_s).__aiter__()
+    try:
+        while True:
+            left = deadline - loop.time()
+            wait = min(left, idle_s)
+            try:
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise UpstreamTimeout(
+                        f"stream from {endpoint.name!r} did not finish within {timeout_s:g}s"
+                    ) from None
+                raise UpstreamTimeout(f"stream from {endpoint.name!r} stalled for {idle_s:g}s") from None
+            if chunk.usage is not None:
+                # Usage always travels as its own final chunk (OpenAI's shape),
+                # in the terminator, and only when the client asked for it.
+                usage_chunk = msgspec.structs.replace(chunk, choices=[])
+                if not chunk.choices:
+                    continue
+                chunk = msgspec.structs.replace(chunk, usage=None)
+            finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
+            last = chunk
+            data = encoder.encode(chunk)
+            if not committed:
+                if not has_content(chunk):
+                    held.append(data)  # failover is still possible
+                    continue
+                if not d.direct():
+                    await d.failed(WorkerLost(f"worker fenced before streaming from {endpoint.name!r}"))
+                    return None
+                span.set_attribute("gen_ai.response.time_to_first_chunk", loop.time() - started)
+                for part in (*held, data):
+                    await d.to_client(part, chunk_headers(seq))
+                    seq += 1
+                held.clear()
+                await d.to_router(b"", {H.COMMITTED: str(seq)})
+                committed = True
+                continue
+            if not d.direct():
+                await _fence(d, seq, endpoint.name)
+                return None
+            await d.to_client(data, chunk_headers(seq))
+            seq += 1
+    except Exception as exc:
+        err = on_error(exc)
+        if committed:
+            await _end_with_error(d, err, seq)
+        else:
+            await d.failed(err)
+        return None
+    finally:
+        await _close(chunks)
+    if not d.direct():
+        if committed:
+            await _fence(d, seq, endpoint.name)
+        else:
+            await d.failed(WorkerLost(f"worker fenced before streaming from {endpoint.name!r}"))
+        return None
+    for part in held:  # a stream with no content at all is still a clean stream
+        await d.to_client(part, chunk_headers(seq))
+        seq += 1
+    response_model = last.model if last is not None else model
+    usage = usage_chunk.usage if usage_chunk is not None else None
+    outcome = {H.STATUS: "200", H.PROVIDER: endpoint.provider, H.MODEL: response_model}
+    body = encoder.encode(usage_chunk) if usage_chunk is not None and request.include_usage else b""
+    await d.to_client(body, stream_end(seq, {**d.deliver_headers, **outcome}))
+    if usage is not None:
+        outcome[H.USAGE] = f"{usage.prompt_tokens} {usage.completion_tokens}"
+    await d.to_router(b"", {**outcome, H.DELIVERED: "1"})
+    return StreamResult(response_model, last.id if last else None, usage_chunk, finish_reasons)
+
+
+async def _end_with_error(d: Delivery, err: ModelbusError, seq: int) -> None:
+    """End a committed stream with an error terminator and tell the router it is over."""
+    if not d.direct():
+        await _fence(d, seq, "the upstream", err)
+        return
+    hdrs = error_headers(err, d.request_id)
+    attempts = d.deliver_headers.get(H.ATTEMPTS)
+    end = stream_end(seq, {**hdrs, H.ATTEMPTS: attempts} if attempts else hdrs)  # like the router's own errors
+    await d.to_client(err.to_json(), end)
+    await d.to_router(err.to_json(), {**hdrs, H.DELIVERED: "1"})
+
+
+async def _fence(d: Delivery, seq: int, source: str, err: ModelbusError | None = None) -> None:
+    """Stop a committed stream: the router sends the terminator at ``seq``."""
+    reason = err or WorkerLost(f"worker fenced while streaming from {source!r}")
+    await d.to_router(reason.to_json(), {**error_headers(reason, d.request_id), H.FENCED: str(seq)})
+
+
+async def _close(chunks: object) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # the upstream connection is going away anyway
+            pass

@@ -1,0 +1,90 @@
+"""Service processes started one by one (not under ``modelbus up``), so a test can kill exactly one.
+
+Every process is this test's own ``Popen``; :meth:`Services.kill` sends SIGKILL
+to that PID and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from services.cli.datadir import ensure_admin_token, ensure_audit_key, ensure_master_key
+from shared.keyfile import ADMIN_TOKEN_FILE_ENV, AUDIT_KEY_FILE_ENV, MASTER_KEY_FILE_ENV
+from shared.logs import READY_MARKER
+from tests.conftest import ROOT, stop_process, wait_for_line
+
+MODULES = {
+    "secrets": "services.secrets",
+    "config": "services.config",
+    "router": "services.router",
+    "providers": "services.providers",
+}
+
+
+class Services:
+    """Named service processes against one NATS URL, with their output kept for failure messages."""
+
+    def __init__(self, nats_url: str, home: Path, config: Path) -> None:
+        self.nats_url = nats_url
+        self.home = home
+        self.config = config
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.output: dict[str, list[str]] = {}
+        home.mkdir(parents=True, exist_ok=True)
+        self._keys = {
+            MASTER_KEY_FILE_ENV: str(ensure_master_key(home)),
+            AUDIT_KEY_FILE_ENV: str(ensure_audit_key(home)),
+            ADMIN_TOKEN_FILE_ENV: str(ensure_admin_token(home)),
+        }
+
+    def start(self, name: str, kind: str, *args: str, timeout_s: float = 30.0) -> subprocess.Popen[str]:
+        """Start service ``kind`` as ``name`` and wait for its ready line."""
+        env = {**os.environ, **self._keys, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"}
+        extra = ["--config", str(self.config)] if kind == "config" else []
+        proc = subprocess.Popen(
+            [sys.executable, "-m", MODULES[kind], *extra, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.procs[name] = proc
+        self.output[name] = []
+        wait_for_line(proc, lambda line: READY_MARKER in line, timeout_s, self.output[name])
+        return proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one of our own processes and reap it."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait(10)
+
+    def log(self, name: str) -> str:
+        return "".join(self.output.get(name, []))
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                stop_process(proc)
+
+
+@contextmanager
+def services(nats_url: str, home: Path, config: Path, *, routers: int = 1, providers: int = 1) -> Iterator[Services]:
+    """secrets, config, ``routers`` routers and ``providers`` provider workers, all ready."""
+    s = Services(nats_url, home, config)
+    try:
+        s.start("secrets", "secrets")
+        s.start("config", "config")
+        for i in range(1, routers + 1):
+            s.start(f"router-{i}", "router")
+        for i in range(1, providers + 1):
+            s.start(f"providers-{i}", "providers")
+        yield s
+    finally:
+        s.stop()

@@ -1,0 +1,119 @@
+"""Requests sent and answers counted at the wire, with raw nats-py (no bundled client).
+
+Every message that comes back for a request is kept with its arrival time,
+after the final answer too, so a second final answer shows up as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from shared import headers as H
+from shared.subjects import CHAT_COMPLETIONS
+
+
+@dataclass
+class Seen:
+    """One request and everything that came back for it."""
+
+    request_id: str
+    sent_at: float
+    stream: bool
+    messages: list[tuple[float, Msg]] = field(default_factory=list)
+
+    def finals(self) -> list[tuple[float, Msg]]:
+        """The final answers: a non-streamed reply, or a stream's terminator."""
+        out = []
+        for at, msg in self.messages:
+            hdrs = msg.headers or {}
+            if hdrs.get(H.KEEPALIVE) == "1":
+                continue
+            if self.stream and hdrs.get(H.STREAM) != H.STREAM_END:
+                continue
+            out.append((at, msg))
+        return out
+
+    def keepalives(self) -> int:
+        return sum(1 for _, m in self.messages if (m.headers or {}).get(H.KEEPALIVE) == "1")
+
+    def chunks(self) -> list[Msg]:
+        return [m for _, m in self.messages if H.SEQ in (m.headers or {}) and (m.headers or {}).get(H.STREAM) is None]
+
+    def status(self) -> str | None:
+        finals = self.finals()
+        return (finals[0][1].headers or {}).get(H.STATUS) if finals else None
+
+    def error_code(self) -> str | None:
+        finals = self.finals()
+        if not finals:
+            return None
+        try:
+            return str(json.loads(finals[0][1].data)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Wire:
+    """One raw connection, one wildcard inbox, many requests."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.seen: dict[str, Seen] = {}
+        self._arrived = asyncio.Event()
+
+    @classmethod
+    async def open(cls, url: str) -> Wire:
+        nc = await nats.connect(servers=url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+        wire = cls(nc)
+        await nc.subscribe(wire.prefix + ".*", cb=wire._on_msg)
+        await nc.flush()
+        return wire
+
+    async def _on_msg(self, msg: Msg) -> None:
+        seen = self.seen.get(msg.subject.rsplit(".", 1)[-1])
+        if seen is not None:
+            seen.messages.append((time.monotonic(), msg))
+            self._arrived.set()
+
+    async def send(self, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> Seen:
+        token = uuid.uuid4().hex
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        stream = isinstance(body, dict) and bool(body.get("stream"))
+        seen = Seen(token, time.monotonic(), stream)
+        self.seen[token] = seen
+        hdrs = {H.REQUEST_ID: token, **(headers or {})}
+        await self.nc.publish(CHAT_COMPLETIONS, data, reply=f"{self.prefix}.{token}", headers=hdrs)
+        return seen
+
+    async def _until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return  # the caller asserts on what arrived
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+
+    async def wait_final(self, seen: Seen, timeout_s: float) -> None:
+        """Until ``seen`` has a final answer (or ``timeout_s`` passes: the caller asserts)."""
+        await self._until(lambda: bool(seen.finals()), timeout_s)
+
+    async def wait_chunks(self, seen: Seen, n: int, timeout_s: float) -> None:
+        """Until ``seen`` has ``n`` stream chunks (or ``timeout_s`` passes)."""
+        await self._until(lambda: len(seen.chunks()) >= n, timeout_s)
+
+    async def close(self) -> None:
+        await self.nc.close()
