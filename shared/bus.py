@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 from fast_depends.msgspec import MsgSpecSerializer
@@ -36,13 +37,111 @@ from shared.telemetry import TraceMiddleware
 log = logging.getLogger(__name__)
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+NATS_URL_ENV = "NATS_URL"
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+"""Schemes nats-py speaks; a URL without one is ``nats://``. WebSocket and TCP URLs cannot be mixed."""
+DEFAULT_PORT = 4222
+
+RECONNECT_WAIT_S = 0.25
+"""Pause before trying the same server again. nats-py moves on to the next server of
+the list at once, so a lost cluster node costs one reconnect, and a restarted single
+server is back within this long of accepting connections."""
+PING_INTERVAL_S = 5
+"""Client pings: a connection whose server stops answering (a half-open TCP connection,
+a partition) is given up after ``MAX_OUTSTANDING_PINGS`` unanswered pings (10-15 s).
+A killed or restarted server closes the socket and is noticed at once."""
+MAX_OUTSTANDING_PINGS = 2
+TOOL_RECONNECT_ATTEMPTS = 3
+"""Attempts per server of a tool's connection (:func:`connect`), after which it gives up."""
 
 Handler = Callable[[Msg], Awaitable[None]]
 
 
+class InvalidNatsUrl(ValueError):
+    """A NATS URL (list) that cannot be used; the message names the bad entry and where it came from."""
+
+
+def _redact(entry: str) -> str:
+    """``entry`` with any ``user:password@`` replaced, for error messages."""
+    scheme, sep, rest = entry.partition("://")
+    if not sep:
+        scheme, rest = "", entry
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def _check_url(entry: str, where: str) -> str:
+    """One server URL, normalised to ``scheme://host:port``; :class:`InvalidNatsUrl` if unusable."""
+    shown = _redact(entry)
+    text = entry if "://" in entry else f"nats://{entry}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidNatsUrl(f"{where}: {shown!r} is not a valid NATS URL ({exc})") from None
+    if parts.scheme not in URL_SCHEMES:
+        raise InvalidNatsUrl(
+            f"{where}: {shown!r} has scheme {parts.scheme!r}; use one of {', '.join(s + '://' for s in URL_SCHEMES)}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise InvalidNatsUrl(
+            f"{where}: {shown!r} carries credentials in the URL, where logs and process lists would show "
+            "them; give them as NATS_USER/NATS_PASSWORD or a credentials file (--creds) instead"
+        )
+    if not parts.hostname:
+        raise InvalidNatsUrl(f"{where}: {shown!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise InvalidNatsUrl(f"{where}: {shown!r} has a path or query; a NATS URL is scheme://host:port")
+    if port == 0:
+        raise InvalidNatsUrl(f"{where}: {shown!r}: port 0 is not a server port")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None and parts.scheme in ("ws", "wss"):
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port or DEFAULT_PORT}"
+
+
+def server_urls(explicit: str | None = None) -> list[str]:
+    """The NATS servers to use: ``explicit`` (e.g. ``--nats-url``), then ``NATS_URL``, then localhost.
+
+    Either is one URL or a comma-separated list of them (``a,b,c``; spaces around
+    the commas are ignored), the servers of one cluster: the client connects to
+    one of them and fails over to the others. ``nats://`` may be left out and the
+    port defaults to 4222, so ``10.0.0.5,10.0.0.6:4223`` works. Every entry is
+    checked; :class:`InvalidNatsUrl` names the first bad one (without any
+    credentials it held, which are refused: use ``NATS_USER``/``NATS_PASSWORD``).
+    Duplicates are dropped, order is kept.
+    """
+    if explicit is not None and explicit.strip():
+        raw, where = explicit, "the NATS URL"
+    elif os.environ.get(NATS_URL_ENV, "").strip():
+        raw, where = os.environ[NATS_URL_ENV], NATS_URL_ENV
+    else:
+        return [DEFAULT_NATS_URL]
+    entries = [e.strip() for e in raw.split(",")]
+    if entries and not entries[-1] and len(entries) > 1:
+        entries.pop()  # a trailing comma is harmless
+    out: list[str] = []
+    for number, entry in enumerate(entries, start=1):
+        label = f"{where}, server {number} of {len(entries)}" if len(entries) > 1 else where
+        if not entry:
+            raise InvalidNatsUrl(f"{label}: empty entry in {_redact_list(raw)!r}")
+        url = _check_url(entry, label)
+        if url not in out:
+            out.append(url)
+    websocket = {url.startswith(("ws://", "wss://")) for url in out}
+    if len(websocket) > 1:
+        raise InvalidNatsUrl(f"{where}: mixes WebSocket (ws://, wss://) and TCP (nats://, tls://) servers")
+    return out
+
+
+def _redact_list(raw: str) -> str:
+    return ",".join(_redact(e.strip()) for e in raw.split(","))
+
+
 def nats_url(explicit: str | None = None) -> str:
-    """The NATS URL to use: explicit argument, then ``NATS_URL``, then localhost."""
-    return explicit or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+    """The servers of :func:`server_urls` as one comma-separated string, for messages and ``NATS_URL``."""
+    return ",".join(server_urls(explicit))
 
 
 async def _report_error(err: Exception) -> None:
@@ -71,18 +170,29 @@ def make_broker(service: str, url: str | None = None, **kwargs: Any) -> NatsBrok
         kwargs.setdefault("security", SASLPlaintext(username=identity["user"], password=identity["password"]))
     if "inbox_prefix" in identity:
         kwargs.setdefault("inbox_prefix", identity["inbox_prefix"])
+    kwargs.setdefault("error_cb", _report_error)
+    kwargs.setdefault("disconnected_cb", _connection_logger(service, "disconnected from NATS; reconnecting"))
+    kwargs.setdefault("reconnected_cb", _connection_logger(service, "reconnected to NATS"))
     return NatsBroker(
-        nats_url(url),
+        server_urls(url),
         name=f"modelbus-{service}",
         serializer=MsgSpecSerializer(),
         middlewares=[TraceMiddleware],
-        error_cb=_report_error,
         logger=logging.getLogger("modelbus.faststream"),
         log_level=logging.DEBUG,  # FastStream's per-subscriber start-up lines
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
+        max_reconnect_attempts=-1,  # a service never gives up on NATS
+        reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # annotated int; seconds as a float work
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         **kwargs,
     )
+
+
+def _connection_logger(service: str, what: str) -> Callable[[], Awaitable[None]]:
+    async def report() -> None:
+        log.warning("%s: %s", service, what)
+
+    return report
 
 
 def state_identity_from_env() -> dict[str, str] | None:
@@ -115,11 +225,15 @@ async def connect_state(service: str, fallback: Client, url: str | None = None) 
     if identity is None:
         return fallback
     return await nats.connect(
-        nats_url(url),
+        servers=server_urls(url),
         name=f"modelbus-{service}-state",
         error_cb=_report_error,
+        disconnected_cb=_connection_logger(f"{service}-state", "disconnected from NATS; reconnecting"),
+        reconnected_cb=_connection_logger(f"{service}-state", "reconnected to NATS"),
         max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
+        reconnect_time_wait=RECONNECT_WAIT_S,  # seconds; a float works
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         **identity,
     )
 
@@ -189,16 +303,14 @@ def _has_loop() -> bool:
 
 async def connect(name: str, url: str | None = None, **kwargs: Any) -> Client:
     """A plain nats-py connection, for clients and tools (identity from the environment
-    unless given)."""
+    unless given). ``url`` may list several servers (:func:`server_urls`); unlike a
+    service's, this connection gives up after :data:`TOOL_RECONNECT_ATTEMPTS` tries per server."""
     for key, value in identity_from_env().items():
         kwargs.setdefault(key, value)
-    return await nats.connect(
-        nats_url(url),
-        name=name,
-        error_cb=_report_error,
-        max_reconnect_attempts=kwargs.pop("max_reconnect_attempts", 3),
-        **kwargs,
-    )
+    kwargs.setdefault("error_cb", _report_error)
+    kwargs.setdefault("max_reconnect_attempts", TOOL_RECONNECT_ATTEMPTS)
+    kwargs.setdefault("reconnect_time_wait", RECONNECT_WAIT_S)
+    return await nats.connect(servers=server_urls(url), name=name, **kwargs)
 
 
 class RequestServer:
@@ -318,11 +430,20 @@ def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
 def run(main: Awaitable[None]) -> None:
     """Run a service's main coroutine, on uvloop when it is installed.
 
-    uvloop takes ~0.1 ms off every NATS hop on this machine (shared/guide).
+    uvloop takes ~0.1 ms off every NATS hop on this machine (shared/guide). A
+    setting that cannot work (a bad ``NATS_URL``, ``MODELBUS_JS_REPLICAS``, or a
+    replica count the servers cannot hold) ends the process with one clear line
+    and status 2, not a traceback.
     """
+    from shared.jetstream import InvalidReplicas, JetStreamSetupError
+
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(main)  # type: ignore[arg-type]
-        return
-    uvloop.run(main)  # type: ignore[arg-type]
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - platforms without uvloop
+            asyncio.run(main)  # type: ignore[arg-type]
+            return
+        uvloop.run(main)  # type: ignore[arg-type]
+    except (InvalidNatsUrl, InvalidReplicas, JetStreamSetupError) as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None

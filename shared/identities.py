@@ -21,7 +21,10 @@ Two rules shape the table:
 JetStream permissions are the exact API subjects of the streams and buckets
 each state identity uses (:func:`_kv_rw`, :func:`_stream_reader`); no
 identity may delete or purge the config, audit or secrets streams, and only
-``config-state`` may append to the config log and the audit stream.
+``config-state`` may append to the config log and the audit stream. Only
+``config-state`` and ``secrets-state`` may update streams (to migrate settings
+and the replica count): each its own, and ``config-state`` the routers' two
+buckets too, so that ``router-state`` may reconfigure nothing.
 
 Applications each get an identity of their own (``modelbus create client
 NAME``): user ``client-NAME``, inbox ``_INBOX_client.NAME``. The registry of
@@ -191,9 +194,21 @@ def _stream_owner(stream: str, subject: str, *, update: bool = False) -> list[st
     return out
 
 
-def _kv_rw(bucket: str) -> list[str]:
-    """Open (or create) a KV bucket, and read, write and watch its keys."""
-    return _stream_owner(_kv(bucket), f"$KV.{bucket}.>")
+def _kv_rw(bucket: str, *, update: bool = False) -> list[str]:
+    """Open (or create) a KV bucket, and read, write and watch its keys (``update``: and change its
+    replicas, see :mod:`shared.jetstream`)."""
+    return _stream_owner(_kv(bucket), f"$KV.{bucket}.>", update=update)
+
+
+def _replica_migration(stream: str) -> list[str]:
+    """Read a stream's settings and change them: only to bring it to ``MODELBUS_JS_REPLICAS``.
+
+    Given to ``config-state`` for the routers' buckets, so that ``router-state``
+    itself never may reconfigure a stream (an update could add ``sources``).
+    ``config-state`` gains nothing by it: it may already update the config
+    stream, which every router reads.
+    """
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
 
 
 def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, Any]:
@@ -258,7 +273,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
         }
     if role == "secrets-state":
         return {
-            "publish": {"allow": [SECRETS_CHANGED, "$JS.API.INFO", *_kv_rw(SECRETS_BUCKET)]},
+            "publish": {"allow": [SECRETS_CHANGED, "$JS.API.INFO", *_kv_rw(SECRETS_BUCKET, update=True)]},
             "subscribe": {"allow": [own_inbox]},
         }
     if role == "config":
@@ -292,7 +307,9 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     CONFIG_EVENTS,
                     *_stream_owner(CONFIG_STREAM, CONFIG_LOG, update=True),
                     *_stream_owner(AUDIT_STREAM, AUDIT_SUBJECT, update=True),
-                    *_kv_rw(RUNS_BUCKET),
+                    *_kv_rw(RUNS_BUCKET, update=True),
+                    *_replica_migration(_kv(BREAKERS_BUCKET)),
+                    *_replica_migration(_kv(BUDGETS_BUCKET)),
                 ]
             },
             "subscribe": {"allow": [own_inbox]},

@@ -1,6 +1,7 @@
 """How a ``modelbus`` command finds the stack it talks to, and as whom.
 
-The URL: ``--nats-url``, then ``NATS_URL``, then the URL in a credentials file,
+The URL (which may list a cluster's servers, ``a,b,c``; see
+:func:`shared.bus.server_urls`): ``--nats-url``, then ``NATS_URL``, then the URL in a credentials file,
 then the ``run.json`` of the running ``modelbus up`` in the data directory
 (``--data-dir``, else ``MODELBUS_HOME``, else ``~/.local/share/modelbus``).
 There is no guess beyond that: a forgotten data directory is an error, not a
@@ -26,7 +27,7 @@ from nats.aio.client import Client
 
 from services.cli.datadir import RunInfo, load_passwords, read_run_info
 from shared import identities
-from shared.bus import identity_from_env
+from shared.bus import InvalidNatsUrl, identity_from_env, nats_url, server_urls
 from shared.client import (
     CREDS_ENV,
     CredentialsFileError,
@@ -63,19 +64,22 @@ class Target:
     """The stack recorded in ``data_dir``, if one is running."""
 
 
-def _first_server(url: str) -> tuple[str, int]:
-    """``(host, port)`` of the first server in a NATS URL list, with loopback names made equal."""
-    parts = urlsplit(url.split(",")[0].strip() if "://" in url else f"nats://{url}")
-    host = (parts.hostname or "127.0.0.1").lower()
-    if host in ("localhost", "::1"):
-        host = "127.0.0.1"
-    return host, parts.port or 4222
+def _servers(url: str) -> set[tuple[str, int]]:
+    """``(host, port)`` of every server in a NATS URL list, with loopback names made equal."""
+    out = set()
+    for server in server_urls(url):
+        parts = urlsplit(server)
+        host = (parts.hostname or "127.0.0.1").lower()
+        if host in ("localhost", "::1"):
+            host = "127.0.0.1"
+        out.add((host, parts.port or 4222))
+    return out
 
 
 def same_server(a: str, b: str) -> bool:
-    """Whether two NATS URLs name the same server."""
+    """Whether two NATS URLs (or lists of them, a cluster's) share a server: then they name one stack."""
     try:
-        return _first_server(a) == _first_server(b)
+        return bool(_servers(a) & _servers(b))
     except ValueError:
         return False
 
@@ -123,6 +127,10 @@ def resolve(args: argparse.Namespace, role: str) -> Target:
     url = explicit or file_url or (run.nats_url if run else None)
     if url is None:
         raise CliError(no_stack_message(data_dir))
+    try:
+        url = nats_url(url)  # every server of a list checked; "a, b" becomes "nats://a:4222,nats://b:4222"
+    except InvalidNatsUrl as exc:
+        raise CliError(str(exc)) from None
     if login is None and run is not None and run.secure and same_server(url, run.nats_url):
         passwords = load_passwords(data_dir)
         if passwords and role in passwords:

@@ -23,10 +23,11 @@ from services.config.http_api import (
     start_admin_http,
 )
 from services.config.manager import ConfigManager
-from services.config.service import boot, ensure_runs_bucket, register, service_env
+from services.config.service import boot, config_state_keeper, ensure_runs_bucket, register, service_env
 from services.config.store import ConfigLog
 from shared.bus import close_state, connect_state, make_broker, run
 from shared.errors import ConfigError
+from shared.jetstream import StateKeeper
 from shared.logs import setup_logging
 from shared.runtime import serve
 from shared.telemetry import setup_tracing
@@ -52,6 +53,7 @@ async def _main(config_path: str | None) -> None:
     register(broker, holder)
     http: list[AdminHttpServer] = []
     state: list[Any] = []
+    keepers: list[StateKeeper] = []
 
     async def start() -> None:
         nc = broker.connection
@@ -64,6 +66,9 @@ async def _main(config_path: str | None) -> None:
         audit = AuditLog(js, audit_key)
         await audit.ensure_stream()
         await audit.seal_legacy()
+        keeper = config_state_keeper(state_nc, config_log, audit)  # recreates what a lost server took
+        keeper.start()
+        keepers.append(keeper)
         verifier = AuditVerifier(audit, config_log)
         holder["audit"] = verifier
         manager = ConfigManager(nc, config_log, auditor=audit, state_nc=state_nc)
@@ -79,6 +84,8 @@ async def _main(config_path: str | None) -> None:
     async def stop() -> None:
         for server in http:
             await server.stop()
+        for keeper in keepers:
+            await keeper.stop()
         for state_nc in state:
             await close_state(state_nc, broker.connection)
 

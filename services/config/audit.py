@@ -59,6 +59,7 @@ from services.config.audit_verify import (
 from services.config.store import ConfigLog
 from services.config.streams import StreamReadError, protect, scan
 from shared.admin import AuditAnchor, AuditReport
+from shared.jetstream import Ensured, ensure_stream
 from shared.subjects import AUDIT_STREAM, AUDIT_SUBJECT
 
 __all__ = [
@@ -155,18 +156,20 @@ class AuditLog:
         self._lock = asyncio.Lock()
         self._stream_ready = False
 
-    async def ensure_stream(self) -> None:
-        """Create the stream if it does not exist; protect an existing one, warn if it could lose entries."""
-        if self._stream_ready:
-            return
-        try:
-            info = await self._js.stream_info(self.stream)
-        except NotFoundError:
-            try:
-                info = await self._js.add_stream(audit_stream_config(self.stream, self.subject))
-                log.info("created audit stream %s on %s", self.stream, self.subject)
-            except APIError:
-                info = await self._js.stream_info(self.stream)  # another process created it first
+    async def ensure_stream(self, *, recheck: bool = False) -> Ensured | None:
+        """Create the stream if it does not exist (``MODELBUS_JS_REPLICAS`` replicas); bring an existing
+        one to that replica count, protect it, and warn if it could lose entries.
+
+        Checked once, then taken for granted; ``recheck`` checks again (after a
+        reconnect or a lost server, see :func:`services.config.service.config_state_keeper`).
+        Returns what was found, ``None`` when it was taken for granted.
+        """
+        if self._stream_ready and not recheck:
+            return None
+        ensured = await ensure_stream(self._js, audit_stream_config(self.stream, self.subject))
+        info = ensured.info
+        if ensured.created:
+            log.info("created audit stream %s on %s", self.stream, self.subject)
         config = info.config
         if self.subject not in (config.subjects or []):
             raise AuditError(f"stream {self.stream} does not store subject {self.subject}")
@@ -176,6 +179,7 @@ class AuditLog:
         if limited and config.discard != DiscardPolicy.NEW:
             log.warning("audit stream %s has limits with discard=old: old entries will be dropped", self.stream)
         self._stream_ready = True
+        return ensured
 
     async def append(
         self,

@@ -23,14 +23,14 @@ from faststream.exceptions import SkipMessage
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
 
-from services.config.audit import AuditVerifier
+from services.config.audit import AuditLog, AuditVerifier
 from services.config.boot_env import endpoints_from_env
 from services.config.documents import Parsed, load_documents
 from services.config.formats import aurora_env_documents, byo_documents, convert
 from services.config.manager import ConfigManager
 from services.config.resources import SecretValue, parse_native
+from services.config.store import ConfigLog
 from shared import headers as H
 from shared import identities
 from shared.admin import (
@@ -47,9 +47,12 @@ from shared.admin import (
 )
 from shared.bus import ReplyGuard
 from shared.errors import ConfigError, DeadlineExceeded, InvalidRequest, ModelbusError, NoRouteAvailable
+from shared.jetstream import Ensured, StateKeeper, ensure_kv, ensure_replicas
 from shared.routing import routing_encoder
 from shared.subjects import (
     AUDIT_VERIFY,
+    BREAKERS_BUCKET,
+    BUDGETS_BUCKET,
     CONFIG_APPLY,
     CONFIG_DELETE,
     CONFIG_GET,
@@ -126,21 +129,52 @@ async def boot(manager: ConfigManager, config_path: str | None, env: Mapping[str
     log.info("serving configuration revision %d", manager.revision)
 
 
-async def ensure_runs_bucket(nc: Client) -> None:
-    """The run-pinning bucket: entries carry their own TTL (per-message TTL)."""
+RUNS_BUCKET_CONFIG = KeyValueConfig(
+    bucket=RUNS_BUCKET,
+    storage=StorageType.FILE,
+    history=1,
+    ttl=30 * 86400,
+    description="modelbus run pins: run id -> config revision",
+)
+
+
+async def ensure_runs_bucket(nc: Client) -> Ensured:
+    """The run-pinning bucket: entries carry their own TTL (per-message TTL); created with, or
+    brought to, ``MODELBUS_JS_REPLICAS`` replicas. Routers read and write it but never create it."""
+    _, ensured = await ensure_kv(nc.jetstream(), RUNS_BUCKET_CONFIG)
+    return ensured
+
+
+def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> StateKeeper:
+    """Keeps the config service's streams in place after reconnects and lost servers.
+
+    The config log, the audit stream and the run-pin bucket are re-created if
+    missing (an error is logged: on file storage with enough replicas this
+    means the JetStream store was lost), and every one of them, the routers'
+    breakers and budgets buckets included, is brought to ``MODELBUS_JS_REPLICAS``
+    (the router's identity may not reconfigure streams). Start it once the
+    service has set them up; stop it before closing ``nc``.
+    """
     js = nc.jetstream()
-    try:
-        await js.key_value(RUNS_BUCKET)
-    except BucketNotFoundError:
-        await js.create_key_value(
-            config=KeyValueConfig(
-                bucket=RUNS_BUCKET,
-                storage=StorageType.FILE,
-                history=1,
-                ttl=30 * 86400,
-                description="modelbus run pins: run id -> config revision",
-            )
-        )
+
+    async def repair(reason: str) -> None:
+        for what, ensured in (
+            ("config log", await config_log.ensure()),
+            ("audit stream", await audit.ensure_stream(recheck=True)),
+            ("run-pin bucket", await ensure_runs_bucket(nc)),
+        ):
+            if ensured is not None and ensured.created:
+                log.error(
+                    "the %s (%s) was missing (%s) and has been created again, empty: its earlier content is "
+                    "lost unless a server with the old JetStream store comes back",
+                    what,
+                    ensured.info.config.name,
+                    reason,
+                )
+        for bucket in (BREAKERS_BUCKET, BUDGETS_BUCKET):
+            await ensure_replicas(js, f"KV_{bucket}")
+
+    return StateKeeper(nc, "config-state", repair)
 
 
 # ------------------------------------------------------------------ routers

@@ -28,6 +28,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from services.config.streams import protect, scan
 from shared.admin import ConfigRecord
+from shared.jetstream import Ensured, ensure_stream
 from shared.subjects import CONFIG_LOG, CONFIG_STREAM
 
 DEFAULT_HISTORY = 1000
@@ -68,28 +69,25 @@ class ConfigLog:
         self.stream = stream
         self.subject = subject
 
-    async def ensure(self, history: int = DEFAULT_HISTORY) -> None:
-        """Create the stream (file storage) if it does not exist; protect an existing one."""
-        try:
-            info = await self.js.stream_info(self.stream)
-        except NotFoundError:
-            try:
-                await self.js.add_stream(
-                    StreamConfig(
-                        name=self.stream,
-                        subjects=[self.subject],
-                        storage=StorageType.FILE,
-                        max_msgs=history,
-                        discard=DiscardPolicy.OLD,
-                        deny_delete=True,
-                        deny_purge=True,
-                        description="modelbus configuration revisions (written only by the config service)",
-                    )
-                )
-                return
-            except APIError:
-                info = await self.js.stream_info(self.stream)  # another config service created it first
-        await protect(self.js, info)
+    async def ensure(self, history: int = DEFAULT_HISTORY) -> Ensured:
+        """Create the stream (file storage, ``MODELBUS_JS_REPLICAS`` replicas) if it does not exist;
+        bring an existing one to that replica count and protect it."""
+        ensured = await ensure_stream(
+            self.js,
+            StreamConfig(
+                name=self.stream,
+                subjects=[self.subject],
+                storage=StorageType.FILE,
+                max_msgs=history,
+                discard=DiscardPolicy.OLD,
+                deny_delete=True,
+                deny_purge=True,
+                description="modelbus configuration revisions (written only by the config service)",
+            ),
+        )
+        if not ensured.created:
+            await protect(self.js, ensured.info)
+        return ensured
 
     async def bounds(self) -> tuple[int, int]:
         """``(first, last)`` revision still stored; ``(0, 0)`` before the first commit or without the stream."""

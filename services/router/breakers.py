@@ -33,10 +33,11 @@ from typing import Literal, NamedTuple
 
 import msgspec
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.api import KeyValueConfig, StorageType, StreamInfo
+from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from shared.jetstream import Ensured, StateKeeper, ensure_kv, stream_missing
 from shared.routing import RoutingDefaults
 from shared.subjects import BREAKERS_BUCKET
 
@@ -272,8 +273,10 @@ def breakers_bucket_config(bucket: str = BREAKERS_BUCKET) -> KeyValueConfig:
 
     Memory, because the state is worth a cooldown at most: after a nats-server
     restart routers relearn failures within a few requests, and open breakers
-    should not outlive the server by surprise. The bucket-wide ``ttl`` is only a
-    backstop above the longest cooldown the config allows (3600 s).
+    should not outlive the server by surprise. The bucket is lost with the
+    server (or, with one replica, with the cluster node holding it), so every
+    router keeps it in place (:class:`SharedBreakers`). The bucket-wide ``ttl``
+    is only a backstop above the longest cooldown the config allows (3600 s).
     """
     return KeyValueConfig(
         bucket=bucket,
@@ -285,16 +288,20 @@ def breakers_bucket_config(bucket: str = BREAKERS_BUCKET) -> KeyValueConfig:
 
 
 async def ensure_breakers_bucket(nc: Client, bucket: str = BREAKERS_BUCKET) -> KeyValue:
-    """Open the breakers bucket, creating it if missing (idempotent; nats-py buckets allow per-message TTL)."""
-    js = nc.jetstream()
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(config=breakers_bucket_config(bucket))
-    except BadRequestError:  # lost a creation race to a different config: use what exists
-        return await js.key_value(bucket)
+    """Open the breakers bucket, creating it with ``MODELBUS_JS_REPLICAS`` replicas if missing
+    (idempotent; nats-py buckets allow per-message TTL). A router never reconfigures an
+    existing bucket: the config service brings it to the replica count."""
+    return (await _ensure_bucket(nc, bucket))[0]
+
+
+async def _ensure_bucket(nc: Client, bucket: str) -> tuple[KeyValue, Ensured]:
+    return await ensure_kv(nc.jetstream(), breakers_bucket_config(bucket), update=False)
+
+
+def _created(info: StreamInfo) -> float | None:
+    """A stream's creation time: a different one means the stream was deleted and made again."""
+    created = info.created
+    return created.timestamp() if created is not None else None
 
 
 class SharedBreakers:
@@ -320,33 +327,73 @@ class SharedBreakers:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._created: float | None = None
+        """When the bucket being watched was created (server time), to notice a new one."""
+        self.keeper = StateKeeper(nc, f"breakers {bucket}", self._repair)
+        """Re-creates the bucket and re-opens the watch after reconnects and lost servers."""
 
     async def start(self, timeout_s: float = 5.0) -> None:
         """Open (or create) the bucket and return once every open breaker is known."""
-        self._kv = await ensure_breakers_bucket(self._nc, self._bucket)
-        self._watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._follow(self._watcher), name="breakers-watch")
+        await self._open(timeout_s)
+        self.keeper.start()
+
+    async def _open(self, timeout_s: float) -> None:
+        """(Re)open the bucket and a fresh watch of it; return once its current entries are applied."""
+        kv, ensured = await _ensure_bucket(self._nc, self._bucket)
+        await self._stop_watch()
+        self._kv = kv
+        self._created = _created(ensured.info)
+        self._ready = asyncio.Event()
+        self._watcher = await kv.watchall()
+        self._task = asyncio.create_task(self._follow(self._watcher, self._ready), name="breakers-watch")
         try:
             await asyncio.wait_for(self._ready.wait(), timeout_s)
         except TimeoutError:
-            await self.stop()
+            await self._stop_watch()
             raise RuntimeError(f"breakers bucket {self._bucket!r} did not answer within {timeout_s}s") from None
+
+    async def _repair(self, reason: str) -> None:
+        """After a reconnect, re-open the watch (its consumer may have died with a server); otherwise
+        re-open it only if the bucket is gone or is a new one (a KV watcher on a re-created
+        stream resumes at the old sequence and would miss every new entry)."""
+        if reason != "reconnected":
+            try:
+                info = await self._nc.jetstream().stream_info(f"KV_{self._bucket}")
+            except NotFoundError:
+                info = None
+            if info is not None and _created(info) == self._created:
+                return
+        before = self._created
+        await self._open(5.0)
+        if self._created == before:
+            log.info("breakers bucket %s: watch re-opened (%s)", self._bucket, reason)
+            return
+        log.warning(
+            "breakers bucket %s was lost (%s) and is in place again; sharing open breakers", self._bucket, reason
+        )
+        for key, _, _ in self.book.open_keys(self._clock()):
+            await self._publish_open(key)  # the new bucket is empty: what this router knows is worth sharing
 
     async def stop(self) -> None:
         """Stop watching; local state stays usable but no longer follows other routers."""
-        if self._watcher is not None:
+        await self.keeper.stop()
+        await self._stop_watch()
+
+    async def _stop_watch(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
             try:
-                await self._watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            except Exception:  # the connection may already be closing
+                # Bounded: with the server gone, deleting the consumer would wait for a timeout.
+                await asyncio.wait_for(watcher.stop(), 1.0)  # type: ignore[no-untyped-call]  # unannotated
+            except Exception:  # the connection may be closing, or the consumer already gone
                 pass
-            self._watcher = None
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
 
     # ---- the hot path: local only
 
@@ -359,8 +406,10 @@ class SharedBreakers:
         if self.book.record_success(key, self._clock()) and self._kv is not None:
             try:
                 await self._kv.purge(breaker_key(key), msg_ttl=CLOSE_MARKER_TTL_S)
-            except Exception:  # others then close when their own probe succeeds
-                log.warning("could not share the closed breaker of %s/%s", *key, exc_info=True)
+            except Exception as exc:  # others then close when their own probe succeeds
+                if stream_missing(exc):
+                    self.keeper.poke()
+                log.warning("could not share the closed breaker of %s/%s: %s", *key, exc)
 
     async def failure(self, key: TargetKey, defaults: RoutingDefaults) -> None:
         """Report a failure; when it opens the breaker, every router learns it."""
@@ -411,13 +460,15 @@ class SharedBreakers:
             await self._nc.jetstream().publish(
                 subject, _entry_encoder.encode(entry), msg_ttl=math.ceil(state.cooldown_s + TTL_MARGIN_S)
             )
-        except Exception:  # the breaker still works locally; others open on their own failures
-            log.warning("could not share the open breaker of %s/%s", *key, exc_info=True)
+        except Exception as exc:  # the breaker still works locally; others open on their own failures
+            if stream_missing(exc):
+                self.keeper.poke()
+            log.warning("could not share the open breaker of %s/%s: %s", *key, exc)
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Event) -> None:
         async for entry in watcher:
             if entry is None:  # the end of the initial values
-                self._ready.set()
+                ready.set()
                 continue
             try:
                 self._apply(entry)

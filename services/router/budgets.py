@@ -21,28 +21,51 @@ when it crossed it. The next request after that is denied.
 Every check costs one KV read per applying limit (in parallel) and every
 charge one read and one write; nothing is cached, because a cached count is
 one another router may already have raised.
+
+The bucket is file storage with ``MODELBUS_JS_REPLICAS`` replicas, so it
+survives a server restart and, on a cluster, the loss of a node. If it is gone
+all the same (a wiped store), the next read or write creates it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
-from shared.errors import InvalidRequest, ModelbusError, PolicyDenied
+from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PolicyDenied
 from shared.headers import RUN_ID
+from shared.jetstream import ensure_kv, stream_missing
 from shared.routing import Policy
 from shared.subjects import BUDGETS_BUCKET
 
+log = logging.getLogger("modelbus.router.budgets")
+T = TypeVar("T")
+
 BUCKET_TTL_S = 30 * 86400
 """An entry expires this long after its last charge (the bucket's max age)."""
+BUCKET_CONFIG = KeyValueConfig(
+    bucket=BUDGETS_BUCKET,
+    storage=StorageType.FILE,
+    history=1,
+    ttl=BUCKET_TTL_S,
+    description="modelbus token budgets: tokens used per (policy, run)",
+)
 MAX_CAS_ATTEMPTS = 32
+RIDE_OUT_S = 10.0
+"""How long a check or charge waits for the bucket to answer again before a retryable 503
+(a cluster electing a new stream leader after a node was killed takes 4-9 s)."""
+RETRY_EVERY_S = 0.1
 """Compare-and-swap retries of one charge before giving up."""
 _LOCK_STRIPES = 64
 
@@ -71,37 +94,61 @@ class TokenBudgets:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
         self._kv: KeyValue | None = None
+        self._opened = False
         # Charges of one key on this router take turns, so only other routers
         # cause compare-and-swap conflicts. Striped: no per-key lock to clean up.
         self._locks = tuple(asyncio.Lock() for _ in range(_LOCK_STRIPES))
 
     async def _bucket(self) -> KeyValue:
+        """The bucket, created (``MODELBUS_JS_REPLICAS`` replicas) on first use if absent."""
         if self._kv is None:
-            js = self._nc.jetstream()
-            try:
-                self._kv = await js.key_value(BUDGETS_BUCKET)
-            except BucketNotFoundError:
-                config = KeyValueConfig(
-                    bucket=BUDGETS_BUCKET,
-                    storage=StorageType.FILE,
-                    history=1,
-                    ttl=BUCKET_TTL_S,
-                    description="modelbus token budgets: tokens used per (policy, run)",
+            self._kv, ensured = await ensure_kv(self._nc.jetstream(), BUCKET_CONFIG, update=False)
+            if self._opened and ensured.created:
+                log.error(
+                    "budgets bucket %s was missing and has been created again, empty: "
+                    "tokens charged to runs so far are forgotten",
+                    BUDGETS_BUCKET,
                 )
-                try:
-                    self._kv = await js.create_key_value(config=config)
-                except BadRequestError:  # another router created it with other settings first
-                    self._kv = await js.key_value(BUDGETS_BUCKET)
+            self._opened = True
         return self._kv
+
+    async def _healing(self, operation: Callable[[KeyValue], Awaitable[T]], *, read: bool) -> T:
+        """Run ``operation`` on the bucket, riding out a bucket that does not answer for up to
+        :data:`RIDE_OUT_S` (a cluster electing a new leader); a bucket that is gone is re-opened,
+        which re-creates it. Then a retryable 503 ``budgets_unavailable``.
+
+        A write that timed out may have been stored, so only a ``read`` is retried on a timeout
+        (a write then fails, and the charge is not counted twice)."""
+        deadline = time.monotonic() + RIDE_OUT_S
+        retry = (nats.errors.TimeoutError, ServiceUnavailableError) if read else (ServiceUnavailableError,)
+        while True:
+            try:
+                return await operation(await self._bucket())
+            except Exception as exc:
+                missing = stream_missing(exc)
+                if not (missing or isinstance(exc, retry)):
+                    raise
+                if missing:
+                    self._kv = None
+                if time.monotonic() + RETRY_EVERY_S >= deadline:
+                    raise NoRouteAvailable(
+                        f"token budgets bucket {BUDGETS_BUCKET!r} did not answer for {RIDE_OUT_S:g}s; try again",
+                        code="budgets_unavailable",
+                        retry_after=1.0,
+                    ) from None
+            await asyncio.sleep(RETRY_EVERY_S)
 
     async def _read(self, key: str) -> tuple[int, int]:
         """``(tokens used, revision)``; ``(0, 0)`` when the key is absent."""
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            return 0, 0
-        return int(entry.value or b"0"), entry.revision or 0
+
+        async def read(kv: KeyValue) -> tuple[int, int]:
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                return 0, 0
+            return int(entry.value or b"0"), entry.revision or 0
+
+        return await self._healing(read, read=True)
 
     async def used(self, run_id: str, policy: Policy | str) -> int:
         """Tokens charged so far to ``run_id`` under ``policy``."""
@@ -156,16 +203,19 @@ class TokenBudgets:
         await asyncio.gather(*(self._add(budget_key(p.name, run_id), tokens) for p, _ in limited))
 
     async def _add(self, key: str, tokens: int) -> None:
-        kv = await self._bucket()
         async with self._locks[hash(key) % _LOCK_STRIPES]:
             for attempt in range(MAX_CAS_ATTEMPTS):
                 used, revision = await self._read(key)
                 value = str(used + tokens).encode()
-                try:
+
+                async def write(kv: KeyValue, revision: int = revision, value: bytes = value) -> None:
                     if revision == 0:
                         await kv.create(key, value)
                     else:
                         await kv.update(key, value, last=revision)
+
+                try:
+                    await self._healing(write, read=False)
                     return
                 except KeyWrongLastSequenceError:
                     # Another router won this round; back off a little, with jitter, and re-read.

@@ -7,6 +7,11 @@ delivery and recreates itself from the right place, so a lost message or a
 reconnect cannot leave the router behind without it noticing; and since each
 record holds the whole state, catching up is taking the newest record.
 
+After a reconnect the router follows the stream afresh from its newest record
+rather than wait ~10 s for the ordered consumer to miss its heartbeats (its
+consumer may have died with a server); a stream made anew (a lost store) is
+followed afresh too (:class:`shared.jetstream.StateKeeper`).
+
 Recent tables are kept by revision so a pinned run (``Modelbus-Run-Id``) can
 keep using the revision its first request was routed at; older ones are read
 back from the stream on demand.
@@ -19,16 +24,18 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import DeliverPolicy, StreamInfo
 from nats.js.errors import NotFoundError
 
 from services.router.table import RoutingTable
 from shared.admin import BreakerState, RouterStatus, RoutingRecord, TargetHealth, admin_encoder
 from shared.bus import ReplyGuard
+from shared.jetstream import StateKeeper
 from shared.subjects import CONFIG_LOG, CONFIG_STREAM, ROUTER_REVISIONS, ROUTER_STATUS
 
 log = logging.getLogger("modelbus.router")
@@ -37,6 +44,18 @@ KEEP_TABLES = 64
 """Tables kept in memory by revision, for pinned runs."""
 
 _record_decoder = msgspec.json.Decoder(RoutingRecord)
+
+
+def _created(info: StreamInfo) -> float | None:
+    return info.created.timestamp() if info.created is not None else None
+
+
+async def _unsubscribe(sub: Any) -> None:
+    try:
+        # Bounded: with the server gone, deleting the consumer would wait for a timeout.
+        await asyncio.wait_for(sub.unsubscribe(), 1.0)
+    except Exception:  # the connection may be closing, or the consumer already gone
+        pass
 
 
 class TableFollower:
@@ -65,6 +84,13 @@ class TableFollower:
         self._tables: OrderedDict[int, RoutingTable] = OrderedDict()
         self._first = asyncio.Event()
         self._subs: list[object] = []
+        self._log_sub: Any = None
+        self._created: float | None = None
+        """When the followed config stream was created: another time means it was made anew."""
+        self._restart = False
+        """The stream was made anew: install its next record whatever its revision."""
+        self.keeper = StateKeeper(self.state_nc, "config follower", self._repair)
+        """Re-follows the config stream after reconnects and when it was made anew."""
 
     async def start(self, timeout_s: float) -> None:
         """Subscribe to status requests and the config log; wait for the first table."""
@@ -73,7 +99,7 @@ class TableFollower:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
-                await js.stream_info(CONFIG_STREAM)
+                self._created = _created(await js.stream_info(CONFIG_STREAM))
                 break
             except NotFoundError:
                 if asyncio.get_running_loop().time() > deadline:
@@ -82,15 +108,7 @@ class TableFollower:
                         "is the config service running?"
                     ) from None
                 await asyncio.sleep(0.1)
-        self._subs.append(
-            await js.subscribe(
-                CONFIG_LOG,
-                stream=CONFIG_STREAM,
-                cb=self._on_record,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.LAST,
-            )
-        )
+        await self._follow()
         left = deadline - asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(self._first.wait(), max(left, 0.1))
@@ -98,13 +116,46 @@ class TableFollower:
             raise RuntimeError(
                 f"no configuration revision after {timeout_s}s; is the config service running?"
             ) from None
+        self.keeper.start()
+
+    async def _follow(self) -> None:
+        """(Re)subscribe to the config log from its newest record: each holds the whole state, so
+        the newest is all a router needs to catch up, and every later one follows."""
+        old, self._log_sub = self._log_sub, None
+        self._log_sub = await self.state_nc.jetstream().subscribe(
+            CONFIG_LOG,
+            stream=CONFIG_STREAM,
+            cb=self._on_record,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST,
+        )
+        if old is not None:
+            await _unsubscribe(old)
+
+    async def _repair(self, reason: str) -> None:
+        """After a reconnect the ordered consumer may have died with its server (nats-py would notice
+        only after missing heartbeats, ~10 s): follow afresh. A config stream made anew (a lost
+        store) would be followed from its old sequence and every new record missed: follow afresh."""
+        try:
+            created = _created(await self.state_nc.jetstream().stream_info(CONFIG_STREAM))
+        except NotFoundError:
+            raise RuntimeError(f"config stream {CONFIG_STREAM!r} is missing; waiting for the config service") from None
+        if created != self._created:
+            log.warning(
+                "config stream %s was made anew (%s); following it from its newest record", CONFIG_STREAM, reason
+            )
+            self._created, self._restart = created, True
+            self._tables.clear()
+        elif reason != "reconnected":
+            return
+        await self._follow()
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()  # type: ignore[attr-defined]
-            except Exception:  # the connection may already be closing
-                pass
+        await self.keeper.stop()
+        for sub in [*self._subs, self._log_sub]:
+            if sub is not None:
+                await _unsubscribe(sub)
+        self._log_sub = None
 
     def status(self, *, detailed: bool = False) -> RouterStatus:
         """Revision and load; with ``detailed``, per-target health and open breakers too."""
@@ -136,7 +187,8 @@ class TableFollower:
             return
         table = RoutingTable(record.routing)
         self._remember(table)
-        if self.current is None or table.revision > self.current.revision:
+        if self.current is None or table.revision > self.current.revision or self._restart:
+            self._restart = False
             self.current = table  # the swap: one assignment, no lock on the hot path
             self._first.set()
             log.info("routing table at revision %d (%d aliases)", table.revision, len(table.alias_names))

@@ -25,7 +25,7 @@ import msgspec
 from services.secrets import rotate_cmd
 from services.secrets.masterkey import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeyError, load_keyring
 from services.secrets.service import SecretsService
-from services.secrets.store import SecretStore, StoreStartupError, ensure_no_locked_data
+from services.secrets.store import SecretStore, StoreStartupError, ensure_no_locked_data, store_keeper
 from services.secrets.vault import VaultConfigError, vault_from_env
 from services.secrets.wire import register
 from shared.bus import close_state, connect_state, make_broker, run
@@ -89,7 +89,13 @@ async def _main() -> None:
         # Address, mount and prefix only: the token is never logged.
         state += f"; Vault first at {vault.kv.address}, {vault.where('')}"
 
+    keeper = store_keeper(state_nc) if keys is not None else None  # recreates the bucket a lost server took
+    if keeper is not None:
+        keeper.start()
+
     async def on_stop() -> None:
+        if keeper is not None:
+            await keeper.stop()
         if vault is not None:
             await vault.aclose()
         await close_state(state_nc, broker.connection)

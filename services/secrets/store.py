@@ -35,6 +35,7 @@ import binascii
 import logging
 import re
 
+from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError
@@ -56,6 +57,7 @@ from services.secrets.crypto import (
 from services.secrets.masterkey import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, PREVIOUS_KEY_ENV, PREVIOUS_KEY_FILE_ENV
 from services.secrets.versioned import Stored, VersionedBucket
 from shared.envelopes import SecretInfo
+from shared.jetstream import StateKeeper, ensure_kv
 from shared.subjects import SECRETS_BUCKET
 
 log = logging.getLogger("modelbus.secrets")
@@ -215,6 +217,26 @@ async def ensure_no_locked_data(js: JetStreamContext) -> None:
         )
 
 
+def store_keeper(nc: Client) -> StateKeeper:
+    """Keeps the secrets bucket in place after reconnects and lost servers: brought to
+    ``MODELBUS_JS_REPLICAS``, and re-created if it is gone (with an error in the log: its secrets
+    are lost unless a server with the old store comes back; the key check is written at the next
+    start). Start it once :meth:`SecretStore.open` succeeded; stop it before closing ``nc``."""
+    js = nc.jetstream()
+
+    async def repair(reason: str) -> None:
+        _, ensured = await ensure_kv(js, BUCKET_CONFIG)
+        if ensured.created:
+            log.error(
+                "the secrets store (JetStream KV bucket %r) was missing (%s) and has been created again, empty: "
+                "its secrets are lost unless a server with the old JetStream store comes back",
+                SECRETS_BUCKET,
+                reason,
+            )
+
+    return StateKeeper(nc, "secrets bucket", repair)
+
+
 def legacy_horizon_for(version: int, *, versioned_records: bool) -> int:
     """The legacy horizon a key check written at ``version`` fixes.
 
@@ -241,10 +263,7 @@ class SecretStore:
 
         ``key_source`` names where the keys came from, for error messages.
         """
-        try:
-            kv = await js.key_value(SECRETS_BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(config=BUCKET_CONFIG)
+        kv, _ = await ensure_kv(js, BUCKET_CONFIG)  # MODELBUS_JS_REPLICAS replicas, an existing bucket brought to it
         store = cls(VersionedBucket(js, kv), ring)
         await store._check_keys(key_source)
         return store

@@ -1,0 +1,232 @@
+"""modelbus on a real 3-node nats-server cluster with ``MODELBUS_JS_REPLICAS=3``.
+
+The real stack (``modelbus up --nats-url a,b,c``: config, secrets, routers,
+providers with the mock provider) runs against all three URLs. Each node in
+turn is killed with SIGKILL and restarted before the next. After each kill,
+with no service restarted: ``apply`` and ``history`` (the config stream), a
+run-pinned request (the run-pin bucket), a budget charge (the budgets bucket)
+and ``audit verify`` (the audit stream) all work, and every stream has 3
+replicas and a leader. With one replica (before the fix) the first assertion
+fails, and losing the node that holds the run-pin bucket turns every pinned
+request into an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from services.router.budgets import TokenBudgets
+from shared import headers as H
+from shared.admin import ApplyRequest, ApplyResult, AuditReport, HistoryList, HistoryQuery
+from shared.bus import server_urls
+from shared.errors import error_from_wire
+from shared.jetstream import replica_status
+from shared.natscluster import EmbeddedCluster
+from shared.subjects import (
+    AUDIT_STREAM,
+    AUDIT_VERIFY,
+    BREAKERS_BUCKET,
+    BUDGETS_BUCKET,
+    CHAT_COMPLETIONS,
+    CONFIG_APPLY,
+    CONFIG_HISTORY,
+    CONFIG_STREAM,
+    RUNS_BUCKET,
+)
+from tests.conftest import Stack, run, start_stack, stop_process
+
+POLICY = "cluster-budget"
+CONFIG = f"""
+apiVersion: modelbus.dev/v1
+kind: ModelEndpoint
+metadata: {{name: mock}}
+spec: {{provider: mock, default_model: mock-1}}
+---
+apiVersion: modelbus.dev/v1
+kind: ModelAlias
+metadata: {{name: default}}
+spec: {{targets: [{{endpoint: mock}}]}}
+---
+apiVersion: modelbus.dev/v1
+kind: Agent
+metadata: {{name: budgeted}}
+spec: {{model_ref: mock}}
+---
+apiVersion: modelbus.dev/v1
+kind: AgentPolicy
+metadata: {{name: {POLICY}}}
+spec: {{max_tokens_per_run: 100000000, agents: [budgeted]}}
+"""
+STREAMS = [CONFIG_STREAM, AUDIT_STREAM, f"KV_{RUNS_BUCKET}", f"KV_{BREAKERS_BUCKET}", f"KV_{BUDGETS_BUCKET}"]
+"""Every stream the stack keeps (the secrets bucket too when the stack has a master key)."""
+RECOVER_WITHIN_S = 25.0
+"""Upper bound for each operation to work again after a kill (measured figures are printed)."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    c = EmbeddedCluster(tmp_path_factory.mktemp("cluster"))
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("home")
+    config = home / "cluster.yaml"
+    config.write_text(CONFIG)
+    s = start_stack(
+        cluster.url,
+        config,
+        home,
+        env={"MODELBUS_JS_REPLICAS": "3", "MODELBUS_ADMIN_HTTP": "off"},
+        extra_args=["--routers", "2"],
+        timeout_s=120,
+    )
+    try:
+        yield s
+    finally:
+        stop_process(s.proc)
+        (home / "stack.log").write_text(s.log())  # for a failed run: what every service said
+        print(f"\nstack log: {home / 'stack.log'}")
+
+
+async def connect(cluster: EmbeddedCluster) -> Client:
+    return await nats.connect(servers=server_urls(cluster.url), max_reconnect_attempts=-1, reconnect_time_wait=0.25)  # type: ignore[arg-type]
+
+
+async def rpc(
+    nc: Client, subject: str, request: Any, reply_type: type[Any], *, headers: dict[str, str] | None = None
+) -> Any:
+    body = b"" if request is None else msgspec.json.encode(request)
+    msg = await nc.request(subject, body, timeout=22, headers=headers)
+    status = int((msg.headers or {}).get(H.STATUS, "0"))
+    if status != 200:
+        raise error_from_wire(status, msg.data)
+    return msgspec.json.decode(msg.data, type=reply_type)
+
+
+async def completion(nc: Client, run_id: str, *, agent: bool) -> dict[str, Any]:
+    headers = {H.RUN_ID: run_id, H.TIMEOUT_MS: "20000"}
+    if agent:
+        headers[H.AGENT] = "budgeted"
+    body = {"model": "default", "messages": [{"role": "user", "content": "cluster"}]}
+    reply: dict[str, Any] = await rpc(nc, CHAT_COMPLETIONS, body, dict, headers=headers)
+    return reply
+
+
+async def until_ok(what: str, attempt: Callable[[], Awaitable[Any]], errors: list[str]) -> tuple[Any, float]:
+    """Retry ``attempt`` until it succeeds; its result and how long that took. Every failure is recorded."""
+    start = time.monotonic()
+    while True:
+        try:
+            return await attempt(), time.monotonic() - start
+        except Exception as exc:
+            errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            if time.monotonic() - start > RECOVER_WITHIN_S:
+                raise AssertionError(f"{what} did not work within {RECOVER_WITHIN_S}s: {errors[-3:]}") from exc
+            await asyncio.sleep(0.1)
+
+
+async def all_replicated(nc: Client, streams: list[str]) -> dict[str, tuple[int, str | None, int]]:
+    js = nc.jetstream()
+    return {s: await replica_status(js, s) for s in streams}
+
+
+async def wait_replicated(nc: Client, streams: list[str], *, current: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, tuple[int, str | None, int]] = {}
+    while time.monotonic() < deadline:
+        try:
+            status = await all_replicated(nc, streams)
+            if all(r == 3 and leader and cur >= current for r, leader, cur in status.values()):
+                return
+        except Exception as exc:
+            status = {"error": (0, str(exc), 0)}
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"streams not at 3 replicas with a leader and {current} current: {status}")
+
+
+def test_every_stream_and_bucket_is_created_with_three_replicas(stack: Stack, cluster: EmbeddedCluster) -> None:
+    async def scenario() -> None:
+        nc = await connect(cluster)
+        await completion(nc, "warm-up", agent=True)  # the budgets bucket is made on first use
+        await wait_replicated(nc, STREAMS, current=3)
+        status = await all_replicated(nc, STREAMS)
+        assert {s: r for s, (r, _, _) in status.items()} == dict.fromkeys(STREAMS, 3)
+        await nc.close()
+
+    run(scenario())
+
+
+def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_killed(
+    stack: Stack, cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELBUS_JS_REPLICAS", "3")  # this process reads budgets like a router of the stack
+
+    async def scenario() -> None:
+        nc = await connect(cluster)
+        budgets = TokenBudgets(nc)
+        await completion(nc, "warm-up", agent=True)
+        await wait_replicated(nc, STREAMS, current=3)
+        first = (await rpc(nc, CONFIG_HISTORY, HistoryQuery(limit=1), HistoryList)).items[0].revision
+        figures: list[str] = []
+        for node in range(len(cluster.nodes)):
+            errors: list[str] = []
+            cluster.kill(node)
+            killed = time.monotonic()
+            doc = json.dumps(
+                {
+                    "apiVersion": "modelbus.dev/v1",
+                    "kind": "ModelEndpoint",
+                    "metadata": {"name": f"after-kill-{node}"},
+                    "spec": {"provider": "mock", "default_model": "m"},
+                }
+            )
+            request = ApplyRequest(documents=doc, actor="test")
+            applied, t_apply = await until_ok(
+                "apply", lambda request=request: rpc(nc, CONFIG_APPLY, request, ApplyResult), errors
+            )
+            history, t_history = await until_ok(
+                "history", lambda: rpc(nc, CONFIG_HISTORY, HistoryQuery(limit=500), HistoryList), errors
+            )
+            revisions = [entry.revision for entry in history.items]
+            assert revisions[0] == applied.revision and first in revisions  # nothing lost
+            run_id = f"run-after-kill-{node}"
+            _, t_pin = await until_ok(
+                "pinned request", lambda run_id=run_id: completion(nc, run_id, agent=True), errors
+            )
+
+            async def charged(run_id: str = run_id) -> int:
+                used = await budgets.used(run_id, POLICY)  # a new run: only this request's charge
+                assert used > 0, "the charge is not recorded yet"
+                return used
+
+            _, t_budget = await until_ok("budget charge", charged, errors)
+            report, t_audit = await until_ok("audit verify", lambda: rpc(nc, AUDIT_VERIFY, None, AuditReport), errors)
+            assert report.ok, report
+            # With one node down: still 3 replicas configured, a leader, and 2 of them current.
+            await wait_replicated(nc, STREAMS, current=2, timeout_s=RECOVER_WITHIN_S)
+            figures.append(
+                f"node {node} killed: apply {t_apply:.2f}s, history {t_history:.2f}s, pinned {t_pin:.2f}s, "
+                f"budget {t_budget:.2f}s, audit {t_audit:.2f}s (total {time.monotonic() - killed:.2f}s, "
+                f"{len(errors)} failed attempts{': ' + errors[0] if errors else ''})"
+            )
+            await asyncio.to_thread(cluster.restart, node)
+            await wait_replicated(nc, STREAMS, current=3)
+        print("\n" + "\n".join(figures))
+        await nc.close()
+
+    run(scenario())
