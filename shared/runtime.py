@@ -14,6 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from faststream.nats import NatsBroker
+from nats.errors import ConnectionReconnectingError
 
 from shared.logs import announce_ready
 from shared.telemetry import shutdown_tracing
@@ -55,7 +56,8 @@ async def serve(
         finally:
             try:
                 await asyncio.wait_for(broker.stop(), 3.0)
-            except TimeoutError:
-                log.warning("NATS connection did not drain; closing")
+            except (TimeoutError, ConnectionReconnectingError, RuntimeError) as exc:
+                # A drain during a reconnect raises instead of waiting; close either way.
+                log.warning("NATS connection did not drain (%s); closing", type(exc).__name__)
                 await broker.connection.close()
             shutdown_tracing()

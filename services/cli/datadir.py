@@ -11,8 +11,11 @@ Layout (everything 0600, every folder 0700)::
       clients/NAME.json  each application's credentials file  (refused likewise)
       clients.json    the applications' registry (bcrypt hashes only)
       clients.applied hash of the registry the running nats-server has loaded
-      run.json        the running stack: NATS URL, admin URL, PID
+      run.json        the running stack: NATS URL(s), admin URL, PID
+      processes.json  every supervised process: state, PID, uptime, restarts (for ``modelbus status``)
+      cluster-route.key  the route password of ``up --cluster`` nodes (refused likewise)
       nats-server.log, nats/ (configuration, ports file, JetStream store)
+      nats/node-<i>/  with ``up --cluster N``: node i's configuration, store and nats-server.log
 
 A key or credentials file that group or others can access is refused, not
 quietly narrowed: it may already have been read, so the operator should know
@@ -53,12 +56,23 @@ ADMIN_TOKEN_FILE = "admin.token"
 RUN_FILE = "run.json"
 NATS_DIR = "nats"
 NATS_LOG = "nats-server.log"
+PROCESSES_FILE = "processes.json"
+"""The supervisor's view of every process of the running stack (written by ``modelbus up``)."""
+ROUTE_PASSWORD_FILE = "cluster-route.key"
+"""The password cluster nodes of ``modelbus up --cluster`` authenticate their routes with."""
 CLIENTS_APPLIED = "clients.applied"
 """SHA-256 of the ``clients.json`` the running nats-server has loaded (written by ``modelbus up``)."""
 DEFAULT_HOME = Path.home() / ".local" / "share" / "modelbus"
 """The data directory when neither ``--data-dir`` nor ``MODELBUS_HOME`` is given."""
 
-PRIVATE_FILES = (MASTER_KEY_FILE, AUDIT_KEY_FILE, ADMIN_TOKEN_FILE, identities.IDENTITIES_FILE, identities.CLIENT_FILE)
+PRIVATE_FILES = (
+    MASTER_KEY_FILE,
+    AUDIT_KEY_FILE,
+    ADMIN_TOKEN_FILE,
+    ROUTE_PASSWORD_FILE,
+    identities.IDENTITIES_FILE,
+    identities.CLIENT_FILE,
+)
 """Key and credentials files in the data directory: refused when group or others can access them."""
 OPERATOR_KEY_FILES = (
     MASTER_KEY_FILE_ENV,
@@ -67,7 +81,7 @@ OPERATOR_KEY_FILES = (
     ADMIN_TOKEN_FILE_ENV,
 )
 """Variables naming key files an operator supplies: held to the same rule."""
-NARROWED = (RUN_FILE, NATS_LOG, NATS_DIR, identities.CLIENTS_REGISTRY, CLIENTS_APPLIED)
+NARROWED = (RUN_FILE, PROCESSES_FILE, NATS_LOG, NATS_DIR, identities.CLIENTS_REGISTRY, CLIENTS_APPLIED)
 """What else modelbus writes in the data directory: narrowed to 0600/0700 on start."""
 
 
@@ -190,6 +204,18 @@ def ensure_admin_token(data_dir: Path) -> Path | None:
     return path
 
 
+def ensure_route_password(data_dir: Path) -> str:
+    """The route password of a local cluster's nodes, generated (0600) on first use.
+
+    Kept across runs so a node restarted by hand, or a run after a crash, joins
+    the others; only the nodes' own configurations (0600) hold it besides this file.
+    """
+    path = data_dir / ROUTE_PASSWORD_FILE
+    if not path.exists():
+        write_new_private_file(path, secrets.token_urlsafe(32).encode() + b"\n")
+    return path.read_text().strip()
+
+
 # ---------------------------------------------------------------- the running stack
 
 
@@ -207,6 +233,10 @@ class RunInfo:
     """Where its config service serves the HTTP admin API, when it does."""
     embedded: bool = True
     """Whether it runs its own nats-server (and so can apply client identities)."""
+    nats_urls: tuple[str, ...] = ()
+    """Every server's URL (several with ``--cluster``); :attr:`nats_url` is them comma-joined."""
+    cluster: int = 0
+    """How many nodes its local cluster has (``up --cluster N``); 0 without one."""
 
 
 def write_run_info(data_dir: Path, info: RunInfo) -> None:
@@ -217,6 +247,8 @@ def write_run_info(data_dir: Path, info: RunInfo) -> None:
         "secure": info.secure,
         "admin_url": info.admin_url,
         "embedded": info.embedded,
+        "nats_urls": list(info.nats_urls or info.nats_url.split(",")),
+        "cluster": info.cluster,
     }
     write_private_file(run_file(data_dir), json.dumps(body, indent=2).encode())
 
@@ -231,6 +263,8 @@ def read_run_info(data_dir: Path) -> RunInfo | None:
             secure=bool(raw.get("secure")),
             admin_url=raw.get("admin_url") or None,
             embedded=bool(raw.get("embedded", True)),
+            nats_urls=tuple(str(u) for u in raw.get("nats_urls") or str(raw["nats_url"]).split(",")),
+            cluster=int(raw.get("cluster") or 0),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -250,6 +284,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc (not Linux): trust the signal
     return b"modelbus" in cmdline or b"services.cli" in cmdline
+
+
+def read_processes(data_dir: Path) -> dict[str, Any] | None:
+    """What the supervisor last wrote to ``processes.json``, or ``None`` when absent or unreadable."""
+    try:
+        raw = json.loads((data_dir / PROCESSES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) and isinstance(raw.get("processes"), list) else None
 
 
 def load_passwords(data_dir: Path) -> dict[str, str] | None:

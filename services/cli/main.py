@@ -2,7 +2,7 @@
 
 ``modelbus up``        start an embedded NATS and every service
 ``modelbus complete``  send one completion through the bus and print it
-``modelbus status``    where the running stack of the data dir listens
+``modelbus status``    where the running stack of the data dir listens, and the state of each process
 ``modelbus apply|get|describe|delete|history|rollback|audit|test``  administration
 ``modelbus create|delete client NAME``, ``get clients``  per-application identities
 ``modelbus create|delete secret NAME``, ``get secrets``  stored secrets
@@ -19,15 +19,16 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.cli.admin import add_parsers as add_admin_parsers
 from services.cli.clients_cmd import cmd_delete_client, cmd_get_clients
 from services.cli.connection import CliError, connect, data_dir_of, no_stack_message, resolve
-from services.cli.datadir import default_data_dir, read_run_info
+from services.cli.datadir import default_data_dir, read_processes, read_run_info
 from services.cli.secrets_cmd import add_parser as add_secrets_parser
-from services.cli.up import run_up
+from services.cli.up import cluster_problem, run_up
 from shared.client import CREDS_ENV
 
 CLIENT_KINDS = ("client", "clients")
@@ -136,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for services")
     up.add_argument("--demo", action="store_true", help="send one demo completion once ready")
     up.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a local N-node nats-server cluster with JetStream (odd, 3 or more; "
+        "its nodes listen on --nats-port and the next N-1 ports, all replicated 3 times)",
+    )
+    up.add_argument(
         "--insecure",
         action="store_true",
         help="embedded NATS without per-role identities (default: secure, see docs/security.md)",
@@ -154,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--creds", help=f"credentials file to connect with (default: {CREDS_ENV} or the data dir)")
     complete.add_argument("-v", "--verbose", action="store_true", help="print routing details to stderr")
 
-    status = sub.add_parser("status", help="the running stack of the data dir: NATS URL, admin API, pid")
+    status = sub.add_parser(
+        "status", help="the running stack of the data dir: NATS URL(s), admin API, every process's state"
+    )
     status.add_argument("--admin-url", action="store_true", help="print only the admin API's URL (for scripts)")
     status.add_argument("-o", "--output", choices=("text", "json"), default="text")
     status.set_defaults(local=_status)
@@ -172,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Print what the running ``modelbus up`` of the data dir recorded."""
+    """Print what the running ``modelbus up`` of the data dir recorded: where it listens, and its processes."""
     data_dir = data_dir_of(args)
     run = read_run_info(data_dir)
+    table = read_processes(data_dir)
+    supervisor = int(table.get("supervisor_pid") or 0) if table else 0
+    if table is not None and (supervisor != (run.pid if run else supervisor) or not _supervisor_alive(supervisor)):
+        table = None  # left behind by a stack that is gone (or by another one)
     if run is None:
+        if table is not None and not args.admin_url:
+            return _print_starting(data_dir, supervisor, table, args.output)
         print(f"error: {no_stack_message(data_dir)}", file=sys.stderr)
         return 1
     if args.admin_url:
@@ -184,15 +201,91 @@ def _status(args: argparse.Namespace) -> int:
             return 1
         print(run.admin_url)
         return 0
+    processes = _processes(table)
     if args.output == "json":
-        print(json.dumps(dataclasses.asdict(run), indent=2))
+        body = {**dataclasses.asdict(run), "nats_urls": list(run.nats_urls), "state": "running"}
+        print(json.dumps({**body, "data_dir": str(data_dir), "processes": processes}, indent=2))
         return 0
     print(f"nats_url   {run.nats_url}")
+    if run.cluster:
+        print(f"cluster    {run.cluster} nodes (JetStream replicas 3)")
     print(f"admin_url  {run.admin_url or '-'}")
     print(f"secure     {'yes' if run.secure else 'no (--insecure or external NATS)'}")
     print(f"pid        {run.pid}")
     print(f"data_dir   {data_dir}")
+    if processes:
+        print()
+        _print_processes(processes)
     return 0
+
+
+def _supervisor_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _processes(table: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The supervisor's process records, each with its uptime as of now."""
+    if table is None:
+        return []
+    now = time.time()
+    rows = []
+    for raw in table.get("processes", []):
+        if not isinstance(raw, dict):
+            continue
+        row = dict(raw)
+        started = row.get("started_at")
+        row["uptime_s"] = round(now - float(started), 1) if isinstance(started, int | float) else None
+        rows.append(row)
+    return rows
+
+
+def _print_starting(data_dir: Any, supervisor: int, table: dict[str, Any], output: str) -> int:
+    processes = _processes(table)
+    if output == "json":
+        body = {"state": "starting", "pid": supervisor, "data_dir": str(data_dir), "processes": processes}
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"a stack (pid {supervisor}) is starting in {data_dir}; not ready yet")
+    print()
+    _print_processes(processes)
+    return 0
+
+
+def _print_processes(processes: list[dict[str, Any]]) -> None:
+    rows = [("PROCESS", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT")]
+    for p in processes:
+        uptime = p.get("uptime_s")
+        rows.append(
+            (
+                str(p.get("name", "?")),
+                str(p.get("state", "?")),
+                str(p.get("pid") or "-"),
+                _duration(float(uptime)) if isinstance(uptime, int | float) else "-",
+                str(p.get("restarts", 0)),
+                str(p.get("last_exit") or "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``2h05m``, ``3d04h``."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def _local_handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
@@ -215,6 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up":
         if args.routers < 1 or args.provider_workers < 1:
             print("error: --routers and --provider-workers must be at least 1", file=sys.stderr)
+            sys.exit(2)
+        problem = cluster_problem(args.cluster, args.nats_url)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
         _exit_with(run_up(args))
     if getattr(args, "admin", None) is not None:

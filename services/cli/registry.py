@@ -22,6 +22,7 @@ from pathlib import Path
 from services.cli.datadir import CLIENTS_APPLIED
 from shared import identities
 from shared.keyfile import write_private_file
+from shared.natscluster import EmbeddedCluster
 from shared.natsserver import EmbeddedNats, NatsServerError
 
 CLIENTS_POLL_S = 0.2
@@ -60,7 +61,9 @@ def render_authorization(passwords: dict[str, str], registry: bytes) -> str:
     return identities.render_authorization(passwords, parse_registry(registry))
 
 
-async def watch_clients(server: EmbeddedNats, data_dir: Path, passwords: dict[str, str], stamp: object) -> None:
+async def watch_clients(
+    server: EmbeddedNats | EmbeddedCluster, data_dir: Path, passwords: dict[str, str], stamp: object
+) -> None:
     """Apply every change of ``clients.json`` to the running server, then acknowledge it.
 
     Runs until cancelled. A registry the server refuses (or cannot be read) is

@@ -1,11 +1,18 @@
-"""``modelbus up``: an embedded nats-server plus one process per service.
+"""``modelbus up``: an embedded nats-server (or a local cluster) plus one process per service.
 
 It prefixes every child's log lines with the child's name, prints a line
-starting with ``ready`` (with the NATS URL, the client credentials file and the
-admin API's address) once every service has said it is serving, and on
-SIGINT/SIGTERM, or when any child dies, stops all children and the server.
-Children also get a parent-death signal on Linux, so even a killed supervisor
-leaves no orphans behind.
+starting with ``ready`` (with the NATS URL(s), the client credentials file and
+the admin API's address) once every service has said it is serving, and keeps
+every process running: :mod:`services.cli.supervise` restarts what crashes,
+with backoff, gives up on a crash loop, names the real cause when nats-server
+dies and records each process's state for ``modelbus status``. On
+SIGINT/SIGTERM it stops the services, then the server. Children also get a
+parent-death signal on Linux, so even a killed supervisor leaves no orphans.
+
+``--cluster N`` runs N nodes (:class:`shared.natscluster.EmbeddedCluster`) with
+JetStream in ``nats/node-<i>`` instead of the one server, each supervised on its
+own ports and store, and tells the services to keep three replicas of every
+stream and bucket (``MODELBUS_JS_REPLICAS``).
 
 Each child gets only its own secrets: its broker identities
 (:func:`shared.identities.connection_env`), and the master key (secrets) or
@@ -15,8 +22,8 @@ the others inherit. Everything is created with umask 077 in a data directory
 
 While it runs, the supervisor watches the application registry
 (``clients.json``, written by ``modelbus create/delete client``), re-renders
-the server's authorization from it and reloads the nats-server it owns
-(SIGHUP to its own child), then writes ``clients.applied`` for the CLI.
+the server's authorization from it and reloads the nats-server(s) it owns
+(SIGHUP to its own children), then writes ``clients.applied`` for the CLI.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import shlex
 import shutil
 import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.cli.datadir import (
@@ -36,17 +42,21 @@ from services.cli.datadir import (
     DEFAULT_HOME,
     NATS_DIR,
     NATS_LOG,
+    PROCESSES_FILE,
     DataDirError,
     RunInfo,
     ensure_admin_token,
     ensure_audit_key,
     ensure_master_key,
+    ensure_route_password,
     prepare,
     read_run_info,
     run_file,
     write_run_info,
 )
+from services.cli.processes import NatsProcess, ServiceProcess, StartInterrupted, Supervised
 from services.cli.registry import registry_digest, registry_state, render_authorization, watch_clients
+from services.cli.supervise import Supervisor
 from shared import identities
 from shared.keyfile import (
     ADMIN_TOKEN_ENV,
@@ -57,10 +67,15 @@ from shared.keyfile import (
     MASTER_KEY_FILE_ENV,
     write_private_file,
 )
-from shared.logs import READY_MARKER
-from shared.natsserver import EmbeddedNats, NatsServerError, die_with_parent
+from shared.natscluster import EmbeddedCluster
+from shared.natsserver import EmbeddedNats, NatsServerError
 
-STOP_GRACE_S = 10.0
+REPLICAS_ENV = "MODELBUS_JS_REPLICAS"
+"""How many replicas the services keep of every stream and bucket (read by :mod:`shared.jetstream`)."""
+CLUSTER_REPLICAS = 3
+"""The replica count ``--cluster`` sets: survives the loss of any one node (a majority of three remains)."""
+MAX_CLUSTER_NODES = 9
+CLUSTER_START_TIMEOUT_S = 60.0
 _ADMIN_URL_RE = re.compile(r"\badmin=(https?://\S+)")
 
 KEY_ENV_OF: dict[str, tuple[str, ...]] = {
@@ -85,96 +100,6 @@ IDENTITY_ENV = (
 """Broker credentials a secure stack sets per child; never inherited from the operator's shell."""
 
 
-@dataclass
-class Child:
-    """One supervised service process."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    process: asyncio.subprocess.Process | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    ready_line: str = ""
-    """The service's ready line (the config service's names the admin API's address)."""
-    pump: asyncio.Task[None] | None = None
-
-
-class Supervisor:
-    """Starts, watches and stops the children."""
-
-    def __init__(self, children: list[Child]) -> None:
-        self.children = children
-        self._stopping = False
-        self.exit_code = 0
-
-    async def _pump(self, child: Child) -> None:
-        assert child.process is not None and child.process.stdout is not None
-        prefix = f"[{child.name}] ".encode()
-        while line := await child.process.stdout.readline():
-            if READY_MARKER.encode() in line and not child.ready.is_set():
-                child.ready_line = line.decode(errors="replace").strip()
-                child.ready.set()
-            sys.stdout.buffer.write(prefix + line)
-            sys.stdout.buffer.flush()
-
-    async def start(self, child: Child) -> None:
-        """Start one child with stdout and stderr merged into the prefixed log."""
-        child.process = await asyncio.create_subprocess_exec(
-            *child.argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=child.env,
-            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        child.pump = asyncio.create_task(self._pump(child))
-
-    async def wait_ready(self, children: list[Child], timeout_s: float) -> None:
-        """Wait until each child says it is serving; fail if one exits first."""
-        waits = {asyncio.create_task(c.ready.wait()): c for c in children}
-        exits = {asyncio.create_task(c.process.wait()): c for c in children if c.process}
-        try:
-            pending = set(waits)
-            deadline = asyncio.get_running_loop().time() + timeout_s
-            while pending:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    names = ", ".join(waits[t].name for t in pending)
-                    raise RuntimeError(f"not ready after {timeout_s:.0f}s: {names}")
-                done, _ = await asyncio.wait(pending | set(exits), timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task in exits:
-                        child = exits[task]
-                        raise RuntimeError(f"{child.name} exited with status {task.result()} while starting")
-                    pending.discard(task)
-        finally:
-            for task in [*waits, *exits]:
-                task.cancel()
-
-    async def wait_any_exit(self) -> Child:
-        """Return the first child that exits."""
-        tasks = {asyncio.create_task(c.process.wait()): c for c in self.children if c.process}
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        return tasks[next(iter(done))]
-
-    async def stop_all(self) -> None:
-        """SIGTERM every child, wait, then SIGKILL whatever is left."""
-        self._stopping = True
-        live = [c for c in self.children if c.process and c.process.returncode is None]
-        for child in reversed(live):
-            try:
-                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            except ProcessLookupError:
-                pass
-        for child in live:
-            try:
-                await asyncio.wait_for(child.process.wait(), STOP_GRACE_S)  # type: ignore[union-attr]
-            except TimeoutError:
-                child.process.kill()  # type: ignore[union-attr]
-                await child.process.wait()  # type: ignore[union-attr]
-
-
 def build_children(
     args: object,
     nats_url: str,
@@ -183,17 +108,19 @@ def build_children(
     *,
     passwords: dict[str, str] | None = None,
     audit_key_file: Path | None = None,
-) -> tuple[list[Child], list[Child]]:
+    extra_env: dict[str, str] | None = None,
+) -> tuple[list[ServiceProcess], list[ServiceProcess]]:
     """The children started first, in order (secrets, then config), and the rest, each with its
-    whole environment: the supervisor's, without any key or identity meant for another child."""
+    whole environment: the supervisor's, without any key or identity meant for another child.
+    ``extra_env`` holds defaults the supervisor's own environment overrides (e.g. the replica count)."""
     py = sys.executable
     withheld = {v for names in KEY_ENV_OF.values() for v in names}
     if passwords is not None:
         withheld |= set(IDENTITY_ENV)
     inherited = {k: v for k, v in os.environ.items() if k not in withheld}
-    common = {**inherited, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
+    common = {**(extra_env or {}), **inherited, "NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"}
 
-    def child(name: str, module: str, *extra: str, service: str) -> Child:
+    def child(name: str, module: str, *extra: str, service: str) -> ServiceProcess:
         env = dict(common)
         env.update({k: os.environ[k] for k in KEY_ENV_OF.get(service, ()) if os.environ.get(k)})
         if service == "secrets" and master_key_file is not None:
@@ -205,14 +132,14 @@ def build_children(
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
         if passwords is not None:
             env.update(identities.connection_env(service, passwords))
-        return Child(name, [py, "-m", module, *extra], env)
+        return ServiceProcess(name, [py, "-m", module, *extra], env)
 
     config_args = ["--config", str(Path(args.config).resolve())] if args.config else []  # type: ignore[attr-defined]
     first = [
         child("secrets", "services.secrets", service="secrets"),  # boot documents may carry secrets
         child("config", "services.config", *config_args, service="config"),
     ]
-    rest: list[Child] = []
+    rest: list[ServiceProcess] = []
     routers: int = args.routers  # type: ignore[attr-defined]
     workers: int = args.provider_workers  # type: ignore[attr-defined]
     for i in range(1, routers + 1):
@@ -240,10 +167,44 @@ def data_dir_option(data_dir: Path) -> str:
     return f" --data-dir {shlex.quote(str(data_dir.absolute()))}"
 
 
+def cluster_problem(nodes: int, nats_url: str | None) -> str | None:
+    """Why ``--cluster nodes`` cannot be used as given, or ``None``."""
+    if not nodes:
+        return None
+    if nats_url:
+        return "--cluster runs its own nats-server nodes; it cannot be combined with --nats-url (or NATS_URL)"
+    if nodes < 3 or nodes % 2 == 0 or nodes > MAX_CLUSTER_NODES:
+        return (
+            f"--cluster takes an odd number of nodes from 3 to {MAX_CLUSTER_NODES} "
+            f"(a majority must survive a lost node), not {nodes}"
+        )
+    return None
+
+
+def stop_tiers(procs: list[Supervised]) -> list[list[Supervised]]:
+    """Shutdown order: routers (no new requests), provider workers (finish theirs), config, secrets, nats-server."""
+    services = [p for p in procs if isinstance(p, ServiceProcess)]
+
+    def module(proc: ServiceProcess) -> str:
+        return proc.argv[proc.argv.index("-m") + 1] if "-m" in proc.argv else ""
+
+    order = ("services.router", "services.providers", "services.config", "services.secrets")
+    tiers: list[list[Supervised]] = [[p for p in services if module(p) == name] for name in order]
+    tiers.append([p for p in services if module(p) not in order])
+    tiers.append([p for p in procs if isinstance(p, NatsProcess)])
+    return [tier for tier in tiers if tier]
+
+
 async def run_up(args: object) -> int:
     """The whole ``modelbus up`` life cycle; returns the exit status."""
     os.umask(0o077)  # whatever this process and its children create is theirs alone
     data_dir = Path(args.data_dir).expanduser().absolute()  # type: ignore[attr-defined]
+    nodes: int = getattr(args, "cluster", 0) or 0
+    nats_url: str | None = args.nats_url  # type: ignore[attr-defined]
+    problem = cluster_problem(nodes, nats_url)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         narrowed = prepare(data_dir)
     except DataDirError as exc:
@@ -259,10 +220,11 @@ async def run_up(args: object) -> int:
             file=sys.stderr,
         )
         return 1
-    server: EmbeddedNats | None = None
-    nats_url = args.nats_url  # type: ignore[attr-defined]
+    server: EmbeddedNats | EmbeddedCluster | None = None
+    nats_procs: list[NatsProcess] = []
     passwords: dict[str, str] | None = None
     stamp, registry = registry_state(data_dir)
+    extra_env: dict[str, str] = {}
     if not nats_url:
         secure = not args.insecure  # type: ignore[attr-defined]
         passwords = identities.load_or_create(data_dir) if secure else None
@@ -271,20 +233,26 @@ async def run_up(args: object) -> int:
         except ValueError as exc:
             print(f"error: {data_dir / identities.CLIENTS_REGISTRY} is unreadable: {exc}", file=sys.stderr)
             return 1
-        server = EmbeddedNats(
-            data_dir / NATS_DIR,
-            port=args.nats_port or -1,  # type: ignore[attr-defined]
-            log_file=data_dir / NATS_LOG,
-            extra_config=extra,
-        )
+        port: int = args.nats_port  # type: ignore[attr-defined]
         try:
-            nats_url = server.start()  # main thread: PR_SET_PDEATHSIG follows the forking thread
+            if nodes:
+                server, nats_url = _start_cluster(data_dir, nodes, port, extra, passwords)
+                nats_procs = [NatsProcess(f"nats-{i}", node) for i, node in enumerate(server.nodes, 1)]
+                extra_env[REPLICAS_ENV] = str(CLUSTER_REPLICAS)
+            else:
+                _note_other_store(data_dir, cluster=False)
+                server = EmbeddedNats(
+                    data_dir / NATS_DIR, port=port or -1, log_file=data_dir / NATS_LOG, extra_config=extra
+                )
+                nats_url = server.start()  # main thread: PR_SET_PDEATHSIG follows the forking thread
+                nats_procs = [NatsProcess("nats-server", server)]
+                print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / NATS_DIR})", flush=True)
         except NatsServerError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         if passwords:
             write_private_file(data_dir / CLIENTS_APPLIED, registry_digest(registry).encode())
-        print(f"[nats] nats-server with JetStream at {nats_url} (data in {data_dir / NATS_DIR})", flush=True)
+    assert nats_url is not None
     first, rest = build_children(
         args,
         nats_url,
@@ -292,21 +260,25 @@ async def run_up(args: object) -> int:
         ensure_admin_token(data_dir),
         passwords=passwords,
         audit_key_file=ensure_audit_key(data_dir),
+        extra_env=extra_env,
     )
-    sup = Supervisor([*first, *rest])
+    sup = Supervisor(status_file=data_dir / PROCESSES_FILE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     status = 0
     watcher: asyncio.Task[None] | None = None
+    ready_timeout: float = args.ready_timeout  # type: ignore[attr-defined]
     try:
+        for proc in nats_procs:
+            sup.adopt(proc)
         for child in first:
             await sup.start(child)
-            await sup.wait_ready([child], args.ready_timeout)  # type: ignore[attr-defined]
+            await sup.wait_ready([child], ready_timeout, stop=stop)
         for c in rest:
             await sup.start(c)
-        await sup.wait_ready(rest, args.ready_timeout)  # type: ignore[attr-defined]
+        await sup.wait_ready(rest, ready_timeout, stop=stop)
         admin = _ADMIN_URL_RE.search(next(c.ready_line for c in first if c.name == "config"))
         admin_url = admin.group(1) if admin else None
         write_run_info(
@@ -317,11 +289,13 @@ async def run_up(args: object) -> int:
                 secure=passwords is not None,
                 admin_url=admin_url,
                 embedded=server is not None,
+                nats_urls=tuple(nats_url.split(",")),
+                cluster=nodes,
             ),
         )
         if server is not None and passwords is not None:
             watcher = asyncio.create_task(watch_clients(server, data_dir, passwords, stamp))
-        names = ",".join(c.name for c in sup.children)
+        names = ",".join(c.name for c in [*first, *rest])
         creds = ""
         if passwords is not None:
             creds = f" creds={identities.write_client_file(data_dir, nats_url, passwords)}"
@@ -329,15 +303,9 @@ async def run_up(args: object) -> int:
         print(f"ready nats={nats_url}{creds}{admin_part} services={names}", flush=True)
         if args.demo:  # type: ignore[attr-defined]
             await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {}, data_dir)
-        exited = asyncio.create_task(sup.wait_any_exit())
-        stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if exited in done:
-            child = exited.result()
-            print(f"error: {child.name} exited with status {child.process.returncode}; stopping", file=sys.stderr)  # type: ignore[union-attr]
-            status = 1
-        else:
-            exited.cancel()
+        status = await sup.run(stop)
+    except StartInterrupted:
+        status = 0
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         status = 1
@@ -345,11 +313,54 @@ async def run_up(args: object) -> int:
         print("stopping", flush=True)
         if watcher is not None:
             watcher.cancel()
-        await sup.stop_all()
-        if server is not None:
+        await sup.shutdown(stop_tiers(sup.processes))
+        if server is not None:  # the supervisor stopped its nodes; this catches any it never adopted
             await asyncio.to_thread(server.stop)
         run_file(data_dir).unlink(missing_ok=True)
+        (data_dir / PROCESSES_FILE).unlink(missing_ok=True)
     return status
+
+
+def _start_cluster(
+    data_dir: Path, nodes: int, port: int, extra: str, passwords: dict[str, str] | None
+) -> tuple[EmbeddedCluster, str]:
+    """Start the local cluster of ``--cluster``; returns it and its comma-joined URLs."""
+    _note_other_store(data_dir, cluster=True)
+    probe = None
+    if passwords:  # an identity allowed to ask JetStream whether it has a leader
+        role = "secrets-state"
+        probe = {"user": role, "password": passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
+    cluster = EmbeddedCluster(
+        data_dir / NATS_DIR,
+        nodes,
+        extra_config=extra,
+        route_password=ensure_route_password(data_dir),
+        probe_login=probe,
+        ports=[port + i for i in range(nodes)] if port else None,
+    )
+    print(f"[nats] starting a {nodes}-node nats-server cluster with JetStream", flush=True)
+    urls = cluster.start(CLUSTER_START_TIMEOUT_S)  # main thread: PR_SET_PDEATHSIG follows the forking thread
+    where = ", ".join(str(n.data_dir) for n in cluster.nodes)
+    print(f"[nats] cluster {cluster.name} with JetStream at {','.join(urls)} (data in {where})", flush=True)
+    return cluster, ",".join(urls)
+
+
+def _note_other_store(data_dir: Path, *, cluster: bool) -> None:
+    """Say so when the data dir holds JetStream state of the other mode, which this run does not see."""
+    nats_dir = data_dir / NATS_DIR
+    single, nodes = (nats_dir / "jetstream").is_dir(), any(nats_dir.glob("node-*/jetstream"))
+    if cluster and single and not nodes:
+        print(
+            f"[modelbus] note: {nats_dir / 'jetstream'} holds the single server's state (config history, "
+            "secrets, audit); the cluster keeps its own in nats/node-<i> and starts empty",
+            flush=True,
+        )
+    elif not cluster and nodes and not single:
+        print(
+            f"[modelbus] note: {nats_dir}/node-<i> holds a --cluster run's state; "
+            "this single server keeps its own and starts empty",
+            flush=True,
+        )
 
 
 async def _demo(nats_url: str, identity: dict[str, str], data_dir: Path) -> None:

@@ -112,3 +112,56 @@ def test_the_run_file_is_private_and_a_dead_supervisor_is_no_stack(tmp_path: Pat
     assert json.loads((tmp_path / "run.json").read_text())["admin_url"] == "http://127.0.0.1:2"
     # This test's own PID is alive but is no `modelbus up`: a reused PID is not a running stack.
     assert read_run_info(tmp_path) is None
+
+
+def _run_info_of(tmp_path: Path, body: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> RunInfo | None:
+    (tmp_path / "run.json").write_text(json.dumps(body))
+    monkeypatch.setattr(datadir, "_alive", lambda pid: True)  # stands in for a live supervisor
+    return read_run_info(tmp_path)
+
+
+def test_the_run_file_keeps_every_url_of_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = ("nats://127.0.0.1:1", "nats://127.0.0.1:2", "nats://127.0.0.1:3")
+    info = RunInfo(nats_url=",".join(urls), pid=1, secure=True, nats_urls=urls, cluster=3)
+    write_run_info(tmp_path, info)
+    assert json.loads((tmp_path / "run.json").read_text())["nats_urls"] == list(urls)
+    monkeypatch.setattr(datadir, "_alive", lambda pid: True)
+    assert read_run_info(tmp_path) == info
+
+
+def test_a_run_file_of_an_older_version_reads_as_one_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = _run_info_of(tmp_path, {"nats_url": "nats://127.0.0.1:4222", "pid": 1, "secure": True}, monkeypatch)
+    assert info is not None and info.nats_urls == ("nats://127.0.0.1:4222",) and info.cluster == 0
+
+
+def test_the_route_password_is_generated_private_and_kept(tmp_path: Path) -> None:
+    first = datadir.ensure_route_password(tmp_path)
+    path = tmp_path / datadir.ROUTE_PASSWORD_FILE
+    assert _mode(path) == 0o600 and len(first) >= 32
+    assert datadir.ensure_route_password(tmp_path) == first
+
+
+def test_a_route_password_others_can_read_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    datadir.ensure_route_password(home)
+    (home / datadir.ROUTE_PASSWORD_FILE).chmod(0o644)
+    with pytest.raises(DataDirError, match=r"cluster-route\.key"):
+        prepare(home)
+
+
+def test_the_process_table_is_read_only_when_it_is_one(tmp_path: Path) -> None:
+    assert datadir.read_processes(tmp_path) is None
+    (tmp_path / datadir.PROCESSES_FILE).write_text("{not json")
+    assert datadir.read_processes(tmp_path) is None
+    (tmp_path / datadir.PROCESSES_FILE).write_text('{"supervisor_pid": 5, "processes": [{"name": "router"}]}')
+    assert datadir.read_processes(tmp_path) == {"supervisor_pid": 5, "processes": [{"name": "router"}]}
+
+
+def test_a_process_table_left_wide_open_is_narrowed_on_start(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / datadir.PROCESSES_FILE).write_text("{}")
+    (home / datadir.PROCESSES_FILE).chmod(0o644)
+    assert home / datadir.PROCESSES_FILE in prepare(home)
+    assert _mode(home / datadir.PROCESSES_FILE) == 0o600
