@@ -46,7 +46,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from services.router.table import ResolvedTarget, Route
 from shared import headers as H
-from shared.bus import error_headers, reply_error, retry_after_from
+from shared.bus import RECONNECT_WAIT_S, error_headers, reply_error, retry_after_from
 from shared.envelopes import ProviderCall, provider_call_encoder
 from shared.errors import (
     BadUpstreamResponse,
@@ -183,7 +183,7 @@ class Forwarder:
                 else:
                     if healthy:
                         await self.breakers.success(target.key)
-                    else:
+                    elif healthy is not None:
                         await self.breakers.failure(target.key, defaults)
                     return
             if last.retry_after is not None:
@@ -191,7 +191,7 @@ class Forwarder:
                 retry_at[target.key] = time.monotonic() + hint
             if not last.retryable:
                 break
-            if last.code != "worker_lost":  # a dead worker says nothing about the endpoint
+            if last.code not in _NOT_THE_ENDPOINT:
                 await self.breakers.failure(target.key, defaults)
         if last is None:
             soonest = min(cooling) if cooling else None
@@ -262,12 +262,14 @@ class Forwarder:
             return
         await self.budgets.charge(call.run_id, call.route.policies, tokens)
 
-    async def _attempt(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> bool:
+    async def _attempt(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> bool | None:
         """Dispatch one attempt and follow it to its outcome.
 
-        Returns once the client has its final answer (``True`` if the target did
-        well, ``False`` if the answer was an error the target caused); raises
-        :class:`_Failed` when nothing reached the client, so the loop may go on.
+        Returns once the client has its final answer: ``True`` if the target did
+        well, ``False`` if the answer was an error the target caused, ``None`` if
+        it says nothing about the target (the worker was lost or fenced, e.g. in a
+        NATS restart, after the stream had begun); raises :class:`_Failed` when
+        nothing reached the client, so the loop may go on.
         """
         loop = asyncio.get_running_loop()
         key = target.key
@@ -293,7 +295,7 @@ class Forwarder:
                     if timing.committed is None:
                         raise _Failed(err) from None
                     await self._terminate(call, err, waiter.delivered, attempt)
-                    return False
+                    return None
                 except TimeoutError:
                     timing.finish(504)
                     if timing.committed is None:
@@ -317,7 +319,7 @@ class Forwarder:
                     timing.finish(status or 502)
                     error = error_from_wire(status or 502, msg.data)
                     await self._terminate(call, error, int(fenced) if fenced.isdigit() else 0, attempt)
-                    return False
+                    return None
                 if h.get(H.DELIVERED) == "1":  # the client has its answer from the worker
                     timing.finish(None if status == 200 else status or 502)
                     if status == 200:
@@ -370,11 +372,20 @@ class _Timing:
             self.stats.finish(self.key, latency_s=elapsed, ttft_s=None, error_status=error_status)
 
 
+_NOT_THE_ENDPOINT = frozenset({"worker_lost", "no_provider_worker"})
+"""Failures that say nothing about the endpoint's health, so its breaker does not count them: a
+worker that died, or no worker subscribed (e.g. while the workers reconnect after a NATS restart)."""
+
+NO_WORKER_RETRY_S = RECONNECT_WAIT_S * 2
+"""How long a target with no worker subscribed is left alone: about one reconnect of a worker."""
+
+
 def _no_worker(target: ResolvedTarget) -> UpstreamUnavailable:
     return UpstreamUnavailable(
         f"no provider worker serves provider type {target.endpoint.provider!r}",
         provider=target.endpoint.provider,
         code="no_provider_worker",
+        retry_after=NO_WORKER_RETRY_S,
     )
 
 

@@ -162,6 +162,37 @@ def test_completions_whose_routers_die_after_dispatch_are_still_answered_by_the_
     assert [s.status() for s in sent] == ["200"] * 6
 
 
+def test_requests_while_no_worker_is_subscribed_get_no_provider_worker_and_never_open_the_breaker(
+    stack: Services, nats_server: EmbeddedNats
+) -> None:
+    """As while the workers reconnect after a NATS restart: no responders say nothing about the endpoint."""
+    quick = {"model": "default", "messages": [{"role": "user", "content": "hello"}]}
+
+    async def scenario() -> tuple[list[Seen], Seen]:
+        wire = await Wire.open(nats_server.url)
+        try:
+            refused = []
+            for _ in range(8):  # 8 requests of 3 attempts each: far past the breaker's 5 failures
+                seen = await wire.send(quick, DEADLINE)
+                await wire.wait_final(seen, 10)
+                refused.append(seen)
+            restart(stack, "providers-1")
+            after = await wire.send(quick, DEADLINE)
+            await wire.wait_final(after, 10)
+            return refused, after
+        finally:
+            await wire.close()
+
+    stack.kill("providers-1")
+    stack.kill("providers-2")
+    try:
+        refused, after = run(scenario())
+    finally:
+        restart(stack, "providers-1", "providers-2")
+    assert [(s.status(), s.error_code()) for s in refused] == [("503", "no_provider_worker")] * 8
+    assert after.status() == "200", (after.status(), after.error_code())  # no cooldown to sit out
+
+
 def test_the_bundled_client_raises_request_lost_when_everything_holding_its_request_dies(
     stack: Services, nats_server: EmbeddedNats
 ) -> None:
