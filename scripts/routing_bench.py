@@ -84,7 +84,13 @@ def main(number: int) -> None:
     }
     for strategy in ("failover", "prefer-local", "round-robin", "weighted", "least-latency", "least-busy"):
         cases[f"order targets: {strategy}"] = lambda s=strategy: order_targets(  # type: ignore[misc]
-            s, targets, route_name="smart", default_provider="ep1", stats=stats, rotation=rotation, rng=rng,
+            s,
+            targets,
+            route_name="smart",
+            default_provider="ep1",
+            stats=stats,
+            rotation=rotation,
+            rng=rng,
             streaming=False,
         )
     print(f"\n{number} calls each, best of 5 repeats (provider types known: {len(PROVIDER_TYPES)})\n")

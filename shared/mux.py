@@ -152,9 +152,7 @@ class ReplyMux:
         """A new reply subject and the waiter that gets its messages."""
         self._next += 1
         token = format(self._next, "x")
-        waiter = Waiter(
-            f"{self._prefix}.{token}", token, silence_s, asyncio.get_running_loop().time(), self._skip
-        )
+        waiter = Waiter(f"{self._prefix}.{token}", token, silence_s, asyncio.get_running_loop().time(), self._skip)
         self._waiters[token] = waiter
         return waiter
 

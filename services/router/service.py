@@ -129,9 +129,7 @@ class Router:
         run_id = headers.get(H.RUN_ID)
         if run_id is None:
             return table
-        revision = await self.pins.revision_for(
-            run_id, table.revision, table.defaults.run_pin_ttl_s, deadline=deadline
-        )
+        revision = await self.pins.revision_for(run_id, table.revision, table.defaults.run_pin_ttl_s, deadline=deadline)
         if revision == table.revision:
             return table
         pinned = await self.follower.table_at(revision)

@@ -115,9 +115,7 @@ def test_assistant_tool_calls_and_tool_results_survive_a_round_trip() -> None:
     req = round_trip(raw)
     assistant = req.messages[3]
     assert assistant.content is None
-    assert assistant.tool_calls == [
-        ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments='{"q": "x"}'))
-    ]
+    assert assistant.tool_calls == [ToolCall(id="call_1", function=FunctionCall(name="lookup", arguments='{"q": "x"}'))]
     tool = req.messages[4]
     assert isinstance(tool, ToolMessage)
     assert tool.tool_call_id == "call_1"
@@ -141,10 +139,7 @@ TOOLS: list[dict[str, Any]] = [
 def test_tools_with_a_named_tool_choice_survive_a_round_trip(choice: str) -> None:
     req = round_trip(body(tools=TOOLS, tool_choice=choice, parallel_tool_calls=False))
     assert req.tool_choice == choice
-    assert (
-        req.tools is not None
-        and req.tools[0].function.parameters == TOOLS[0]["function"]["parameters"]
-    )
+    assert req.tools is not None and req.tools[0].function.parameters == TOOLS[0]["function"]["parameters"]
 
 
 def test_a_forced_function_tool_choice_survives_a_round_trip() -> None:

@@ -78,44 +78,26 @@ def over_the_wire(err: ModelbusError) -> ModelbusError:
 
 
 ROUND_TRIPS = [
-    pytest.param(
-        RateLimited("slow", code="rate_limited", param="model", retry_after=2.5), id="RateLimited"
-    ),
+    pytest.param(RateLimited("slow", code="rate_limited", param="model", retry_after=2.5), id="RateLimited"),
     pytest.param(UpstreamTimeout("late", code="upstream_timeout", param="p"), id="UpstreamTimeout"),
     pytest.param(UpstreamUnavailable("down", status=503, param="p"), id="UpstreamUnavailable-503"),
     pytest.param(BadUpstreamResponse("junk", param="p"), id="BadUpstreamResponse"),
-    pytest.param(
-        InvalidRequest("bad", code="invalid_field", param="temperature"), id="InvalidRequest"
-    ),
+    pytest.param(InvalidRequest("bad", code="invalid_field", param="temperature"), id="InvalidRequest"),
     pytest.param(PayloadTooLarge("big", param="body"), id="PayloadTooLarge"),
     pytest.param(AuthenticationError("who?", code="bad_key"), id="AuthenticationError"),
     pytest.param(PolicyDenied("no", param="model"), id="PolicyDenied"),
     pytest.param(NotFound("nope", param="model"), id="NotFound"),
     pytest.param(DeadlineExceeded("too slow", retry_after=1.0), id="DeadlineExceeded"),
     pytest.param(ModelbusError("boom", code="internal"), id="ModelbusError"),
-    pytest.param(
-        UpstreamUnavailable("bad gateway", status=502, retry_after=3.0),
-        id="UpstreamUnavailable-502"
-    ),
-    pytest.param(
-        UpstreamUnavailable("ise", status=500), id="UpstreamUnavailable-500"
-    ),
+    pytest.param(UpstreamUnavailable("bad gateway", status=502, retry_after=3.0), id="UpstreamUnavailable-502"),
+    pytest.param(UpstreamUnavailable("ise", status=500), id="UpstreamUnavailable-500"),
     pytest.param(AuthFailed("key rejected", status=401), id="AuthFailed-401"),
     pytest.param(AuthFailed("forbidden", status=403), id="AuthFailed-403"),
-    pytest.param(
-        BadUpstreamRequest("bad", status=400, param="tools"),
-        id="BadUpstreamRequest-400"
-    ),
-    pytest.param(
-        BadUpstreamRequest("no model", status=404), id="BadUpstreamRequest-404"
-    ),
-    pytest.param(
-        BadUpstreamRequest("schema", status=422), id="BadUpstreamRequest-422"
-    ),
+    pytest.param(BadUpstreamRequest("bad", status=400, param="tools"), id="BadUpstreamRequest-400"),
+    pytest.param(BadUpstreamRequest("no model", status=404), id="BadUpstreamRequest-404"),
+    pytest.param(BadUpstreamRequest("schema", status=422), id="BadUpstreamRequest-422"),
     pytest.param(ConfigError("doc 1: bad"), id="ConfigError"),
-    pytest.param(
-        NoRouteAvailable("all down", retry_after=5.0), id="NoRouteAvailable"
-    ),
+    pytest.param(NoRouteAvailable("all down", retry_after=5.0), id="NoRouteAvailable"),
 ]
 
 
@@ -159,9 +141,7 @@ def test_the_wire_body_is_the_openai_error_shape_plus_retryable() -> None:
     "body",
     [b"", b"<html>Bad Gateway</html>", b'{"error": "flat string"}', b"null", b'{"ok": true}'],
 )
-def test_an_unreadable_error_body_still_yields_an_error_of_that_status(
-    status: int, body: bytes
-) -> None:
+def test_an_unreadable_error_body_still_yields_an_error_of_that_status(status: int, body: bytes) -> None:
     err = error_from_wire(status, body, retry_after=4.0)
     assert isinstance(err, ModelbusError)
     assert err.http_status == status
