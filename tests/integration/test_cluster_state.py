@@ -107,11 +107,17 @@ async def connect(cluster: EmbeddedCluster) -> Client:
     return await nats.connect(servers=server_urls(cluster.url), max_reconnect_attempts=-1, reconnect_time_wait=0.25)  # type: ignore[arg-type]
 
 
+TRY_S = 10.0
+"""One try's timeout: above a JetStream leader election (about 5 s here). A request the dead node
+swallowed is lost (core NATS is at most once) and tried again; apply is declarative, so a second
+try of a first that did land changes nothing."""
+
+
 async def rpc(
     nc: Client, subject: str, request: Any, reply_type: type[Any], *, headers: dict[str, str] | None = None
 ) -> Any:
     body = b"" if request is None else msgspec.json.encode(request)
-    msg = await nc.request(subject, body, timeout=22, headers=headers)
+    msg = await nc.request(subject, body, timeout=TRY_S, headers=headers)
     status = int((msg.headers or {}).get(H.STATUS, "0"))
     if status != 200:
         raise error_from_wire(status, msg.data)
