@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint docs clean latency bench
+.PHONY: run test install lint docs clean latency bench chaos chaos-short
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ latency: $(STAMP)
 # bench/.venv-litellm on first use); e.g. make bench BENCH_ARGS="--quick --skip-litellm"
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Fault injection under load, counted at the wire (docs/reliability.md): every
+# scenario in under 5 minutes; e.g. make chaos CHAOS_ARGS="--scenario nats-restart"
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+# The CI subset (< 90 s); exits non-zero if a request is never answered or answered twice
+chaos-short: $(STAMP)
+	$(BIN)/python -m bench.chaos --short $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
