@@ -1,8 +1,12 @@
 """modelbus on a real 3-node nats-server cluster with ``MODELBUS_JS_REPLICAS=3``.
 
-The real stack (``modelbus up --nats-url a,b,c``: config, secrets, routers,
-providers with the mock provider) runs against all three URLs. Each node in
-turn is killed with SIGKILL and restarted before the next. After each kill,
+The real stack (``modelbus up --nats-url a,b,c``: config, secrets, two routers,
+two provider workers with the mock provider) runs against all three URLs,
+under bounded load (8 requests in flight, a third of them streamed, every
+answer counted per request id at the wire). Each node in turn is killed with
+SIGKILL and restarted before the next. No request is answered twice or never
+(one whose own connection died with its node may go silent for 5 s: a
+client following the contract raises ``RequestLost``). After each kill,
 with no service restarted: ``apply`` and ``history`` (the config stream), a
 run-pinned request (the run-pin bucket), a budget charge (the budgets bucket)
 and ``audit verify`` (the audit stream) all work, and every stream has 3
@@ -31,6 +35,7 @@ from shared.bus import server_urls
 from shared.errors import error_from_wire
 from shared.jetstream import replica_status
 from shared.natscluster import EmbeddedCluster
+from shared.replies import MAX_SILENCE_S
 from shared.subjects import (
     AUDIT_STREAM,
     AUDIT_VERIFY,
@@ -43,13 +48,14 @@ from shared.subjects import (
     RUNS_BUCKET,
 )
 from tests.conftest import Stack, run, start_stack, stop_process
+from tests.integration.wire import Seen, Wire, verdict
 
 POLICY = "cluster-budget"
 CONFIG = f"""
 apiVersion: modelbus.dev/v1
 kind: ModelEndpoint
 metadata: {{name: mock}}
-spec: {{provider: mock, default_model: mock-1}}
+spec: {{provider: mock, default_model: mock-1, options: {{latency_ms: 150, ttft_ms: 50, itl_ms: 40}}}}
 ---
 apiVersion: modelbus.dev/v1
 kind: ModelAlias
@@ -68,6 +74,8 @@ spec: {{max_tokens_per_run: 100000000, agents: [budgeted]}}
 """
 STREAMS = [CONFIG_STREAM, AUDIT_STREAM, f"KV_{RUNS_BUCKET}", f"KV_{BREAKERS_BUCKET}", f"KV_{BUDGETS_BUCKET}"]
 """Every stream the stack keeps (the secrets bucket too when the stack has a master key)."""
+LOAD_CONCURRENCY = 8
+LOAD_TIMEOUT_MS = 8000
 RECOVER_WITHIN_S = 25.0
 """Upper bound for each operation to work again after a kill (measured figures are printed)."""
 
@@ -92,7 +100,7 @@ def stack(cluster: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory) ->
         config,
         home,
         env={"MODELBUS_JS_REPLICAS": "3", "MODELBUS_ADMIN_HTTP": "off"},
-        extra_args=["--routers", "2"],
+        extra_args=["--routers", "2", "--provider-workers", "2"],
         timeout_s=120,
     )
     try:
@@ -146,6 +154,37 @@ async def until_ok(what: str, attempt: Callable[[], Awaitable[Any]], errors: lis
             await asyncio.sleep(0.1)
 
 
+async def load(wire: Wire, stop: asyncio.Event, sent: list[Seen]) -> None:
+    """``LOAD_CONCURRENCY`` requests in flight until ``stop``; every third streams."""
+    slots = asyncio.Semaphore(LOAD_CONCURRENCY)
+    words = " ".join(f"w{i}" for i in range(10))
+    bodies = [
+        {"model": "default", "messages": [{"role": "user", "content": "load"}]},
+        {"model": "default", "messages": [{"role": "user", "content": "load"}]},
+        {"model": "default", "stream": True, "messages": [{"role": "user", "content": words}]},
+    ]
+    headers = {H.TIMEOUT_MS: str(LOAD_TIMEOUT_MS), H.KEEPALIVE: "1"}
+
+    async def one(body: dict[str, Any]) -> None:
+        try:
+            seen = await wire.send(body, headers)
+            sent.append(seen)
+            end = seen.sent_at + LOAD_TIMEOUT_MS / 1000 + 3
+            while not seen.finals() and time.monotonic() < end:
+                heard = seen.messages[-1][0] if seen.messages else seen.sent_at
+                if time.monotonic() - heard >= MAX_SILENCE_S:
+                    return  # lost (e.g. with the node its connection was on): a contract client gives up
+                await asyncio.sleep(0.05)
+        finally:
+            slots.release()
+
+    tasks = []
+    while not stop.is_set():
+        await slots.acquire()
+        tasks.append(asyncio.create_task(one(bodies[len(tasks) % 3])))
+    await asyncio.gather(*tasks)
+
+
 async def all_replicated(nc: Client, streams: list[str]) -> dict[str, tuple[int, str | None, int]]:
     js = nc.jetstream()
     return {s: await replica_status(js, s) for s in streams}
@@ -189,6 +228,10 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
         await wait_replicated(nc, STREAMS, current=3)
         first = (await rpc(nc, CONFIG_HISTORY, HistoryQuery(limit=1), HistoryList)).items[0].revision
         figures: list[str] = []
+        wire = await Wire.open(cluster.url)
+        stop_load = asyncio.Event()
+        sent: list[Seen] = []
+        loader = asyncio.create_task(load(wire, stop_load, sent))
         for node in range(len(cluster.nodes)):
             errors: list[str] = []
             cluster.kill(node)
@@ -225,14 +268,32 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
             assert report.ok, report
             # With one node down: still 3 replicas configured, a leader, and 2 of them current.
             await wait_replicated(nc, STREAMS, current=2, timeout_s=RECOVER_WITHIN_S)
+
+            async def load_ok(killed: float = killed) -> float:
+                """Seconds from the kill to the first OK answer of a request sent after it."""
+                answered = [s.finals()[0][0] for s in sent if s.sent_at > killed and s.status() == "200"]
+                assert answered, "no request sent since the kill was answered OK"
+                return min(answered) - killed
+
+            t_load, _ = await until_ok("load", load_ok, errors)
             figures.append(
                 f"node {node} killed: apply {t_apply:.2f}s, history {t_history:.2f}s, pinned {t_pin:.2f}s, "
-                f"budget {t_budget:.2f}s, audit {t_audit:.2f}s (total {time.monotonic() - killed:.2f}s, "
+                f"budget {t_budget:.2f}s, audit {t_audit:.2f}s, load OK {t_load:.2f}s after the kill "
+                f"(total {time.monotonic() - killed:.2f}s, "
                 f"{len(errors)} failed attempts{': ' + errors[0] if errors else ''})"
             )
+
             await asyncio.to_thread(cluster.restart, node)
             await wait_replicated(nc, STREAMS, current=3)
+        stop_load.set()
+        await loader
+        await asyncio.sleep(1.5)  # a late second answer would arrive now
+        await wire.close()
+        counts = verdict(sent, LOAD_TIMEOUT_MS / 1000)
+        figures.append(f"load: {counts}")
         print("\n" + "\n".join(figures))
         await nc.close()
+        assert counts["sent"] > 100, counts
+        assert (counts["never"], counts["duplicated"]) == (0, 0), counts
 
     run(scenario())

@@ -20,10 +20,9 @@ import pytest
 
 from shared import headers as H
 from shared.natsserver import EmbeddedNats
-from shared.replies import MAX_SILENCE_S
 from tests.conftest import private_nats, run
 from tests.integration.procs import Services, services
-from tests.integration.wire import Seen, Wire
+from tests.integration.wire import Seen, Wire, verdict
 
 CONFIG = Path(__file__).with_name("configs") / "exactly_once.yaml"
 CONCURRENCY = 16
@@ -84,24 +83,6 @@ async def load(url: str, fault: object) -> tuple[list[Seen], float]:
     return sent, fault_at
 
 
-def verdict(sent: list[Seen]) -> dict[str, int]:
-    out = {"sent": len(sent), "ok": 0, "error": 0, "lost_silence": 0, "never": 0, "duplicated": 0}
-    for seen in sent:
-        finals = seen.finals()
-        if len(finals) > 1:
-            out["duplicated"] += 1
-        elif len(finals) == 1:
-            out["ok" if seen.status() == "200" else "error"] += 1
-        else:
-            heard = [at for at, _ in seen.messages] or [seen.sent_at]
-            gaps = [
-                b - a for a, b in zip([seen.sent_at, *heard], [*heard, seen.sent_at + DEADLINE_MS / 1000], strict=True)
-            ]
-            # A client of the contract knows such a request is lost after MAX_SILENCE_S: a clear error.
-            out["lost_silence" if max(gaps) >= MAX_SILENCE_S else "never"] += 1
-    return out
-
-
 def test_a_nats_server_killed_and_restarted_under_load_answers_no_request_twice_and_leaves_none_unanswered(
     server: EmbeddedNats, stack: Services
 ) -> None:
@@ -110,7 +91,7 @@ def test_a_nats_server_killed_and_restarted_under_load_answers_no_request_twice_
         server.restart()
 
     sent, _ = run(load(server.url, fault))
-    counts = verdict(sent)
+    counts = verdict(sent, DEADLINE_MS / 1000)
     errors = Counter(f"{s.status()} {s.error_code()}" for s in sent if s.status() not in (None, "200"))
     assert counts["sent"] > 50, counts
     assert counts["duplicated"] == 0, counts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from shared import headers as H
+from shared.replies import MAX_SILENCE_S
 from shared.subjects import CHAT_COMPLETIONS
 
 
@@ -117,3 +119,22 @@ class Wire:
 
     async def close(self) -> None:
         await self.nc.close()
+
+
+def verdict(sent: list[Seen], deadline_s: float) -> dict[str, int]:
+    """Each request once: ``ok`` / ``error`` (one final answer), ``duplicated`` (more than one),
+    ``lost_silence`` (none, after a silence of ``MAX_SILENCE_S`` that a contract-following client
+    turns into ``RequestLost``) or ``never`` (none, and no such silence before its deadline)."""
+    out = {"sent": len(sent), "ok": 0, "error": 0, "lost_silence": 0, "never": 0, "duplicated": 0}
+    for seen in sent:
+        finals = seen.finals()
+        if len(finals) > 1:
+            out["duplicated"] += 1
+        elif len(finals) == 1:
+            out["ok" if seen.status() == "200" else "error"] += 1
+        else:
+            heard = [at for at, _ in seen.messages] or [seen.sent_at]
+            edges = [seen.sent_at, *heard, seen.sent_at + deadline_s]
+            gaps = [b - a for a, b in itertools.pairwise(edges)]
+            out["lost_silence" if max(gaps) >= MAX_SILENCE_S else "never"] += 1
+    return out
