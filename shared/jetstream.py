@@ -111,13 +111,26 @@ def _setup_error(name: str, replicas: int, what: str, exc: APIError) -> JetStrea
     )
 
 
-async def _info(js: JetStreamContext, name: str) -> StreamInfo | None:
-    try:
-        return await js.stream_info(name)
-    except NotFoundError as exc:
-        if getattr(exc, "err_code", None) not in (None, STREAM_NOT_FOUND):
-            raise
-        return None
+INFO_PATIENCE_S = 30.0
+"""How long a stream lookup keeps asking while JetStream does not answer (a cluster that has just
+started, or is electing a stream leader after a lost node, answers nothing for several seconds)."""
+
+
+async def _info(js: JetStreamContext, name: str, *, patience_s: float = INFO_PATIENCE_S) -> StreamInfo | None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience_s
+    while True:
+        try:
+            return await js.stream_info(name)
+        except NotFoundError as exc:
+            if getattr(exc, "err_code", None) not in (None, STREAM_NOT_FOUND):
+                raise
+            return None
+        except nats.errors.TimeoutError:
+            if loop.time() >= give_up:
+                raise
+            log.warning("JetStream did not answer about stream %s yet (leader election?); asking again", name)
+            await asyncio.sleep(0.25)
 
 
 async def _match_replicas(

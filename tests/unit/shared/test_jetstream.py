@@ -223,3 +223,34 @@ def test_the_keeper_checks_periodically_while_nothing_happens(server: EmbeddedNa
         await nc.close()
 
     run(scenario())
+
+
+class _SlowJetStream:
+    """A JetStream context that times out ``misses`` times before it answers (a cluster electing leaders)."""
+
+    def __init__(self, misses: int) -> None:
+        self.misses = misses
+        self.asked = 0
+
+    async def stream_info(self, name: str) -> str:
+        self.asked += 1
+        if self.asked <= self.misses:
+            raise nats.errors.TimeoutError
+        return f"info of {name}"
+
+
+def test_a_stream_lookup_asks_again_while_a_starting_cluster_does_not_answer() -> None:
+    from shared import jetstream
+
+    slow = _SlowJetStream(misses=2)
+    assert run(jetstream._info(slow, "S", patience_s=10)) == "info of S"  # type: ignore[arg-type]
+    assert slow.asked == 3
+
+
+def test_a_stream_lookup_gives_up_with_the_timeout_after_its_patience() -> None:
+    from shared import jetstream
+
+    silent = _SlowJetStream(misses=1000)
+    with pytest.raises(nats.errors.TimeoutError):
+        run(jetstream._info(silent, "S", patience_s=0.3))  # type: ignore[arg-type]
+    assert 1 < silent.asked < 10
