@@ -243,11 +243,15 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
     if role == "providers":
         return {
             "publish": {"allow": [SECRETS_GET, *_inboxes(REQUESTERS["providers"]), *_inboxes(DELIVERY_INBOXES)]},
-            "subscribe": {"allow": [f"{PROVIDER_PREFIX}.*.chat", SECRETS_CHANGED, own_inbox]},
+            "subscribe": {
+                "allow": [f"{PROVIDER_PREFIX}.*.chat", f"{PROVIDER_PREFIX}.*.outcome", SECRETS_CHANGED, own_inbox]
+            },
         }
     if role == "router":
         return {
-            "publish": {"allow": [f"{PROVIDER_PREFIX}.*.chat", *_inboxes(REQUESTERS["router"])]},
+            "publish": {
+                "allow": [f"{PROVIDER_PREFIX}.*.chat", f"{PROVIDER_PREFIX}.*.outcome", *_inboxes(REQUESTERS["router"])]
+            },
             "subscribe": {"allow": [CHAT_COMPLETIONS, ROUTER_STATUS, own_inbox]},
         }
     if role == "router-state":

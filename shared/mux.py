@@ -63,6 +63,11 @@ class Waiter:
         """Count silence from ``now`` (a new attempt, or we were away)."""
         self.last_heard = now
 
+    def resume(self, now: float) -> None:
+        """The other side proved alive some other way (it answered a question): wait again from ``now``."""
+        self.lost = False
+        self.last_heard = now
+
     def _push(self, msg: Msg, now: float) -> None:
         self.last_heard = now
         hdrs = msg.headers

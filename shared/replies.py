@@ -14,7 +14,9 @@ process that waits for one reads them here (docs/contract.md, "Replies").
   :data:`MAX_SILENCE_S` may take the request for lost.
 * **Heartbeats.** A provider worker tells its router it is alive every
   :data:`HEARTBEAT_S` while a call is in flight; a router that hears nothing for
-  :data:`LOST_AFTER_S` takes the worker for lost. A worker that may already be
+  :data:`LOST_AFTER_S` asks the workers what became of the call (:data:`ASK_S`;
+  the outcome may have been lost on the way) and, with no answer, takes the
+  worker for lost. A worker that may already be
   taken for lost (silent for :data:`FENCE_AFTER_S`, or reconnected) stops
   answering the client directly (it is *fenced*).
 * **Deadlines.** ``Modelbus-Timeout-Ms`` is ASCII digits only, from 1 to
@@ -36,7 +38,10 @@ HEARTBEAT_S = 0.25
 FENCE_AFTER_S = 0.6
 """A worker silent towards its router this long no longer delivers directly."""
 LOST_AFTER_S = 1.0
-"""A router that hears nothing about an attempt this long takes the worker for lost."""
+"""A router that hears nothing about an attempt this long asks the workers about it."""
+ASK_S = 0.25
+"""How long a router waits for a worker to say what became of a silent attempt; with no
+answer it takes the worker for lost (``services/providers/outcomes.py``)."""
 DEADLINE_GRACE_S = 1.0
 """How long a router waits past the deadline for a worker's own answer before it answers 408."""
 KEEPALIVE_S = 1.0

@@ -20,6 +20,17 @@ def provider_subject(provider_type: str) -> str:
     return f"{PROVIDER_PREFIX}.{provider_type}.chat"
 
 
+def provider_outcome_subject(provider_type: str) -> str:
+    """Where a router asks every worker of ``provider_type`` what became of an attempt it heard
+    nothing more about (``services/providers/outcomes.py``); the one holding it answers."""
+    return f"{PROVIDER_PREFIX}.{provider_type}.outcome"
+
+
+def outcome_subject_of(call_subject: str) -> str:
+    """The outcome subject that goes with a provider call subject (``...<type>.chat``)."""
+    return call_subject.rsplit(".", 1)[0] + ".outcome"
+
+
 def provider_queue(provider_type: str) -> str:
     """The queue group shared by every worker serving ``provider_type``."""
     return f"modelbus-provider-{provider_type}"

@@ -33,6 +33,7 @@ from shared.subjects import (
     SECRETS_LIST,
     SECRETS_PUT,
     SECRETS_QUEUE,
+    provider_outcome_subject,
     provider_queue,
     provider_subject,
 )
@@ -174,8 +175,12 @@ def test_documents_name_only_their_own_service_subjects() -> None:
             CONFIG_ROUTERS,
             AUDIT_VERIFY,
         },
-        "router": {CHAT_COMPLETIONS} | {provider_subject(t) for t in PROVIDER_TYPES},
-        "providers": {provider_subject(t) for t in ADAPTERS} | {SECRETS_GET},
+        "router": {CHAT_COMPLETIONS}
+        | {provider_subject(t) for t in PROVIDER_TYPES}
+        | {provider_outcome_subject(t) for t in PROVIDER_TYPES},
+        "providers": {provider_subject(t) for t in ADAPTERS}
+        | {provider_outcome_subject(t) for t in ADAPTERS}
+        | {SECRETS_GET},
         "secrets": {SECRETS_GET, SECRETS_PUT, SECRETS_DELETE, SECRETS_LIST, SECRETS_DESCRIBE, SECRETS_CHANGED},
     }
     for service, subjects in expected.items():

@@ -17,7 +17,7 @@ from shared.bus import make_broker
 from shared.chat import ChatCompletionRequest
 from shared.envelopes import CredentialRequest, ProviderCall
 from shared.routing import Endpoint
-from shared.subjects import SECRETS_GET, provider_queue, provider_subject
+from shared.subjects import SECRETS_GET, provider_outcome_subject, provider_queue, provider_subject
 
 broker = make_broker("providers", specification_url=SPEC_SERVER_URL)
 
@@ -37,6 +37,21 @@ for _provider_type in ADAPTERS:
             f"{H.STREAM_END}. " + RAW_NATS_NOTE
         ),
     )(serve_call)
+
+
+async def answer_outcome(body: str) -> None:
+    """Documentation only; the runtime handler is services.providers.outcomes.Outcomes."""
+
+
+for _provider_type in ADAPTERS:
+    broker.subscriber(
+        provider_outcome_subject(_provider_type),
+        description=(
+            f"A router asks every {_provider_type!r} worker what became of an attempt it heard nothing "
+            "more about; the body is that attempt's reply subject. The worker holding it answers with a "
+            f"{H.HEARTBEAT} (still in flight) or the outcome it sent, again; the others stay silent. " + RAW_NATS_NOTE
+        ),
+    )(answer_outcome)
 
 broker.publisher(
     SECRETS_GET,

@@ -34,7 +34,7 @@ from opentelemetry.trace import Span
 
 from services.providers.base import ChatAdapter
 from shared import headers as H
-from shared.bus import error_headers, reply_error
+from shared.bus import error_headers
 from shared.chat import ChatCompletionChunk, ChatCompletionRequest, encoder
 from shared.errors import ModelbusError, UpstreamTimeout, WorkerLost
 from shared.mux import Signal
@@ -54,6 +54,11 @@ class Delivery:
     epoch: int
     """The connection's reconnect count when the call arrived."""
     fenced: bool = False
+    last: tuple[bytes, dict[str, str]] | None = None
+    """The last message sent to the router (body, headers), kept for a router that asks again
+    (:mod:`services.providers.outcomes`)."""
+    done: bool = False
+    """The call has ended: :attr:`last` is its outcome."""
 
     @classmethod
     def open(
@@ -104,12 +109,13 @@ class Delivery:
 
     async def to_router(self, data: bytes, headers: dict[str, str]) -> None:
         """Publish to the router (a notice or the outcome)."""
+        self.last = (data, headers)
         await self.nc.publish(self.reply, data, headers=headers)
         self.signal.last_signal = asyncio.get_running_loop().time()
 
     async def failed(self, err: ModelbusError) -> None:
         """Nothing reached the client: the router decides what happens next."""
-        await reply_error(self.nc, self.reply, err, request_id=self.request_id)
+        await self.to_router(err.to_json(), error_headers(err, self.request_id))
 
 
 def queued_s(headers: Mapping[str, str]) -> float:

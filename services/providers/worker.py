@@ -36,6 +36,7 @@ from opentelemetry.trace import Span, SpanKind
 from services.providers.base import ChatAdapter, EndpointConnection, call_credential, call_secrets
 from services.providers.credentials import CredentialCache
 from services.providers.delivery import Delivery, stream_to_client
+from services.providers.outcomes import Outcomes
 from services.providers.registry import ADAPTERS
 from services.providers.scrub import CredentialScrubber
 from shared import headers as H
@@ -80,6 +81,8 @@ class ProviderWorker:
         """Reply subjects calls are answered on: routers' inboxes only."""
         self.deliveries = ReplyGuard("providers", identities.DELIVERY_INBOXES)
         """Where a completion may be delivered straight to its requester."""
+        self.outcomes = Outcomes(nc, types, self.replies)
+        """Calls in flight and just ended, for a router that missed their outcome and asks."""
         self.ignored_deliveries = 0
         self._last_delivery_warning = -WARN_EVERY_S
         self._servers = [
@@ -97,6 +100,7 @@ class ProviderWorker:
         """Subscribe to secret invalidations, then to every type's subject."""
         await self.credentials.watch_invalidations()
         self.beats.start()
+        await self.outcomes.start()
         for server in self._servers:
             await server.start()
 
@@ -104,6 +108,7 @@ class ProviderWorker:
         """Finish calls in flight, then close pooled connections."""
         for server in self._servers:
             await server.stop()
+        await self.outcomes.stop()
         await self.beats.stop()
         for adapter in self._adapters.values():
             await adapter.connection.aclose()
@@ -202,6 +207,7 @@ class ProviderWorker:
                     in_headers,
                     keepalive=call.keepalive or request.stream,
                 )
+                self.outcomes.begin(delivery)
                 if delivery.stale:
                     raise WorkerLost("the call waited in this worker's queue past the router's patience; not started")
                 _describe_call(span, adapter, call.model, request)
@@ -215,21 +221,25 @@ class ProviderWorker:
             except ModelbusError as err:
                 _sanitize(err, adapter, used)
                 record_error(span, err, err.http_status)
-                await reply_error(self.nc, reply, err, request_id=request_id)
+                await self._failed(reply, delivery, err, request_id)
             except Exception as exc:
                 log.error(
                     "internal error in %s adapter\n%s", provider_type, _scrubber(adapter, used).scrub_traceback(exc)
                 )
                 record_error(span, exc, 500)
-                await reply_error(
-                    self.nc,
-                    reply,
-                    ModelbusError(f"internal error in {provider_type} worker"),
-                    request_id=request_id,
-                )
+                internal = ModelbusError(f"internal error in {provider_type} worker")
+                await self._failed(reply, delivery, internal, request_id)
             finally:
                 if delivery is not None:
                     self.beats.held.discard(delivery.signal)
+                    self.outcomes.end(delivery)
+
+    async def _failed(self, reply: str, delivery: Delivery | None, err: ModelbusError, request_id: str | None) -> None:
+        """The call's error outcome to the router (kept with the delivery once there is one)."""
+        if delivery is not None:
+            await delivery.failed(err)
+        else:
+            await reply_error(self.nc, reply, err, request_id=request_id)
 
     async def _complete(
         self,

@@ -15,7 +15,7 @@ from shared.bus import make_broker
 from shared.chat import ChatCompletionRequest
 from shared.envelopes import ProviderCall
 from shared.routing import PROVIDER_TYPES, Endpoint
-from shared.subjects import CHAT_COMPLETIONS, CONFIG_STREAM, ROUTER_QUEUE, provider_subject
+from shared.subjects import CHAT_COMPLETIONS, CONFIG_STREAM, ROUTER_QUEUE, provider_outcome_subject, provider_subject
 
 broker = make_broker("router", specification_url=SPEC_SERVER_URL)
 
@@ -41,6 +41,17 @@ for _provider_type in PROVIDER_TYPES:
             f"One attempt of a request, sent to the {_provider_type!r} provider workers "
             "(request/reply; the reply is relayed to the client). Sent with raw nats-py "
             "(nc.request), not FastStream; this declaration only documents it."
+        ),
+    )
+
+for _provider_type in PROVIDER_TYPES:
+    broker.publisher(
+        provider_outcome_subject(_provider_type),
+        schema=str,
+        description=(
+            f"Asks the {_provider_type!r} workers what became of a silent attempt (the body is its reply "
+            "subject) before taking its worker for lost (request/reply, with nc.request; this "
+            "declaration only documents it)."
         ),
     )
 

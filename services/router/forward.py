@@ -18,9 +18,12 @@ The rules, in the order they apply:
   set to the soonest one: never a spin.
 * The provider worker answers the client directly, streams included; the
   router watches each attempt through the worker's heartbeats
-  (:mod:`shared.mux`). A worker silent for ``LOST_AFTER_S`` is lost: a
-  retryable 502 ``worker_lost``, so the loop goes on to another worker or
-  target. Streams may fail over only until the worker reports the first
+  (:mod:`shared.mux`). After ``LOST_AFTER_S`` of silence the router asks
+  the workers what became of the attempt (the outcome may have been lost on
+  the way, e.g. while the router itself was off the bus); one that holds it
+  sends it again (:mod:`services.providers.outcomes`). With no answer in
+  ``ASK_S`` the worker is lost: a retryable 502 ``worker_lost``, so the loop
+  goes on to another worker or target. Streams may fail over only until the worker reports the first
   **content** chunk delivered (``Modelbus-Committed``); after that a lost or
   fenced worker's stream gets its error terminator from the router.
 * The router answers 408 only when the worker has not answered by the
@@ -57,9 +60,18 @@ from shared.errors import (
     WorkerLost,
     error_from_wire,
 )
-from shared.mux import Beats, ReplyMux, Signal, Silence
-from shared.replies import DEADLINE_GRACE_S, KEEPALIVE_S, LOST_AFTER_S, is_no_responders, status_of, stream_end
+from shared.mux import Beats, ReplyMux, Signal, Silence, Waiter
+from shared.replies import (
+    ASK_S,
+    DEADLINE_GRACE_S,
+    KEEPALIVE_S,
+    LOST_AFTER_S,
+    is_no_responders,
+    status_of,
+    stream_end,
+)
 from shared.routing import Policy, RoutingDefaults
+from shared.subjects import outcome_subject_of
 from shared.telemetry import hot_span, propagate_headers, record_error, tracer
 
 log = logging.getLogger("modelbus.router")
@@ -136,6 +148,8 @@ class Forwarder:
         self.mux = mux
         self.beats = beats
         self.rng = rng or random.Random()
+        self.recovered = 0
+        """Attempts whose outcome never reached us and was had by asking the worker."""
 
     async def forward(self, call: Call) -> None:
         """Try the plan until one attempt answers the client or the loop gives up (then answer the error)."""
@@ -285,23 +299,36 @@ class Forwarder:
             while True:
                 try:
                     msg = await waiter.next(until)
-                except Silence:
-                    lost = True
-                    timing.finish(502)
-                    err = WorkerLost(
-                        f"the provider worker serving {target.endpoint.name!r} went silent for {LOST_AFTER_S:g}s",
-                        provider=target.endpoint.provider,
-                    )
-                    if timing.committed is None:
-                        raise _Failed(err) from None
-                    await self._terminate(call, err, waiter.delivered, attempt)
-                    return None
-                except TimeoutError:
-                    timing.finish(504)
-                    if timing.committed is None:
-                        raise _deadline(call) from None
-                    await self._terminate(call, _deadline(call), waiter.delivered, attempt)
-                    return False
+                except (Silence, TimeoutError) as quiet:
+                    # The outcome may have been lost on its way to us (our connection dropped, or
+                    # the node between us): ask the worker before giving the attempt up.
+                    recovered = await self._ask(target, waiter)
+                    if recovered is not None and H.HEARTBEAT in (recovered.headers or {}):
+                        if isinstance(quiet, Silence):  # still in flight: keep waiting
+                            self._resume(waiter, recovered, timing)
+                            continue
+                        recovered = None
+                    if recovered is None:
+                        if isinstance(quiet, Silence):
+                            lost = True
+                            timing.finish(502)
+                            err = WorkerLost(
+                                f"the provider worker serving {target.endpoint.name!r} went silent for "
+                                f"{LOST_AFTER_S:g}s",
+                                provider=target.endpoint.provider,
+                            )
+                            if timing.committed is None:
+                                raise _Failed(err) from None
+                            await self._terminate(call, err, waiter.delivered, attempt)
+                            return None
+                        timing.finish(504)
+                        if timing.committed is None:
+                            raise _deadline(call) from None
+                        await self._terminate(call, _deadline(call), waiter.delivered, attempt)
+                        return False
+                    self.recovered += 1
+                    log.info("request %s: outcome of a silent attempt had from its worker", call.request_id)
+                    msg = recovered
                 h = msg.headers or {}
                 if is_no_responders(h, msg.data):
                     timing.finish(503)
@@ -340,6 +367,28 @@ class Forwarder:
             now = loop.time()
             call.signal.last_client = now - KEEPALIVE_S if lost else now
             self.beats.held.add(call.signal)
+
+    async def _ask(self, target: ResolvedTarget, waiter: Waiter) -> Msg | None:
+        """What the worker holding this attempt last sent us (or a heartbeat if it is still at
+        it), asked of every worker of the target's type; ``None`` when no one answers in ``ASK_S``."""
+        try:
+            return await self.nc.request(outcome_subject_of(target.subject), waiter.subject.encode(), timeout=ASK_S)
+        except Exception:  # no answer, no worker subscribed, or we are off the bus again: the worker is lost
+            return None
+
+    @staticmethod
+    def _resume(waiter: Waiter, beat: Msg, timing: _Timing) -> None:
+        """The worker answered that the attempt is still in flight: wait again from now."""
+        h = beat.headers or {}
+        waiter.resume(asyncio.get_running_loop().time())
+        delivered = h.get(H.HEARTBEAT, "")
+        if delivered.isdigit():
+            waiter.delivered = max(waiter.delivered, int(delivered))
+        committed = h.get(H.COMMITTED)
+        if committed is not None and timing.committed is None:
+            timing.committed = asyncio.get_running_loop().time()
+            if committed.isdigit():
+                waiter.delivered = max(waiter.delivered, int(committed))
 
     async def _terminate(self, call: Call, err: ModelbusError, seq: int, attempt: int) -> None:
         """End a stream the worker can no longer end: the error terminator at ``seq``."""

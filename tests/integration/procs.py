@@ -42,9 +42,11 @@ class Services:
             ADMIN_TOKEN_FILE_ENV: str(ensure_admin_token(home)),
         }
 
-    def start(self, name: str, kind: str, *args: str, timeout_s: float = 30.0) -> subprocess.Popen[str]:
-        """Start service ``kind`` as ``name`` and wait for its ready line."""
-        env = {**os.environ, **self._keys, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"}
+    def start(
+        self, name: str, kind: str, *args: str, timeout_s: float = 30.0, nats_url: str | None = None
+    ) -> subprocess.Popen[str]:
+        """Start service ``kind`` as ``name`` (on ``nats_url``, by default everyone's) and wait for its ready line."""
+        env = {**os.environ, **self._keys, "NATS_URL": nats_url or self.nats_url, "PYTHONUNBUFFERED": "1"}
         extra = ["--config", str(self.config)] if kind == "config" else []
         proc = subprocess.Popen(
             [sys.executable, "-m", MODULES[kind], *extra, *args],

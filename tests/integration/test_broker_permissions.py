@@ -33,6 +33,7 @@ from shared.subjects import (
     CONFIG_STREAM,
     RUNS_BUCKET,
     SECRETS_BUCKET,
+    provider_outcome_subject,
 )
 from tests.conftest import run
 
@@ -225,6 +226,50 @@ def test_every_identity_reads_only_its_own_inbox(broker: Broker, role: str) -> N
 
         errors = run(_attempt(broker, role, subscribe))
         assert _refused(errors, "subscription"), (subject, errors)
+
+
+@pytest.mark.parametrize("role", [r for r in identities.ROLES if r != "router"])
+def test_only_routers_may_ask_workers_what_became_of_an_attempt(broker: Broker, role: str) -> None:
+    """A worker answers an outcome question with the attempt's last message (a completion, when
+    fenced) to the asker's reply subject; only routers, which hold those attempts, may ask."""
+    subject = provider_outcome_subject("openai")
+
+    async def ask(nc: nats.NATS) -> None:
+        await nc.publish(subject, b"_INBOX_router.x.1", reply=nc.new_inbox())
+
+    errors = run(_attempt(broker, role, ask))
+    assert _refused(errors, subject), errors
+
+
+@pytest.mark.parametrize("role", [r for r in identities.ROLES if r != "providers"])
+def test_only_provider_workers_may_hear_the_routers_outcome_questions(broker: Broker, role: str) -> None:
+    async def listen(nc: nats.NATS) -> None:
+        await nc.subscribe(provider_outcome_subject("openai"))
+
+    errors = run(_attempt(broker, role, listen))
+    assert _refused(errors, "subscription"), errors
+
+
+def test_a_routers_outcome_question_reaches_the_provider_workers_and_their_answer_reaches_the_router(
+    broker: Broker,
+) -> None:
+    async def scenario() -> tuple[bytes, bytes]:
+        worker = await broker.connect("providers")
+        asked: list[bytes] = []
+
+        async def answer(msg: nats.aio.msg.Msg) -> None:
+            asked.append(msg.data)
+            await worker.publish(msg.reply, b"the outcome")
+
+        await worker.subscribe(provider_outcome_subject("openai"), cb=answer)
+        await worker.flush()
+        router = await broker.connect("router")
+        reply = await router.request(provider_outcome_subject("openai"), b"_INBOX_router.attempt.7", timeout=2)
+        await router.close()
+        await worker.close()
+        return asked[0], reply.data
+
+    assert run(scenario()) == (b"_INBOX_router.attempt.7", b"the outcome")
 
 
 def test_the_router_state_identity_cannot_reconfigure_its_buckets(broker: Broker) -> None:

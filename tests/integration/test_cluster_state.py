@@ -48,7 +48,7 @@ from shared.subjects import (
     RUNS_BUCKET,
 )
 from tests.conftest import Stack, run, start_stack, stop_process
-from tests.integration.wire import Seen, Wire, verdict
+from tests.integration.wire import Seen, Wire, duplicates, verdict
 
 POLICY = "cluster-budget"
 CONFIG = f"""
@@ -232,10 +232,13 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
         stop_load = asyncio.Event()
         sent: list[Seen] = []
         loader = asyncio.create_task(load(wire, stop_load, sent))
+        origin = time.monotonic()
+        events: list[str] = []
         for node in range(len(cluster.nodes)):
             errors: list[str] = []
             cluster.kill(node)
             killed = time.monotonic()
+            events.append(f"node {node} killed +{killed - origin:.3f}s")
             doc = json.dumps(
                 {
                     "apiVersion": "modelbus.dev/v1",
@@ -284,6 +287,7 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
             )
 
             await asyncio.to_thread(cluster.restart, node)
+            events.append(f"node {node} restarted +{time.monotonic() - origin:.3f}s")
             await wait_replicated(nc, STREAMS, current=3)
         stop_load.set()
         await loader
@@ -294,6 +298,6 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
         print("\n" + "\n".join(figures))
         await nc.close()
         assert counts["sent"] > 100, counts
-        assert (counts["never"], counts["duplicated"]) == (0, 0), counts
+        assert (counts["never"], counts["duplicated"]) == (0, 0), (counts, events, duplicates(sent, origin))
 
     run(scenario())

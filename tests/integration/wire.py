@@ -138,3 +138,19 @@ def verdict(sent: list[Seen], deadline_s: float) -> dict[str, int]:
             gaps = [b - a for a, b in itertools.pairwise(edges)]
             out["lost_silence" if max(gaps) >= MAX_SILENCE_S else "never"] += 1
     return out
+
+
+def describe(seen: Seen, origin: float) -> str:
+    """One request's messages as ``+seconds kind key=value ...`` (times from ``origin``), for a failure message."""
+    parts = [f"{seen.request_id} sent +{seen.sent_at - origin:.3f}s stream={seen.stream}"]
+    shown = (H.STATUS, H.SEQ, H.STREAM, H.ATTEMPTS, H.ENDPOINT, H.ROUTER, H.KEEPALIVE)
+    for at, msg in seen.messages:
+        hdrs = msg.headers or {}
+        fields = " ".join(f"{name.removeprefix('Modelbus-')}={hdrs[name]}" for name in shown if name in hdrs)
+        parts.append(f"  +{at - origin:.3f}s {fields} body={msg.data[:80]!r}")
+    return "\n".join(parts)
+
+
+def duplicates(sent: list[Seen], origin: float) -> str:
+    """Every request answered more than once, described (empty when none was)."""
+    return "\n".join(describe(s, origin) for s in sent if len(s.finals()) > 1)
