@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint docs clean latency bench chaos chaos-short
+.PHONY: run test install lint docs clean latency bench bench-peers-test chaos chaos-short
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ latency: $(STAMP)
 # bench/.venv-litellm on first use); e.g. make bench BENCH_ARGS="--quick --skip-litellm"
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Each peer gateway of the benchmark installed into bench/.envs/ and run once in
+# front of llm-katan (slow: every install is minutes the first time).
+bench-peers-test: $(STAMP)
+	$(BIN)/python -m pytest -m peers tests/bench
 
 # Fault injection under load, counted at the wire (docs/reliability.md): every
 # scenario in under 5 minutes; e.g. make chaos CHAOS_ARGS="--scenario nats-restart"

@@ -2,6 +2,8 @@
 
 Scenarios (letters as in the issue):
 
+  p  peers: modelbus against vllm-router, sglang-router, envoy, TensorZero,
+     Portkey and LiteLLM, one client, one upstream, CPU per request
   a  added latency at concurrency 1 (direct, litellm, modelbus, modelbus+tracing)
   b  throughput through llm-katan at rising concurrency
   c  bus-only throughput with the mock provider
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 from bench import plots, progress, report
+from bench.peers.registry import PEERS
 from bench.runner import run_benchmark
 from bench.settings import FULL, QUICK, SCENARIOS, Settings
 
@@ -36,6 +39,10 @@ def parse_settings(argv: list[str]) -> Settings:
     parser.add_argument("--out", type=Path, default=FULL.out_dir, help="output directory (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (numbers mean little)")
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out: no install, not measured")
+    parser.add_argument(
+        "--peers",
+        help=f"p: comma-separated peer gateways, or 'none' (default: {','.join(FULL.peers)})",
+    )
     parser.add_argument("--requests", type=int, help="a, g: measured requests per contender (default 2000)")
     parser.add_argument("--rounds", type=int, help="rounds per interleaved measurement (default 10)")
     parser.add_argument(
@@ -47,11 +54,20 @@ def parse_settings(argv: list[str]) -> Settings:
     if unknown or not scenarios:
         parser.error(f"--scenarios takes letters from {','.join(SCENARIOS)}; got {args.scenarios!r}")
     base = QUICK if args.quick else FULL
+    peers = base.peers if args.peers is None else tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    if peers == ("none",):
+        peers = ()
+    unknown_peers = [p for p in peers if p not in PEERS]
+    if unknown_peers:
+        parser.error(f"--peers takes names from {','.join(PEERS)} or 'none'; got {args.peers!r}")
+    if args.skip_litellm:
+        peers = tuple(p for p in peers if p != "litellm")
     settings = dataclasses.replace(
         base,
         out_dir=args.out,
         scenarios=scenarios,
         skip_litellm=args.skip_litellm,
+        peers=peers,
         latency_requests=args.requests if args.requests is not None else base.latency_requests,
         rounds=args.rounds if args.rounds is not None else base.rounds,
     )

@@ -55,6 +55,25 @@ def descendants_of(pid: int) -> list[int]:
     return out
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process (all its threads), 0.0 once it is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rpartition(")")[2].split()
+    # After the command name: state(0) ppid(1) ... utime(11) stime(12), per proc(5).
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and every descendant alive now (the contender's whole process tree)."""
+    return sum(cpu_seconds(p) for p in (pid, *descendants_of(pid)))
+
+
 def command_line(pid: int) -> list[str]:
     """The argv of ``pid`` (empty if it is gone)."""
     try:

@@ -262,7 +262,14 @@ def _tracing(g: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _peers(p: Mapping[str, Any]) -> list[str]:
+    from bench.report_peers import render_peers  # it imports this module's formatters
+
+    return render_peers(p)
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "p": _peers,
     "a": _latency,
     "b": _throughput,
     "c": _bus_only,

@@ -26,9 +26,11 @@ from typing import Any, TypeVar
 
 from bench import progress, servers, targets
 from bench.litellm_proxy import LiteLLMProxy
+from bench.peers import registry
 from bench.scenarios.hotswap import run_hot_swap
 from bench.scenarios.latency import run_latency
 from bench.scenarios.memory import MemorySampler, run_own_load
+from bench.scenarios.peers import run_peers
 from bench.scenarios.streaming import run_streaming
 from bench.scenarios.throughput import run_bus_only, run_throughput
 from bench.settings import TITLES, Settings
@@ -115,6 +117,9 @@ def _scenarios(run: Run, lab: servers.Lab, selected: set[str]) -> None:
     if "f" in selected:
         memory, memory_error = run.attempt("f (idle sample)", lambda: _idle_memory(lab))
 
+    if "p" in selected:
+        progress(f"p: peers ({', '.join(settings.peers) or 'none'}), direct and modelbus, one client")
+        run.record("p", *run.attempt("p", lambda: run_peers(lab, settings, registry.selected(settings.peers))))
     litellm, note = _litellm(run, lab) if selected & {"a", "b"} else (None, "not needed")
     if selected & {"a", "g"}:
         progress("a, g: latency at concurrency 1 (direct, litellm, modelbus with and without tracing)")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-SCENARIOS = ("a", "b", "c", "d", "e", "f", "g")
+SCENARIOS = ("p", "a", "b", "c", "d", "e", "f", "g")
 TITLES = {
+    "p": "Peers: modelbus against the fastest gateways, one run, one client, one upstream",
     "a": "Added latency at concurrency 1",
     "b": "Throughput through llm-katan",
     "c": "Bus-only throughput (mock provider)",
@@ -56,6 +57,18 @@ class Settings:
     """e: routers that must all announce each revision."""
     memory_threshold_level: int
     """f: levels of b and c at or above this concurrency count as "under load"."""
+    peers: tuple[str, ...] = ()
+    """p: the peer gateways to measure (names in :data:`bench.peers.registry.PEERS`)."""
+    peer_warmup: int = 50
+    """p: unmeasured requests per contender at concurrency 1 (four times as many at 32)."""
+    peer_c1_rounds: int = 4
+    """p: rounds at concurrency 1."""
+    peer_c1_requests: int = 250
+    """p: requests per contender per round at concurrency 1."""
+    peer_c32_rounds: int = 2
+    """p: rounds at concurrency 32."""
+    peer_c32_seconds: float = 2.5
+    """p: seconds per contender per round at concurrency 32."""
 
 
 FULL = Settings(
@@ -74,6 +87,7 @@ FULL = Settings(
     swap_concurrency=32,
     swap_routers=4,
     memory_threshold_level=32,
+    peers=("vllm-router", "sglang-router", "envoy", "tensorzero", "portkey", "litellm"),
 )
 
 QUICK = replace(
@@ -89,4 +103,9 @@ QUICK = replace(
     swap_changes=20,
     swap_concurrency=8,
     memory_threshold_level=8,
+    peer_warmup=5,
+    peer_c1_rounds=2,
+    peer_c1_requests=20,
+    peer_c32_rounds=1,
+    peer_c32_seconds=0.5,
 )

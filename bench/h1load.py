@@ -1,0 +1,153 @@
+"""The load generator's HTTP client: minimal keep-alive HTTP/1.1, the same for every HTTP contender.
+
+A fair comparison needs a client whose cost per request is small and equal for
+all: on this 2-core machine the client shares the cores with the contender and
+the upstream, so a heavy client (httpx costs about 2 ms of CPU per request
+here) slows the fast contenders most and flatters the slow ones. This client
+does as little as a client can: the whole request (head and body) is encoded
+once per contender and written in one ``transport.write``; the answer is parsed
+by ``httptools`` (llhttp, in C) through callbacks on an asyncio ``Protocol``;
+one waiter is woken once per answer. Each connection carries one request at a
+time and is kept alive; a free list hands connections to the closed loop's
+workers, so at concurrency K there are K connections.
+
+Only what the benchmark needs: POST of a fixed body, the status, the body
+read to its end (``Content-Length`` or chunked), and a new connection when
+the server closes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import httptools
+
+from bench.load import RequestFailed, Send
+
+CONNECT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 30.0
+
+
+def request_bytes(host: str, port: int, path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """One POST, head and body, ready to write as it is."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; :meth:`exchange` writes a request and waits for its whole answer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._body: list[bytes] = []
+        self._done: asyncio.Future[tuple[int, bytes]] | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(RequestFailed(f"malformed HTTP answer: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(RequestFailed(f"connection closed by the server{f': {exc}' if exc else ''}"))
+
+    # httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result((self._parser.get_status_code(), b"".join(self._body)))
+        if not self._parser.should_keep_alive() and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_exception(exc)
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self._body = []
+        self._done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return await self._done
+        finally:
+            self._done = None
+
+
+class H1Client:
+    """Keep-alive connections to one ``host:port``, handed out one request at a time."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._free: list[_Connection] = []
+        self._all: set[_Connection] = set()
+        self.connects = 0
+        """Connections opened (a keep-alive run opens one per concurrent request, once)."""
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            _, conn = await loop.create_connection(_Connection, self.host, self.port)
+        self.connects += 1
+        self._all.add(conn)
+        return conn
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one prepared request on a free (or new) connection; its status and body."""
+        conn = self._free.pop() if self._free else None
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        try:
+            answer = await conn.exchange(request)
+        except BaseException:
+            self._drop(conn)
+            raise
+        if conn.closed:
+            self._drop(conn)
+        else:
+            self._free.append(conn)
+        return answer
+
+    def _drop(self, conn: _Connection) -> None:
+        self._all.discard(conn)
+        if conn.transport is not None and not conn.closed:
+            conn.transport.close()
+
+    async def aclose(self) -> None:
+        for conn in list(self._all):
+            self._drop(conn)
+        self._free.clear()
+        await asyncio.sleep(0)  # let the transports close
+
+
+def h1_sender(client: H1Client, path: str, body: bytes, headers: Mapping[str, str]) -> Send:
+    """POST ``body`` to ``path``; anything but a 200 is a failure."""
+    request = request_bytes(client.host, client.port, path, body, {"Content-Type": "application/json", **headers})
+
+    async def send() -> None:
+        status, answer = await client.exchange(request)
+        if status != 200:
+            raise RequestFailed(f"HTTP {status}: {answer[:200]!r}")
+
+    return send
+
+
+def describe(client: H1Client) -> dict[str, Any]:
+    return {"host": client.host, "port": client.port, "connects": client.connects}
