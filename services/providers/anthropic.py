@@ -73,7 +73,7 @@ import httpx
 import msgspec
 
 from services.providers.base import EndpointConnection
-from services.providers.http import parse_retry_after, transport_error, upstream_message
+from services.providers.http import Answer, parse_retry_after, transport_error, upstream_message
 from services.providers.images import parse_data_uri
 from services.providers.sse import Event, sse_events
 from shared.chat import (
@@ -484,7 +484,7 @@ class AnthropicAdapter:
             retry_after=retry_after,
         )
 
-    def _map_http_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
+    def _map_http_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         status = response.status_code
         return self._map_error(status, upstream_message(body, status), model, parse_retry_after(response.headers))
 

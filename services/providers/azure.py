@@ -44,11 +44,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import httpx
 import msgspec
 
 from services.providers.base import EndpointConnection
-from services.providers.http import status_error
+from services.providers.http import Answer, status_error
 from services.providers.openai import OpenAIAdapter
 from shared.chat import ChatCompletionChunk, ChatCompletionRequest
 from shared.errors import BadUpstreamRequest, ConfigError, ProviderError
@@ -136,7 +135,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
                 return _SKIP
             raise
 
-    def _map_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
+    def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         err = status_error(response, body, provider=self.provider_type, model=model)
         if err.retry_after is None and response.status_code == 429:
             err.retry_after = _rate_limit_reset(response.headers)

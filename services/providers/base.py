@@ -50,11 +50,11 @@ class EndpointConnection:
     def http(self) -> UpstreamClient:
         """The endpoint's pooled HTTP client, created on first use and reused after.
 
-        Every request it sends passes the SSRF guard first (see
-        :mod:`services.providers.ssrf`); redirects are never followed.
+        Every connection it opens passes the SSRF guard at the address it
+        connects to (see :mod:`services.providers.ssrf`); redirects are never followed.
         """
         if self._http is None:
-            self._http = UpstreamClient(timeout_s=self.endpoint.timeout_ms / 1000, check=self.guard.check_url)
+            self._http = UpstreamClient(timeout_s=self.endpoint.timeout_ms / 1000, guard=self.guard)
         return self._http
 
     async def credential(self) -> str | None:

@@ -80,8 +80,9 @@ from botocore.utils import percent_encode
 
 from services.providers.base import EndpointConnection
 from services.providers.eventstream import EventStreamError, aws_events
-from services.providers.http import parse_retry_after, transport_error
+from services.providers.http import Answer, parse_retry_after, transport_error
 from services.providers.images import parse_data_uri
+from services.providers.response import UpstreamResponse
 from shared.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -552,7 +553,7 @@ class BedrockAdapter:
         reason = f"upstream error in a 200 answer: {_short_type(shape.type)} {message}" if message else fallback
         return BadUpstreamResponse(f"{self.endpoint.name}: {reason}", provider=PROVIDER, model=None)
 
-    def _map_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
+    def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         try:
             shape = _error_decoder.decode(body)
         except msgspec.MsgspecError:
@@ -625,7 +626,7 @@ class BedrockAdapter:
                 f"{self.endpoint.name}: stream ended before messageStop", provider=PROVIDER, model=model
             )
 
-    async def _events(self, response: httpx.Response, model: str) -> AsyncIterator[_StreamEvent]:
+    async def _events(self, response: UpstreamResponse, model: str) -> AsyncIterator[_StreamEvent]:
         """Decoded events as their frames (or llm-katan's lines) arrive; exceptions raised."""
         try:
             async for raw in aws_events(response.aiter_bytes()):
@@ -852,7 +853,7 @@ def _replay(completion: ChatCompletion) -> Iterator[ChatCompletionChunk]:
 # ---------------------------------------------------------------- small helpers
 
 
-def _completion_id(response: httpx.Response) -> str:
+def _completion_id(response: Answer) -> str:
     return f"chatcmpl-{response.headers.get('x-amzn-requestid') or uuid.uuid4().hex}"
 
 

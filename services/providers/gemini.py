@@ -82,7 +82,7 @@ import httpx
 import msgspec
 
 from services.providers.base import EndpointConnection
-from services.providers.http import parse_retry_after, transport_error, upstream_message
+from services.providers.http import Answer, parse_retry_after, transport_error, upstream_message
 from services.providers.images import parse_data_uri
 from services.providers.sse import sse_events
 from shared.chat import (
@@ -503,7 +503,7 @@ class _StreamState:
         self.usage: Usage | None = None
 
 
-def _is_json(response: httpx.Response) -> bool:
+def _is_json(response: Answer) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.split(";")[0].strip() == "application/json"
 
@@ -693,7 +693,7 @@ class GeminiAdapter:
         choice = ChunkChoice(index=0, delta=delta, finish_reason=finish)
         return ChatCompletionChunk(id=state.id, created=state.created, model=state.model, choices=[choice])
 
-    def _map_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
+    def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         """Google's error shape: ``RetryInfo`` in the body is Gemini's retry hint (it sends no
         ``Retry-After``), and AI Studio answers a bad key with 400 ``API_KEY_INVALID``."""
         code = response.status_code

@@ -81,7 +81,7 @@ import msgspec
 from msgspec import Struct
 
 from services.providers.base import EndpointConnection
-from services.providers.http import status_error, transport_error
+from services.providers.http import Answer, status_error, transport_error
 from services.providers.images import parse_data_uri
 from shared.chat import (
     AssistantMessage,
@@ -319,7 +319,7 @@ class OllamaAdapter:
     def _bad(self, reason: str, model: str) -> ProviderError:
         return BadUpstreamResponse(f"{self.endpoint.name}: {reason}", provider=self.provider_type, model=model)
 
-    def _map_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
+    def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         return status_error(response, body, provider=self.provider_type, model=model)
 
     # ------------------------------------------------------------ adapter API

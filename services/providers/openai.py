@@ -15,7 +15,7 @@ import httpx
 import msgspec
 
 from services.providers.base import EndpointConnection
-from services.providers.http import status_error, transport_error, upstream_message
+from services.providers.http import Answer, status_error, transport_error, upstream_message
 from shared.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -95,7 +95,7 @@ class OpenAIAdapter:
         reason = f"upstream error in a 200 answer: {upstream_message(body, 200)}" if has_error else fallback
         return BadUpstreamResponse(f"{self.endpoint.name}: {reason}", provider=self.provider_type, model=None)
 
-    def _map_error(self, response: httpx.Response, body: bytes, model: str) -> ProviderError:
+    def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         return status_error(response, body, provider=self.provider_type, model=model)
 
     # ------------------------------------------------------------ adapter API

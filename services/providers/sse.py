@@ -1,4 +1,4 @@
-"""Server-sent events, parsed incrementally from an httpx response.
+"""Server-sent events, parsed incrementally from an upstream response.
 
 Follows the WHATWG event-stream rules that provider streams use: ``event:``
 names the event, ``data:`` lines accumulate (joined with newlines), a blank
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import msgspec
+
+from services.providers.response import UpstreamResponse
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -23,7 +24,7 @@ class Event(msgspec.Struct, frozen=True):
     """The data lines, joined with ``\\n``."""
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[Event]:
+async def sse_events(response: UpstreamResponse) -> AsyncIterator[Event]:
     """Yield events as their terminating blank line arrives."""
     event = ""
     data: list[str] = []

@@ -8,11 +8,11 @@ service), CGNAT shared space, multicast, reserved or unspecified, including
 IPv4-mapped and 6to4/Teredo-embedded forms. Redirects are never followed, so a
 public URL cannot bounce a request inward.
 
-Resolutions are cached per host for a few seconds so the check costs a dict
-lookup on the hot path. Limit, documented: httpx resolves the name again when
-it connects, so a DNS server that answers differently within that window
-(rebinding) is not caught; pin such hosts by IP or front them with an egress
-proxy.
+The check runs when a connection is opened (:mod:`services.providers.netio`),
+on the very addresses the connection then uses, so a DNS answer that changes
+between the check and the connect (rebinding) cannot steer a request inward;
+a kept-alive connection is checked once. Through a proxy, the proxy resolves
+the name and the guard checks the name as this host resolves it.
 """
 
 from __future__ import annotations

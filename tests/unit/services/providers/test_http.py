@@ -1,22 +1,24 @@
-"""HTTP boundary helpers: retry hints, upstream messages, transport failures and the pooled client."""
+"""HTTP boundary helpers: retry hints, upstream messages, transport failures, and the client on a test transport."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from services.providers.http import (
     UpstreamClient,
-    _environment_proxy,
     parse_retry_after,
     status_error,
     transport_error,
     upstream_message,
 )
+from services.providers.response import UpstreamResponse
+from services.providers.ssrf import PrivateAddressRefused, SsrfGuard
 from shared.errors import RateLimited, UpstreamTimeout, UpstreamUnavailable
 
 SECRET_URL = "https://generativelanguage.example.com/v1/models/m:generate?key=SECRET"
@@ -163,7 +165,22 @@ def test_anthropic_rate_limit_reset_times_are_a_fallback_retry_hint() -> None:
     assert parse_retry_after({"anthropic-ratelimit-tokens-reset": "not a time"}) is None
 
 
-# ---------------------------------------------------------------- UpstreamClient
+def test_the_client_s_own_errors_keep_their_reason_and_it_names_no_url() -> None:
+    from services.providers.transport_errors import ReadTimedOut, TLSVerifyFailed
+
+    tls = transport_error(
+        TLSVerifyFailed("TLS certificate of api.example.com did not verify: certificate has expired"),
+        endpoint="openai-main",
+        provider="openai",
+        model="m",
+    )
+    assert isinstance(tls, UpstreamUnavailable)
+    assert tls.message == "openai-main: TLS certificate of api.example.com did not verify: certificate has expired"
+    slow = transport_error(ReadTimedOut("no answer within 2s"), endpoint="e", provider="openai", model="m")
+    assert isinstance(slow, UpstreamTimeout) and slow.message == "e: no answer within 2s"
+
+
+# ---------------------------------------------------------------- UpstreamClient (on an httpx transport)
 
 
 def test_the_upstream_client_sends_default_headers_the_adapter_can_override_and_the_call_timeout() -> None:
@@ -173,156 +190,73 @@ def test_the_upstream_client_sends_default_headers_the_adapter_can_override_and_
         seen.append(request)
         return httpx.Response(200, json={"ok": True})
 
-    async def scenario() -> httpx.Response:
+    async def scenario() -> UpstreamResponse:
         client = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(upstream))
         reply = await client.post(
-            "https://api.example.com/v1/x", content=b"{}", headers={"user-agent": "mine"}, timeout=2.5
+            "https://api.example.com/v1/x", content=b"{}", headers={"User-Agent": "mine"}, timeout=2.5
         )
+        assert client.in_flight == 0
         await client.aclose()
         return reply
 
     reply = asyncio.run(scenario())
     assert reply.json() == {"ok": True}
-    assert reply.request is seen[0]  # error mapping may look at the request
+    assert reply.headers["Content-Type"] == "application/json"
     assert seen[0].headers["user-agent"] == "mine"
     assert seen[0].headers["accept-encoding"] == "gzip, deflate"
     assert seen[0].extensions["timeout"] == {"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}
 
 
-def test_the_upstream_client_runs_the_check_before_sending_and_refuses_after_close() -> None:
+def test_the_upstream_client_runs_the_guard_before_sending_and_refuses_after_close() -> None:
     sent: list[str] = []
-    checked: list[str] = []
 
-    async def check(url: str) -> None:
-        checked.append(url)
-        if "internal" in url:
-            raise PermissionError(url)
+    async def resolve(host: str, port: int) -> list[str]:
+        return {"api.example.com": ["93.184.216.34"], "internal.example.com": ["10.0.0.7"]}[host]
 
     def upstream(request: httpx.Request) -> httpx.Response:
         sent.append(str(request.url))
         return httpx.Response(200)
 
     async def scenario() -> None:
-        client = UpstreamClient(timeout_s=30, check=check, transport=httpx.MockTransport(upstream))
+        guard = SsrfGuard("ep", allow_private=False, resolver=resolve)
+        client = UpstreamClient(timeout_s=30, guard=guard, transport=httpx.MockTransport(upstream))
         async with client.stream("POST", "https://api.example.com/v1/s", content=b"{}") as response:
             assert response.status_code == 200
-        with pytest.raises(PermissionError):
+        with pytest.raises(PrivateAddressRefused):
             await client.post("https://internal.example.com/v1/s")
         await client.aclose()
         with pytest.raises(RuntimeError, match="closed"):
             await client.post("https://api.example.com/v1/s")
 
     asyncio.run(scenario())
-    assert checked == ["https://api.example.com/v1/s", "https://internal.example.com/v1/s"]
     assert sent == ["https://api.example.com/v1/s"]
 
 
-def test_the_proxy_comes_from_the_environment_unless_no_proxy_names_the_host(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name in (
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    assert _environment_proxy("https://api.openai.com/v1") is None
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
-    monkeypatch.setenv("NO_PROXY", "internal.example.com")
-    assert _environment_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"
-    assert _environment_proxy("https://internal.example.com/v1") is None
-    assert _environment_proxy("http://api.openai.com/v1") is None  # no proxy for plain http
-
-
-def test_requests_in_flight_spread_over_the_shards_and_a_lone_request_always_uses_the_first() -> None:
-    async def scenario() -> None:
-        client = UpstreamClient(timeout_s=30, shards=4)
-        assert [client._pick("http://127.0.0.1:9/v1") for _ in range(6)] == [0, 1, 2, 3, 0, 1]
-        assert client.in_flight == 6
-        client._busy = [0] * 4
-        for _ in range(3):  # one at a time: the same (warm) pool every time
-            assert client._pick("http://127.0.0.1:9/v1") == 0
-            client._busy[0] -= 1
-        await client.aclose()
-
-    asyncio.run(scenario())
-
-
-def test_a_refused_connection_is_an_httpx_connect_error_and_leaves_no_shard_busy() -> None:
-    async def scenario() -> int:
-        client = UpstreamClient(timeout_s=5)
-        with pytest.raises(httpx.ConnectError):
-            await client.post("http://127.0.0.1:9/v1", content=b"{}")  # the discard port: refused
-        await client.aclose()
-        return client.in_flight
-
-    assert asyncio.run(scenario()) == 0
-
-
-async def _serve_once(reply: bytes) -> tuple[asyncio.AbstractServer, str, list[bytes]]:
-    """A one-shot HTTP/1.1 server on loopback that records the request head and sends ``reply``."""
-    heads: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        heads.append(head)
-        length = int(
-            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-        )
-        await reader.readexactly(length)
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}/v1/chat", heads
-
-
-def test_the_pool_path_sends_host_and_length_and_decodes_a_gzipped_answer() -> None:
+def test_a_streamed_transport_answer_is_decoded_like_the_network_s() -> None:
     import gzip
 
-    body = gzip.compress(b'{"ok": true}')
-    reply = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    async def body() -> AsyncIterator[bytes]:
+        packed = gzip.compress(b"data: one\n\ndata: two\n\n")
+        yield packed[:10]
+        yield packed[10:]
 
-    async def scenario() -> tuple[httpx.Response, list[bytes], int]:
-        server, url, heads = await _serve_once(reply)
-        client = UpstreamClient(timeout_s=5)
-        response = await client.post(url, content=b'{"q": 1}', headers={"content-type": "application/json"})
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Stream(body()))
+
+    async def scenario() -> list[str]:
+        client = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(upstream))
+        async with client.stream("POST", "https://api.example.com/v1/s", content=b"{}") as response:
+            lines = [line async for line in response.aiter_lines()]
         await client.aclose()
-        server.close()
-        return response, heads, client.in_flight
+        return lines
 
-    response, heads, in_flight = asyncio.run(scenario())
-    assert response.status_code == 200
-    assert response.json() == {"ok": True}
-    assert in_flight == 0
-    head = heads[0].lower()
-    assert head.startswith(b"post /v1/chat http/1.1")
-    assert b"\r\nhost: 127.0.0.1:" in head and b"\r\ncontent-length: 8" in head
-    assert b"\r\ncontent-type: application/json" in head and b"\r\nuser-agent: modelbus" in head
+    assert asyncio.run(scenario()) == ["data: one", "", "data: two", ""]
 
 
-def test_a_stream_cut_short_is_an_httpx_error_and_the_shard_is_released() -> None:
-    reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 1000\r\n\r\ndata: {}\n\n"
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
 
-    async def scenario() -> tuple[list[str], int]:
-        server, url, _ = await _serve_once(reply)
-        client = UpstreamClient(timeout_s=5)
-        lines: list[str] = []
-        with pytest.raises(httpx.HTTPError):
-            async with client.stream("POST", url, content=b"{}") as response:
-                async for line in response.aiter_lines():
-                    lines.append(line)
-        await client.aclose()
-        server.close()
-        return lines, client.in_flight
-
-    lines, in_flight = asyncio.run(scenario())
-    assert lines[:1] == ["data: {}"]
-    assert in_flight == 0
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
