@@ -3,9 +3,10 @@
 Every contender sends the same OpenAI chat completion body (model ``echo``,
 one short user message), pre-encoded once:
 
-* **direct** and **litellm**: pooled keep-alive ``httpx.AsyncClient``s
-  POSTing to ``/v1/chat/completions`` (llm-katan itself, or the LiteLLM proxy),
-  in small shards (see :class:`ShardedHttpClient`);
+* **direct** and **litellm**: the minimal keep-alive HTTP/1.1 client of
+  :mod:`bench.h1load` POSTing to ``/v1/chat/completions`` (llm-katan itself,
+  or the LiteLLM proxy), one connection per request in flight; streams
+  (scenario d) use ``httpx``, whose line iteration the SSE timing needs;
 * **modelbus**: :class:`shared.client.ModelbusClient` over NATS, where ``echo``
   is an alias of the endpoint pointing at the same llm-katan.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bench.h1load import H1Clients
 from bench.load import RequestFailed, Send
 from shared.client import ModelbusClient
 
@@ -50,57 +52,9 @@ def http_client(max_connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S, trust_env=False)
 
 
-class ShardedHttpClient:
-    """Keep-alive ``httpx.AsyncClient``s of at most :attr:`PER_SHARD` connections each.
-
-    httpcore re-examines every connection of a pool whenever a request starts
-    or ends, so one client holding 128 connections makes the load generator
-    itself the bottleneck: on the 2-core development machine one 128-connection
-    pool got 60-80 req/s out of llm-katan where 32 pools of 4 got ~1,300, and
-    the direct baseline would have measured httpx instead of the upstream.
-    ``services/providers/http.py`` shards its pools for the same reason. Each
-    request goes to the least busy shard, so at concurrency 1 it is always the
-    first one, on a warm connection.
-    """
-
-    PER_SHARD = 4
-
-    def __init__(self, max_connections: int) -> None:
-        shards = max(1, -(-max_connections // self.PER_SHARD))
-        self.clients = [http_client(min(self.PER_SHARD, max_connections)) for _ in range(shards)]
-        self._busy = [0] * shards
-
-    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> httpx.Response:
-        """POST on the least busy shard and read the whole response."""
-        shard = self._busy.index(min(self._busy))
-        self._busy[shard] += 1
-        try:
-            return await self.clients[shard].post(url, content=content, headers=headers)
-        finally:
-            self._busy[shard] -= 1
-
-    async def aclose(self) -> None:
-        """Close every shard."""
-        for client in self.clients:
-            await client.aclose()
-
-    async def __aenter__(self) -> ShardedHttpClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-def http_sender(client: ShardedHttpClient, url: str, body: bytes, api_key: str) -> Send:
-    """POST ``body`` to ``url``; anything but 200 is a failure."""
-    headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
-
-    async def send() -> None:
-        reply = await client.post(url, content=body, headers=headers)
-        if reply.status_code != 200:
-            raise RequestFailed(f"HTTP {reply.status_code}: {reply.text[:200]}")
-
-    return send
+def http_sender(clients: H1Clients, url: str, body: bytes, api_key: str) -> Send:
+    """POST ``body`` to ``url`` with the load generator's minimal client; anything but 200 is a failure."""
+    return clients.sender(url, body, {"Authorization": f"Bearer {api_key}"})
 
 
 def bus_sender(client: ModelbusClient, body: bytes) -> Send:

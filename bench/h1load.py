@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -147,6 +148,32 @@ def h1_sender(client: H1Client, path: str, body: bytes, headers: Mapping[str, st
             raise RequestFailed(f"HTTP {status}: {answer[:200]!r}")
 
     return send
+
+
+class H1Clients:
+    """One :class:`H1Client` per server, for senders given URLs (``async with`` closes them all)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, int], H1Client] = {}
+
+    def sender(self, url: str, body: bytes, headers: Mapping[str, str]) -> Send:
+        """POST ``body`` to ``url`` (``http://host:port/path``) with ``headers``."""
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ValueError(f"the load generator speaks plain http to host:port, not {url!r}")
+        key = (parts.hostname, parts.port)
+        client = self._clients.get(key) or self._clients.setdefault(key, H1Client(*key))
+        return h1_sender(client, parts.path or "/", body, headers)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+    async def __aenter__(self) -> H1Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def describe(client: H1Client) -> dict[str, Any]:

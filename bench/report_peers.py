@@ -26,7 +26,7 @@ def render_peers(p: Mapping[str, Any]) -> list[str]:
     for name in order:
         row = rows[name]
         title = f"**{row['title']}**" if name == "modelbus" else row["title"]
-        version = f" {row['version']}" if row.get("version") else ""
+        version = f" {row['version']}" if row.get("version") and row["version"] not in row["title"] else ""
         share = row["c32_percent_of_direct"]
         body.append(
             [
@@ -58,6 +58,9 @@ def render_peers(p: Mapping[str, Any]) -> list[str]:
         "the load generator's is this process's own, in the same windows. modelbus is driven by nats-py "
         "(its protocol), the rest by the same minimal HTTP/1.1 client.",
     ]
+    skipped = p.get("not_selected") or []
+    if skipped:
+        lines += ["", f"Not selected for this run (`--peers`): {', '.join(skipped)}."]
     unavailable = p.get("unavailable") or {}
     if unavailable:
         lines += ["", "Not measured:", "", *[f"- {name}: {why}" for name, why in unavailable.items()]]

@@ -16,11 +16,13 @@ the report then names the peer as unavailable and why, and the run goes on.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +30,7 @@ from typing import IO, Any
 import httpx
 
 from bench import procs, progress
+from bench.contenders import chat_body
 from shared.natsserver import die_with_parent
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -37,6 +40,10 @@ INSTALL_TIMEOUT_S = 1800.0
 READY_TIMEOUT_S = 120.0
 UPSTREAM_MODEL = "echo"
 """The model name every peer is configured to forward to the upstream."""
+LOOPBACK = "127.0.0.1"
+"""Where every peer listens: nothing of the benchmark is reachable from outside the machine."""
+CHAT_PATH = "/v1/chat/completions"
+"""OpenAI's chat completion path, where most peers take the benchmark request."""
 
 
 class PeerUnavailable(RuntimeError):
@@ -64,7 +71,7 @@ class Running:
     process: subprocess.Popen[bytes]
     host: str
     port: int
-    path: str = "/v1/chat/completions"
+    path: str = CHAT_PATH
     headers: Mapping[str, str] = field(default_factory=dict)
     """Extra request headers the peer needs (auth, routing); the same on every request."""
     model: str = UPSTREAM_MODEL
@@ -227,3 +234,69 @@ def wait_until_serving(
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.2)
     raise PeerUnavailable(f"not serving after {timeout_s:.0f}s (last: {last}):\n{tail(log_path)}")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a peer to bind next (the OS picks it; we hold nothing open)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def stopped_on_failure(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Stop ``process``'s group if the block raises, so a peer that never serves leaves nothing running."""
+    try:
+        yield
+    except BaseException:
+        procs.stop_group(process)
+        raise
+
+
+def serving(
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    *,
+    host: str,
+    port: int,
+    version: str | None,
+    headers: Mapping[str, str] | None = None,
+    path: str = CHAT_PATH,
+    model: str = UPSTREAM_MODEL,
+) -> Running:
+    """``process`` as a :class:`Running` peer once it answers the benchmark body at ``host:port``/``path``.
+
+    The readiness probe is the benchmark request itself (with ``headers`` and
+    ``model``), so a peer counts as started only when the whole path to the
+    upstream works; if it never does, its group is stopped and
+    :class:`PeerUnavailable` says why."""
+    with stopped_on_failure(process):
+        wait_until_serving(process, f"http://{host}:{port}{path}", log_path, body=chat_body(model), headers=headers)
+    return Running(
+        process=process,
+        host=host,
+        port=port,
+        path=path,
+        headers=dict(headers or {}),
+        model=model,
+        version=version,
+        log_path=log_path,
+    )
+
+
+def serve(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    cwd: Path,
+    port: int,
+    version: str | None,
+    headers: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    path: str = CHAT_PATH,
+    model: str = UPSTREAM_MODEL,
+    host: str = LOOPBACK,
+) -> Running:
+    """:func:`spawn` ``argv`` and return it once :func:`serving`: how a peer on a port we chose starts."""
+    process = spawn(argv, log_path, cwd=cwd, env=env)
+    return serving(process, log_path, host=host, port=port, version=version, headers=headers, path=path, model=model)

@@ -19,7 +19,8 @@ from typing import Any
 import uvloop
 
 from bench import servers
-from bench.contenders import ShardedHttpClient, bus_sender, chat_body, http_sender
+from bench.contenders import bus_sender, chat_body, http_sender
+from bench.h1load import H1Clients
 from bench.litellm_proxy import LiteLLMProxy
 from bench.load import LoadResult, Send, closed_loop, difference, interleaved, split, summarize, warm_up
 from bench.settings import Settings
@@ -103,7 +104,7 @@ async def _measure(
     plain = await ModelbusClient.connect(plain_url)
     traced = await ModelbusClient.connect(traced_url)
     try:
-        async with ShardedHttpClient(max_connections=4) as http:
+        async with H1Clients() as http:
             contenders: dict[str, Send] = {DIRECT: http_sender(http, katan_url, body, servers.BENCH_KEY)}
             if litellm is not None:
                 contenders[LITELLM] = http_sender(http, litellm.chat_url, body, litellm.master_key)

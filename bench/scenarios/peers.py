@@ -36,7 +36,7 @@ from bench import procs, progress, servers
 from bench.contenders import bus_sender, chat_body
 from bench.h1load import H1Client, h1_sender
 from bench.load import LoadResult, Send, closed_loop, difference, distribution, rotated, warm_up
-from bench.peers import Peer, PeerUnavailable, Running, Upstream
+from bench.peers import Peer, PeerUnavailable, Running, Upstream, registry
 from bench.settings import Settings
 from shared.client import ModelbusClient
 
@@ -172,6 +172,7 @@ def run_peers(lab: servers.Lab, settings: Settings, peers: Sequence[Peer]) -> di
                 progress(f"p: {peer.name} unavailable: {first}")
         result = uvloop.run(_measure_all(settings, katan.port, stack, started))
         result["unavailable"] = unavailable
+        result["not_selected"] = [name for name in registry.PEERS if name not in {p.name for p in peers}]
         result["install_s"] = install_s
         result["modelbus_stack"] = stack.describe()
         return result

@@ -17,7 +17,8 @@ from typing import Any
 import uvloop
 
 from bench import progress, servers
-from bench.contenders import ShardedHttpClient, bus_sender, chat_body, http_sender
+from bench.contenders import bus_sender, chat_body, http_sender
+from bench.h1load import H1Clients
 from bench.litellm_proxy import LiteLLMProxy
 from bench.load import LoadResult, Send, closed_loop, interleaved, summarize, warm_up
 from bench.scenarios.memory import MemorySampler
@@ -83,7 +84,7 @@ async def _measure_b(
     body = chat_body("echo")
     client = await ModelbusClient.connect(bus_url)
     try:
-        async with ShardedHttpClient(max_connections=max(settings.throughput_levels)) as http:
+        async with H1Clients() as http:
             contenders: dict[str, Send] = {DIRECT: http_sender(http, katan_url, body, servers.BENCH_KEY)}
             if litellm is not None:
                 contenders[LITELLM] = http_sender(http, litellm.chat_url, body, litellm.master_key)
