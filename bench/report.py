@@ -334,11 +334,15 @@ def _method(results: Mapping[str, Any]) -> list[str]:
         "request as soon as the last one finished; latency per request with `perf_counter`; a failure (non-200 "
         "or exception) is counted, never fatal. Each contender is warmed up first, and measurements are split "
         "into rounds whose contender order rotates, so drift of the machine hits all of them alike.",
-        "- The same body for everyone: model `echo`, one short user message. direct and litellm use pooled "
-        "keep-alive httpx clients, sharded into pools of at most 4 connections (one pool of 128 connections "
-        "costs httpcore so much CPU that the load generator, not the server, would set the pace); modelbus "
-        "uses `ModelbusClient` (nats-py), whose client side is cheaper than httpx's, which slightly favours "
-        "modelbus in the added latency.",
+        "- The same body for everyone: model `echo`, one short user message, to the same llm-katan. Every HTTP "
+        "contender (direct, the peer gateways of p, LiteLLM in a and b) is driven by one minimal keep-alive "
+        "HTTP/1.1 client (`bench/h1load.py`: the request encoded once, one write, answers parsed by httptools); "
+        "modelbus by `ModelbusClient` (nats-py), its protocol. The load generator's own CPU per request is "
+        "reported beside each contender's in p. Until issue 13 direct and LiteLLM went through httpx, which "
+        "costs the load generator about 2 ms of CPU per request here: that slowed direct, which shares the "
+        "cores, and so flattered every other contender (the old README's +0.74 ms and 90% of direct).",
+        "- p: each contender's CPU per request is the utime+stime of its whole process tree from /proc over its "
+        "measured runs, divided by its successful requests.",
         "- Added latency is a difference of percentiles (contender p50 minus direct p50), not a percentile of "
         "per-request differences.",
         "- c (bus only) runs on the same 1-router stack as a, b, d and f, tracing off; e has its own stack with "

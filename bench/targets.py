@@ -15,12 +15,10 @@ PASS = "pass"
 FAIL = "fail"
 NOT_MEASURED = "not measured"
 
-ADDED_P50_MAX_MS = 1.5
-ADDED_P99_MAX_MS = 4.0
-LITELLM_RATIO_MAX = 0.1
-THROUGHPUT_SHARE_MIN = 0.9
-THROUGHPUT_LEVEL = "32"
-BUS_ONLY_MIN_RPS = 3000.0
+P99_OVER_DIRECT_MAX_MS = 2.0
+THROUGHPUT_SHARE_MIN = 75.0
+CPU_VS_RUST_MAX = 2.0
+BUS_ONLY_MIN_RPS = 8000.0
 SWAP_P99_MAX_MS = 20.0
 RSS_MAX_MB = 120.0
 
@@ -53,46 +51,41 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
-def _added_p50(s: Mapping[str, Any]) -> tuple[bool, str]:
-    a = _section(s, "a")
-    added = _number(a["added_ms"][a["headline_series"]]["p50_ms"], "modelbus p50")
-    return added <= ADDED_P50_MAX_MS, f"{added:.2f} ms"
+def _modelbus(s: Mapping[str, Any]) -> Mapping[str, Any]:
+    rows = _section(s, "p")["contenders"]
+    if "modelbus" not in rows:
+        raise _NotMeasured("modelbus not in the run")
+    return rows["modelbus"]  # type: ignore[no-any-return]
 
 
-def _added_p99(s: Mapping[str, Any]) -> tuple[bool, str]:
-    a = _section(s, "a")
-    added = _number(a["added_ms"][a["headline_series"]]["p99_ms"], "modelbus p99")
-    return added <= ADDED_P99_MAX_MS, f"{added:.2f} ms"
+def _versus_tensorzero(s: Mapping[str, Any]) -> tuple[bool, str]:
+    ours = _number(_modelbus(s)["added_p50_ms"], "modelbus added p50")
+    tz = _section(s, "p")["contenders"].get("tensorzero")
+    if tz is None:
+        why = (_section(s, "p").get("unavailable") or {}).get("tensorzero", "not selected")
+        raise _NotMeasured(f"TensorZero not measured ({why})")
+    theirs = _number(tz["added_p50_ms"], "TensorZero added p50")
+    return ours <= theirs, f"{ours:+.2f} vs {theirs:+.2f} ms"
 
 
-def _versus_litellm(s: Mapping[str, Any]) -> tuple[bool, str]:
-    a = _section(s, "a")
-    if "litellm" not in a["added_ms"]:
-        raise _NotMeasured(f"LiteLLM {a.get('litellm', 'not measured')}")
-    ours = a["added_ms"][a["headline_series"]]
-    theirs = a["added_ms"]["litellm"]
-    ratio = a["ratio_vs_litellm"]["p50_ms"]
-    if ratio is None:
-        raise _NotMeasured("LiteLLM added no latency at p50, so no ratio")
-    p99 = a["ratio_vs_litellm"]["p99_ms"]
-    p99_text = f"{p99:.3f}" if p99 is not None else "n/a"
-    text = (
-        f"p50 {ours['p50_ms']:.2f} / {theirs['p50_ms']:.2f} ms = {ratio:.3f}; "
-        f"p99 {ours['p99_ms']:.2f} / {theirs['p99_ms']:.2f} ms = {p99_text}"
-    )
-    return ratio <= LITELLM_RATIO_MAX, text
+def _p99_over_direct(s: Mapping[str, Any]) -> tuple[bool, str]:
+    added = _number(_modelbus(s)["added_p99_ms"], "modelbus added p99")
+    return added <= P99_OVER_DIRECT_MAX_MS, f"{added:+.2f} ms"
 
 
 def _throughput_share(s: Mapping[str, Any]) -> tuple[bool, str]:
-    b = _section(s, "b")
-    if THROUGHPUT_LEVEL not in b["levels"]:
-        raise _NotMeasured(f"concurrency {THROUGHPUT_LEVEL} not in this run")
-    row = b["levels"][THROUGHPUT_LEVEL]
-    ours, direct = row["modelbus"]["requests_per_s"], row["direct"]["requests_per_s"]
-    if not direct:
-        raise _NotMeasured("direct served nothing")
-    share = ours / direct
-    return share >= THROUGHPUT_SHARE_MIN, f"{ours:,.0f} vs {direct:,.0f} req/s = {share:.0%}"
+    row = _modelbus(s)
+    share = _number(row["c32_percent_of_direct"], "share of direct")
+    return share >= THROUGHPUT_SHARE_MIN, f"{row['c32_requests_per_s']:,.0f} req/s = {share:.0f}% of direct"
+
+
+def _cpu_versus_rust(s: Mapping[str, Any]) -> tuple[bool, str]:
+    ours = _number(_modelbus(s)["gateway_cpu_ms_per_request"], "modelbus CPU per request")
+    median = _section(s, "p")["rust_cpu_median_ms"]
+    if median is None:
+        raise _NotMeasured("no Rust gateway measured")
+    ratio = ours / median if median else float("inf")
+    return ratio <= CPU_VS_RUST_MAX, f"{ours:.2f} vs median {median:.2f} ms = {ratio:.1f}x"
 
 
 def _bus_only(s: Mapping[str, Any]) -> tuple[bool, str]:
@@ -118,10 +111,10 @@ def _rss(s: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 CHECKS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], tuple[bool, str]]], ...] = (
-    ("a", f"modelbus added latency p50 ≤ {ADDED_P50_MAX_MS} ms (concurrency 1, tracing on)", _added_p50),
-    ("a", f"modelbus added latency p99 ≤ {ADDED_P99_MAX_MS:.0f} ms (concurrency 1, tracing on)", _added_p99),
-    ("a", "modelbus added latency ≤ 1/10 of LiteLLM's (at p50; p99 shown)", _versus_litellm),
-    ("b", f"modelbus throughput at concurrency {THROUGHPUT_LEVEL} ≥ 90% of direct", _throughput_share),
+    ("p", "modelbus added p50 (concurrency 1) ≤ TensorZero's", _versus_tensorzero),
+    ("p", f"modelbus added p99 (concurrency 1) ≤ direct's p99 + {P99_OVER_DIRECT_MAX_MS:.0f} ms", _p99_over_direct),
+    ("p", f"throughput at concurrency 32 ≥ {THROUGHPUT_SHARE_MIN:.0f}% of direct", _throughput_share),
+    ("p", f"CPU per request, all modelbus processes ≤ {CPU_VS_RUST_MAX:.0f}x the Rust median", _cpu_versus_rust),
     ("c", f"bus-only throughput ≥ {BUS_ONLY_MIN_RPS:,.0f} req/s (best level)", _bus_only),
     ("e", f"hot swap p99 ≤ {SWAP_P99_MAX_MS:.0f} ms with 0 failed requests", _hot_swap),
     ("f", f"RSS ≤ {RSS_MAX_MB:.0f} MB per modelbus process under load", _rss),
