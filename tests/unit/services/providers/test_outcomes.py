@@ -115,22 +115,48 @@ def test_ended_calls_are_forgotten_after_two_keep_windows_and_never_while_in_fli
 ) -> None:
     monkeypatch.setattr(outcomes_module, "KEEP_S", 0.1)
 
-    async def scenario() -> tuple[bool, bool]:
+    async def ended(nc: Client, kept: Outcomes, reply: str) -> Delivery:
+        d = delivery(nc, reply)
+        kept.begin(d)
+        await d.to_router(b"", {H.STATUS: "200", H.DELIVERED: "1"})
+        kept.end(d)
+        return d
+
+    async def scenario() -> tuple[bool, bool, bool]:
         nc, kept = await worker(nats_server.url)
         long_call = delivery(nc, "_INBOX.router.long")
         kept.begin(long_call)
-        ended = delivery(nc, "_INBOX.router.ended")
-        kept.begin(ended)
-        kept.end(ended)
+        await ended(nc, kept, "_INBOX.router.ended")
+        kept_at_first = kept.find("_INBOX.router.ended") is not None
         for i in range(3):  # three rotations
             await asyncio.sleep(0.12)
-            other = delivery(nc, f"_INBOX.router.other{i}")
-            kept.begin(other)
-            kept.end(other)
-        result = (kept.find("_INBOX.router.ended") is None, kept.find("_INBOX.router.long") is long_call)
+            await ended(nc, kept, f"_INBOX.router.other{i}")
+        result = (kept_at_first, kept.find("_INBOX.router.ended") is None, kept.find("_INBOX.router.long") is long_call)
         await nc.close()
         return result
 
-    forgotten, still_in_flight = run(scenario())
+    kept_at_first, forgotten, still_in_flight = run(scenario())
+    assert kept_at_first
     assert forgotten
     assert still_in_flight
+
+
+def test_a_worker_holds_at_most_two_generations_of_outcomes_however_fast_calls_end(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outcomes_module, "MAX_KEPT", 10)
+
+    async def scenario() -> tuple[int, bool, bool]:
+        nc, kept = await worker(nats_server.url)
+        for i in range(1000):
+            d = delivery(nc, f"_INBOX.router.burst{i}")
+            kept.begin(d)
+            await d.to_router(b"", {H.STATUS: "200", H.DELIVERED: "1"})
+            kept.end(d)
+        result = (kept.kept, kept.find("_INBOX.router.burst999") is not None, kept.find("_INBOX.router.burst0") is None)
+        await nc.close()
+        return result
+
+    held, newest_kept, oldest_gone = run(scenario())
+    assert held <= 20
+    assert newest_kept and oldest_gone
