@@ -33,8 +33,9 @@ docs: $(STAMP)
 latency: $(STAMP)
 	$(BIN)/python scripts/latency.py
 
-# modelbus against direct calls and LiteLLM (which the harness installs into
-# bench/.venv-litellm on first use); e.g. make bench BENCH_ARGS="--quick --skip-litellm"
+# modelbus against direct calls and the peer gateways (vllm-router, sglang-router,
+# Envoy, TensorZero, Portkey, LiteLLM: each installed into bench/.envs/ on first
+# use), one client, one upstream; e.g. make bench BENCH_ARGS="--quick --peers none"
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -26,7 +26,8 @@ from typing import Any, TypeVar, cast
 import httpx
 
 from bench import procs, progress
-from bench.litellm_proxy import LiteLLMProxy, ensure_litellm, running_litellm
+from bench.litellm_proxy import LiteLLMProxy, running_litellm
+from bench.peers import Upstream
 from scripts.stack import running_stack
 from shared.natsserver import die_with_parent
 from tests.conftest import Katan, start_katan, stop_process, wait_for_line
@@ -309,10 +310,7 @@ class Lab:
         """The LiteLLM proxy in front of the plain llm-katan (installed into its venv once)."""
 
         def start(exits: ExitStack) -> LiteLLMProxy:
-            venv = ensure_litellm(self.log_dir / "litellm-install.log")
-            upstream = f"{self.katan().base_url}/v1"
-            return exits.enter_context(
-                running_litellm(venv, upstream, BENCH_KEY, self.work_dir, self.log_dir / "litellm.log")
-            )
+            upstream = Upstream("127.0.0.1", self.katan().port, BENCH_KEY)
+            return exits.enter_context(running_litellm(upstream, self.work_dir / "litellm", self.log_dir))
 
         return self._get(LITELLM, start)

@@ -1,8 +1,6 @@
 """LiteLLM's proxy as a peer: PyPI ``litellm[proxy]`` in its own virtualenv, one uvicorn worker.
 
-The same contender :mod:`bench.litellm_proxy` runs, on the :class:`~bench.peers.Peer`
-interface: the same pin, the same config and the same environment, so its
-figures stay comparable with earlier runs. The config is the minimal one of
+Scenarios a and b run this same peer (:mod:`bench.litellm_proxy`). The config is the minimal one of
 LiteLLM's production guide (https://docs.litellm.ai/docs/proxy/prod): one model
 ``echo`` forwarded to the OpenAI API at the upstream, and a master key, which
 every request must carry as its bearer. No database, no callbacks, no cache.

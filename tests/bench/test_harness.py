@@ -88,15 +88,17 @@ def test_a_quick_run_writes_the_json_markdown_and_plots(
 
 
 @pytest.mark.timeout(360)
-def test_a_run_without_litellm_says_so_and_leaves_its_target_unmeasured(
+def test_a_run_without_litellm_says_so_and_measures_it_nowhere(
     quick_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     _, out = quick_run
     results = _results(out)
     assert "litellm" not in results["scenarios"]["a"]["series"]
-    versus = [t for t in results["targets"] if "LiteLLM" in t["target"]]
-    assert [t["status"] for t in versus] == ["not measured"]
-    assert "LiteLLM was skipped" in (out / "results.md").read_text()
+    assert "litellm" not in results["scenarios"]["p"]["contenders"]
+    assert "litellm" in results["scenarios"]["p"]["not_selected"]
+    markdown = (out / "results.md").read_text()
+    assert "LiteLLM was skipped" in markdown
+    assert "Not selected for this run (`--peers`): vllm-router, sglang-router, envoy, litellm." in markdown
 
 
 @pytest.mark.timeout(360)
