@@ -46,7 +46,6 @@ from shared.errors import (
     RequestLost,
     error_from_wire,
 )
-from shared.flush import coalesce_writes
 from shared.mux import ReplyMux, Silence, Waiter
 from shared.replies import CLIENT_GRACE_S, MAX_SILENCE_S, MAX_TIMEOUT_MS, is_no_responders, is_stream_end, status_of
 from shared.subjects import CHAT_COMPLETIONS
@@ -221,7 +220,6 @@ class ModelbusClient:
         self.subject = subject
         self._mux = ReplyMux(nc, skip=(H.KEEPALIVE,))
         """Every reply on one subscription; keepalives only restart the silence clock."""
-        coalesce_writes(nc, lambda: self._mux.open_count > 1)
 
     @classmethod
     async def connect(

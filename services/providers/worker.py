@@ -45,7 +45,6 @@ from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest, Usage, decode_request, encoder
 from shared.envelopes import provider_call_decoder
 from shared.errors import AuthFailed, InvalidRequest, ModelbusError, UpstreamTimeout, WorkerLost
-from shared.flush import coalesce_writes
 from shared.mux import Beats
 from shared.replies import time_left_s
 from shared.routing import endpoint_decoder
@@ -96,7 +95,6 @@ class ProviderWorker:
             )
             for t in types
         ]
-        coalesce_writes(nc, lambda: sum(server.in_flight for server in self._servers) > 1)
 
     async def start(self) -> None:
         """Subscribe to secret invalidations, then to every type's subject."""

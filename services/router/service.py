@@ -35,7 +35,6 @@ from shared.admin import BreakerState, TargetHealth
 from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest, decode_request
 from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PayloadTooLarge
-from shared.flush import coalesce_writes
 from shared.identities import requester_inboxes
 from shared.mux import Beats, ReplyMux, Signal
 from shared.replies import stream_end, timeout_s, wants_stream
@@ -77,7 +76,6 @@ class Router:
             beats=self.beats,
             rng=self.rng,
         )
-        coalesce_writes(nc, lambda: self._server.in_flight > 1)
         self.follower = TableFollower(
             nc, self.router_id, lambda: self._server.in_flight, health=self.health, state_nc=state
         )
