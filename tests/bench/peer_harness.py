@@ -9,6 +9,7 @@ the load generator sends it: to :attr:`Running.path` with :attr:`Running.headers
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from bench.contenders import chat_body
+from bench.contenders import PROMPT, chat_body
 from bench.peers import Peer, Running, Upstream
 from tests.conftest import Katan, start_katan, stop_process
 
@@ -96,3 +97,23 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
                 address, _, hex_port = local.partition(":")
                 found.add((address, int(hex_port, 16)))
     return found
+
+
+def assert_echo_answer(reply: httpx.Response) -> None:
+    """A 200 with llm-katan's echo of the benchmark prompt, for model ``echo``."""
+    assert reply.status_code == 200, reply.text
+    answer = json.loads(reply.content)
+    assert answer["model"] == "echo"
+    assert answer["choices"][0]["message"]["content"].startswith("[echo]")
+    assert PROMPT in answer["choices"][0]["message"]["content"]
+
+
+def assert_logs_nothing_for_successful_requests(running: Running) -> None:
+    """20 successful requests after a first one add nothing to the peer's log."""
+    assert running.log_path is not None
+    with httpx.Client(timeout=10.0, trust_env=False) as client:
+        send_benchmark_request(client, running)  # anything logged at start-up is written by now
+        before = running.log_path.stat().st_size
+        replies = [send_benchmark_request(client, running) for _ in range(20)]
+    assert [reply.status_code for reply in replies] == [200] * 20
+    assert running.log_path.stat().st_size == before, running.log_path.read_text()[before:]

@@ -6,17 +6,23 @@ proves that Envoy's route put the upstream key on the forwarded request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.contenders import PROMPT
 from bench.peers import Running
 from bench.peers.envoy import PINNED, Envoy
-from tests.bench.peer_harness import LOOPBACK_HEX, keyed_katan, listening_sockets, send_benchmark_request, started
+from tests.bench.peer_harness import (
+    LOOPBACK_HEX,
+    assert_echo_answer,
+    assert_logs_nothing_for_successful_requests,
+    keyed_katan,
+    listening_sockets,
+    send_benchmark_request,
+    started,
+)
 from tests.conftest import Katan
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(1200)]
@@ -38,22 +44,12 @@ def test_envoy_forwards_the_benchmark_request_with_the_upstream_key_it_holds(env
     assert "authorization" not in {name.lower() for name in running.headers}
     with httpx.Client(timeout=10.0, trust_env=False) as client:
         reply = send_benchmark_request(client, running)
-    assert reply.status_code == 200, reply.text
-    answer = json.loads(reply.content)
-    assert answer["model"] == "echo"
-    assert answer["choices"][0]["message"]["content"].startswith("[echo]")
-    assert PROMPT in answer["choices"][0]["message"]["content"]
+    assert_echo_answer(reply)
 
 
 def test_envoy_logs_nothing_for_successful_requests(envoy: tuple[Envoy, Running]) -> None:
     _, running = envoy
-    assert running.log_path is not None
-    with httpx.Client(timeout=10.0, trust_env=False) as client:
-        send_benchmark_request(client, running)
-        before = running.log_path.stat().st_size
-        replies = [send_benchmark_request(client, running) for _ in range(20)]
-    assert [reply.status_code for reply in replies] == [200] * 20
-    assert running.log_path.stat().st_size == before, running.log_path.read_text()[before:]
+    assert_logs_nothing_for_successful_requests(running)
 
 
 def test_envoy_listens_on_its_loopback_port_and_nowhere_else(envoy: tuple[Envoy, Running]) -> None:

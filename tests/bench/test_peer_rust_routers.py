@@ -6,17 +6,23 @@ peer's request headers reached the upstream through the router.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from bench.contenders import PROMPT
 from bench.peers import Peer, Running, sglang_router, vllm_router
 from bench.peers.sglang_router import SglangRouter
 from bench.peers.vllm_router import VllmRouter
-from tests.bench.peer_harness import LOOPBACK_HEX, keyed_katan, listening_sockets, send_benchmark_request, started
+from tests.bench.peer_harness import (
+    LOOPBACK_HEX,
+    assert_echo_answer,
+    assert_logs_nothing_for_successful_requests,
+    keyed_katan,
+    listening_sockets,
+    send_benchmark_request,
+    started,
+)
 from tests.conftest import Katan
 
 pytestmark = [pytest.mark.peers, pytest.mark.timeout(1200)]
@@ -41,11 +47,7 @@ def test_router_forwards_the_benchmark_request_and_returns_the_upstream_reply(
     _, running = router
     with httpx.Client(timeout=10.0, trust_env=False) as client:
         reply = send_benchmark_request(client, running)
-    assert reply.status_code == 200, reply.text
-    answer = json.loads(reply.content)
-    assert answer["model"] == "echo"
-    assert answer["choices"][0]["message"]["content"].startswith("[echo]")
-    assert PROMPT in answer["choices"][0]["message"]["content"]
+    assert_echo_answer(reply)
 
 
 def test_router_without_the_client_key_is_refused_by_the_upstream(router: tuple[Peer, Running]) -> None:
@@ -58,13 +60,7 @@ def test_router_without_the_client_key_is_refused_by_the_upstream(router: tuple[
 
 def test_router_logs_nothing_for_successful_requests(router: tuple[Peer, Running]) -> None:
     _, running = router
-    assert running.log_path is not None
-    with httpx.Client(timeout=10.0, trust_env=False) as client:
-        send_benchmark_request(client, running)  # anything logged at start-up is written by now
-        before = running.log_path.stat().st_size
-        replies = [send_benchmark_request(client, running) for _ in range(20)]
-    assert [reply.status_code for reply in replies] == [200] * 20
-    assert running.log_path.stat().st_size == before, running.log_path.read_text()[before:]
+    assert_logs_nothing_for_successful_requests(running)
 
 
 def test_router_listens_on_loopback_only(router: tuple[Peer, Running]) -> None:
