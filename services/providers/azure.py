@@ -40,23 +40,23 @@ retry hints come from ``retry-after-ms``/``retry-after``, else on a 429 from
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import msgspec
 
+from services.providers.adapter import config_error
 from services.providers.base import EndpointConnection
+from services.providers.framing import StreamEvent
 from services.providers.http import Answer, status_error
-from services.providers.openai import OpenAIAdapter
-from shared.chat import ChatCompletionChunk, ChatCompletionRequest
-from shared.errors import BadUpstreamRequest, ConfigError, ProviderError
+from services.providers.openai import OpenAIAdapter, OpenAIStreamState
+from shared.chat import ChatCompletionChunk
+from shared.errors import BadUpstreamRequest, ProviderError
 
 _DEPLOYMENT_IN_URL = re.compile(r"/openai/deployments/[^/]+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SKIP = ChatCompletionChunk(id="", created=0, model="", choices=[])
-"""Stands for an Azure annotation event; :meth:`AzureOpenAIAdapter.stream` drops it."""
 
 
 class _Annotation(msgspec.Struct):
@@ -89,12 +89,12 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         endpoint = connection.endpoint
         base = (endpoint.base_url or "").rstrip("/")
         if not base:
-            raise ConfigError(
-                f"endpoint {endpoint.name!r}: azure-openai needs base_url, e.g. https://<resource>.openai.azure.com"
+            raise config_error(
+                endpoint.name, "base_url", "azure-openai needs one, e.g. https://<resource>.openai.azure.com"
             )
         style = str(endpoint.options.get("api_style", "")).strip().lower()
         if style not in ("", "v1", "deployments"):
-            raise ConfigError(f"endpoint {endpoint.name!r}: options.api_style must be v1 or deployments, not {style!r}")
+            raise config_error(endpoint.name, "options.api_style", f"must be v1 or deployments, not {style!r}")
         super().__init__(connection)
         self._fixed_url: str | None = None
         self._deployments = ""
@@ -105,9 +105,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             return
         api_version = str(endpoint.options.get("api_version") or "").strip()
         if not api_version:
-            raise ConfigError(
-                f"endpoint {endpoint.name!r}: azure-openai deployment URLs need options.api_version "
-                "(e.g. 2024-10-21), or use a base_url ending in /openai/v1"
+            raise config_error(
+                endpoint.name,
+                "options.api_version",
+                "azure-openai deployment URLs need one (e.g. 2024-10-21), or use a base_url ending in /openai/v1",
             )
         self._query = f"?api-version={quote(api_version, safe='')}"
         if _DEPLOYMENT_IN_URL.search(base):
@@ -115,25 +116,29 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         else:
             self._deployments = f"{base.removesuffix('/openai')}/openai/deployments"
 
-    def _url(self, model: str) -> str:
+    def _url(self, model: str, *, stream: bool) -> str:
         if self._fixed_url is not None:
             return self._fixed_url
         return f"{self._deployments}/{quote(model, safe='')}/chat/completions{self._query}"
 
-    async def _headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": "application/json"}
+    async def _headers(self, url: str, body: bytes, *, stream: bool) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
         key = await self.connection.credential()
         if key:
             headers["api-key"] = key
         return headers
 
-    def _map_stream_event(self, data: bytes) -> ChatCompletionChunk:
+    def _map_stream_event(
+        self, event: StreamEvent, state: OpenAIStreamState, model: str
+    ) -> Iterable[ChatCompletionChunk]:
+        """OpenAI's events without Azure's filter-only ones (nothing for the client in them)."""
         try:
-            return super()._map_stream_event(data)
+            chunks = super()._map_stream_event(event, state, model)
         except ProviderError:
-            if _is_annotation(data):
-                return _SKIP
+            if _is_annotation(event.data):
+                return ()
             raise
+        return [c for c in chunks if c.choices or c.usage is not None]
 
     def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
         err = status_error(response, body, provider=self.provider_type, model=model)
@@ -142,14 +147,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         if isinstance(err, BadUpstreamRequest) and _error_code(body) == "content_filter":
             err.code = "content_filter"  # Azure's content management policy rejected the prompt
         return err
-
-    async def stream(
-        self, request: ChatCompletionRequest, model: str, *, timeout_s: float
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """OpenAI's stream without Azure's filter-only events (nothing for the client in them)."""
-        async for chunk in super().stream(request, model, timeout_s=timeout_s):
-            if chunk.choices or chunk.usage is not None:
-                yield chunk
 
 
 def _is_annotation(data: bytes) -> bool:

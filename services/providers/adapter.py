@@ -1,0 +1,180 @@
+"""The one base of every HTTP provider adapter: ``complete`` and ``stream`` written once.
+
+An adapter is a subclass that implements the same hooks with the same
+signatures in every module:
+
+=================================================  ===========================================
+hook                                               what it does
+=================================================  ===========================================
+``_url(model, *, stream)``                          where the call goes
+``await _headers(url, body, *, stream)``            request headers: auth, version, a signature
+``_map_request(request, model)``                    the internal request as the native body
+``_map_response(response, body, model)``            a native answer as a :class:`ChatCompletion`
+``_stream_state(response, model)``                  fresh per-stream state (a :class:`StreamState`)
+``_map_stream_event(event, state, model)``          one framed event to zero or more chunks
+``_end_stream(state, model)``                       the upstream closed before ``state.done``
+``_map_whole_stream(response, body, state, model)`` a stream answer that is not framed as one
+``_map_error(response, body, model)``               a non-200 answer as a :class:`ProviderError`
+=================================================  ===========================================
+
+The base does the rest: the POST, transport errors (:func:`transport_error`,
+which never carries the URL), the status check and the stream framing chosen
+by :attr:`HttpChatAdapter.framing` (server-sent events, NDJSON lines or AWS
+event-stream frames, see :mod:`services.providers.framing`). The wire structs
+and the translation itself live in :mod:`shared.formats`; an adapter keeps the
+connection, auth and the calls into those modules.
+
+Problems with an endpoint's configuration are a 400 :class:`ConfigError`
+(:func:`config_error`) in every adapter, and a request parameter the provider
+cannot honour is a 400 ``unsupported_parameter`` (:func:`unsupported`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import ClassVar, Generic, Literal, TypeVar
+
+import httpx
+import msgspec
+
+from services.providers.base import EndpointConnection
+from services.providers.framing import FramingError, StreamEvent, frames
+from services.providers.http import Answer, status_error, transport_error
+from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from shared.errors import BadUpstreamResponse, ConfigError, InvalidRequest, ProviderError
+
+Framing = Literal["sse", "ndjson", "aws-eventstream"]
+"""How a streamed answer is framed on the wire."""
+
+
+class StreamState:
+    """What earlier events of one stream said; adapters subclass it with their own fields."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+        """The stream is complete: the base stops reading and returns."""
+
+
+S = TypeVar("S", bound=StreamState)
+
+
+def unsupported(param: str, why: str) -> InvalidRequest:
+    """A request parameter this provider cannot honour (400 ``unsupported_parameter``); to raise."""
+    return InvalidRequest(f"{param}: {why}", code="unsupported_parameter", param=param)
+
+
+def config_error(endpoint: str, param: str, why: str) -> ConfigError:
+    """A problem with an endpoint's configuration (400 ``config_error``); to raise."""
+    return ConfigError(f"endpoint {endpoint!r}: {param}: {why}", param=param)
+
+
+class HttpChatAdapter(Generic[S]):
+    """Translate one OpenAI-shaped chat call to an HTTP provider and back."""
+
+    gen_ai_provider: ClassVar[str]
+    """``gen_ai.provider.name`` for spans (OpenTelemetry GenAI conventions)."""
+    provider_type: ClassVar[str]
+    """The routing type this adapter serves (``shared.routing.PROVIDER_TYPES``)."""
+    framing: ClassVar[Framing] = "sse"
+    stream_content_type: ClassVar[str | None] = None
+    """When set, a stream answer of another content type goes to :meth:`_map_whole_stream`."""
+
+    def __init__(self, connection: EndpointConnection) -> None:
+        self.connection = connection
+        self.endpoint = connection.endpoint
+
+    # ------------------------------------------------------------ hooks
+
+    def _url(self, model: str, *, stream: bool) -> str:
+        raise NotImplementedError
+
+    async def _headers(self, url: str, body: bytes, *, stream: bool) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _map_request(self, request: ChatCompletionRequest, model: str) -> bytes:
+        raise NotImplementedError
+
+    def _map_response(self, response: Answer, body: bytes, model: str) -> ChatCompletion:
+        raise NotImplementedError
+
+    def _stream_state(self, response: Answer, model: str) -> S:
+        raise NotImplementedError
+
+    def _map_stream_event(self, event: StreamEvent, state: S, model: str) -> Iterable[ChatCompletionChunk]:
+        raise NotImplementedError
+
+    def _end_stream(self, state: S, model: str) -> Iterable[ChatCompletionChunk]:
+        """The upstream closed the stream before an event set ``state.done``.
+
+        Yields what is still owed (a usage chunk) when the answer was complete, else raises.
+        """
+        raise self._bad("stream ended before it was complete", model)
+
+    def _map_whole_stream(self, response: Answer, body: bytes, state: S, model: str) -> Iterable[ChatCompletionChunk]:
+        """A stream answer whose content type is not :attr:`stream_content_type`."""
+        content_type = response.headers.get("content-type", "")
+        raise self._bad(f"expected {self.stream_content_type}, got {content_type!r}", model)
+
+    def _map_error(self, response: Answer, body: bytes, model: str) -> ProviderError:
+        return status_error(response, body, provider=self.provider_type, model=model)
+
+    # ------------------------------------------------------------ shared helpers
+
+    def _bad(self, reason: str, model: str | None) -> BadUpstreamResponse:
+        """A 502: the upstream's answer cannot be used."""
+        return BadUpstreamResponse(f"{self.endpoint.name}: {reason}", provider=self.provider_type, model=model)
+
+    def _transport_error(self, exc: httpx.HTTPError, model: str) -> ProviderError:
+        return transport_error(exc, endpoint=self.endpoint.name, provider=self.provider_type, model=model)
+
+    # ------------------------------------------------------------ adapter API
+
+    async def complete(self, request: ChatCompletionRequest, model: str, *, timeout_s: float) -> ChatCompletion:
+        """POST the mapped request and map the answer back."""
+        if request.stream:
+            request = msgspec.structs.replace(request, stream=False)
+        body = self._map_request(request, model)
+        url = self._url(model, stream=False)
+        headers = await self._headers(url, body, stream=False)
+        try:
+            response = await self.connection.http.post(url, content=body, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, model) from None
+        if response.status_code != 200:
+            raise self._map_error(response, response.content, model)
+        return self._map_response(response, response.content, model)
+
+    async def stream(
+        self, request: ChatCompletionRequest, model: str, *, timeout_s: float
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Map events to chunks as their frames arrive; never buffer the stream whole."""
+        if not request.stream:
+            request = msgspec.structs.replace(request, stream=True)
+        body = self._map_request(request, model)
+        url = self._url(model, stream=True)
+        headers = await self._headers(url, body, stream=True)
+        try:
+            async with self.connection.http.stream(
+                "POST", url, content=body, headers=headers, timeout=timeout_s
+            ) as response:
+                if response.status_code != 200:
+                    raise self._map_error(response, await response.aread(), model)
+                state = self._stream_state(response, model)
+                expected = self.stream_content_type
+                if expected is not None and not response.headers.get("content-type", "").startswith(expected):
+                    for chunk in self._map_whole_stream(response, await response.aread(), state, model):
+                        yield chunk
+                    return
+                async for event in frames(self.framing, response):
+                    for chunk in self._map_stream_event(event, state, model):
+                        yield chunk
+                    if state.done:
+                        return
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, model) from None
+        except FramingError as exc:
+            raise self._bad(f"broken stream: {exc}", model) from None
+        for chunk in self._end_stream(state, model):
+            yield chunk
