@@ -47,6 +47,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
+from services.router.breakers import Decision
 from services.router.table import ResolvedTarget, Route
 from shared import headers as H
 from shared.bus import RECONNECT_WAIT_S, error_headers, reply_error, retry_after_from
@@ -87,7 +88,7 @@ class Stats(Protocol):
 
 
 class Breakers(Protocol):
-    def decide(self, key: Key) -> object: ...
+    def decide(self, key: Key) -> Decision: ...
     async def failure(self, key: Key, defaults: RoutingDefaults) -> None: ...
     async def success(self, key: Key) -> None: ...
 
@@ -170,8 +171,8 @@ class Forwarder:
             target = plan[position]
             position += 1
             decision = self.breakers.decide(target.key)
-            if not getattr(decision, "allowed", True):
-                cooling.append(float(getattr(decision, "retry_after_s", 0.0) or 0.0))
+            if not decision.allowed:
+                cooling.append(decision.retry_after_s)
                 continue
             tried_this_pass = True
             wait = 0.0
