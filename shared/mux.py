@@ -106,13 +106,19 @@ class Waiter:
                 raise TimeoutError
             wake: asyncio.Future[None] = loop.create_future()
             self._wake = wake
+            # A timer that only wakes the future, cheaper than asyncio.timeout (no Timeout object,
+            # no task cancellation when it fires); the loop above decides what a wake-up meant.
+            timer = loop.call_at(until, _set_done, wake)
             try:
-                async with asyncio.timeout(left):
-                    await wake
-            except TimeoutError:
-                pass  # the loop decides: a message may have come at the last moment
+                await wake
             finally:
+                timer.cancel()
                 self._wake = None
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ReplyMux:
