@@ -10,18 +10,34 @@ attributes only, never on message text::
     │   └── PayloadTooLarge           413
     ├── AuthenticationError           401 authentication_error
     ├── PolicyDenied                  403 permission_error
+    │   └── PrivateAddressRefused     403                       services/providers/ssrf.py
     ├── NotFound                      404 not_found_error
     ├── DeadlineExceeded              408 timeout_error
     ├── Conflict                      409 conflict_error
     ├── ConfigError                   400 config_error
     ├── NoRouteAvailable              503 service_unavailable   (retryable)
+    ├── RequestLost                   504 timeout_error         (retryable; client side)
+    ├── AuditError                    503 service_unavailable   (retryable)  services/config/audit_chain.py
+    │   └── AuditChainBroken          500 internal_error                     services/config/audit_chain.py
+    ├── StoreUnavailable              503 service_unavailable                services/secrets/service.py
+    ├── VaultError                    502 api_error                          services/secrets/vault.py
+    │   ├── VaultDenied               502                                    services/secrets/vault.py
+    │   ├── VaultUnavailable          503 service_unavailable   (retryable)  services/secrets/vault.py
+    │   └── VaultSecretUnusable       502                                    services/secrets/vault.py
     └── ProviderError(status, retryable, retry_after, provider, model)
         ├── RateLimited               429 rate_limit_error      (retryable)
         ├── UpstreamTimeout           504 timeout_error         (retryable)
         ├── UpstreamUnavailable       502/503 api_error         (retryable)
         ├── BadUpstreamResponse       502 api_error
         ├── BadUpstreamRequest        400/404/422 invalid_request_error
-        └── AuthFailed                401/403 authentication_error
+        ├── AuthFailed                401/403 authentication_error
+        ├── WorkerLost                502 api_error             (retryable)
+        └── CredentialUnavailable     502 api_error             (retryable)  services/providers/credentials.py
+
+The classes with a module named live in the one service that raises them (a
+service may not import another); they are drawn here so the tree is whole, and
+``tests/unit/shared/test_errors.py`` fails when a subclass anywhere is missing
+from this drawing.
 
 On NATS an error travels as the ``Modelbus-Status`` header plus the body
 ``{"error": {"message", "type", "code", "param", "retryable"}}``, the OpenAI

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -148,3 +149,50 @@ def test_an_unreadable_error_body_still_yields_an_error_of_that_status(status: i
     assert err.retryable is (status == 429 or status >= 500)
     assert err.retry_after == 4.0
     assert str(status) in err.message
+
+
+
+def _all_subclasses(cls: type) -> set[type]:
+    out: set[type] = set()
+    for sub in cls.__subclasses__():
+        out |= {sub} | _all_subclasses(sub)
+    return out
+
+
+def _drawn_parents() -> dict[str, str | None]:
+    """Each class drawn in the tree of shared/errors.py's docstring, with the class drawn above it."""
+    import shared.errors as errors_module
+
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []  # (column, name) of the rows above, outermost first
+    for line in (errors_module.__doc__ or "").splitlines():
+        row = re.match(r"^(\s*(?:[│ ]   )*(?:[├└]── )?)([A-Z]\w+)", line)
+        if row is None or not (row.group(1).strip() or row.group(2) == "ModelbusError"):
+            continue
+        column, name = len(row.group(1)), row.group(2)
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        parents[name] = stack[-1][1] if stack else None
+        stack.append((column, name))
+    return parents
+
+
+def test_every_error_class_in_the_code_is_drawn_in_the_tree_of_shared_errors_under_its_parent() -> None:
+    import importlib
+    import pkgutil
+
+    import services
+    import shared
+
+    for package in (shared, services):
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+    drawn = _drawn_parents()
+    assert drawn["ModelbusError"] is None
+    classes = {cls for cls in _all_subclasses(ModelbusError) if not cls.__module__.startswith("tests")}
+    assert len(classes) >= 25
+    missing = sorted(cls.__name__ for cls in classes if cls.__name__ not in drawn)
+    assert not missing, f"error classes missing from the drawing in shared/errors.py: {missing}"
+    for cls in classes:
+        assert drawn[cls.__name__] == cls.__mro__[1].__name__, f"{cls.__name__} is drawn under the wrong parent"
