@@ -459,10 +459,7 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
     try:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        message, path = _split_msgspec_error(str(exc))
-        raise InvalidRequest(
-            f"{path}: {message}" if path else message, code="invalid_field", param=path or None
-        ) from exc
+        raise invalid_field(exc) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
@@ -470,7 +467,15 @@ def decode_request(body: bytes) -> ChatCompletionRequest:
 _FIELD_IN_REASON = re.compile(r"Object (?:contains unknown|missing required) field `([^`]+)`$")
 
 
-def _split_msgspec_error(text: str) -> tuple[str, str]:
+def invalid_field(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:
+    """A msgspec validation error as a 400 ``invalid_field`` naming the field at fault,
+    under ``prefix`` when the decoded document sits inside a larger one."""
+    message, path = split_msgspec_error(str(exc))
+    path = ".".join(part for part in (prefix, path) if part)
+    return InvalidRequest(f"{path}: {message}" if path else message, code="invalid_field", param=path or None)
+
+
+def split_msgspec_error(text: str) -> tuple[str, str]:
     """Turn msgspec's ``"reason - at `$.a[0].b`"`` into ``("reason", "a[0].b")``."""
     reason, sep, where = text.rpartition(" - at `")
     if not sep:

@@ -74,6 +74,7 @@ __all__ = [
     "UpstreamUnavailable",
     "error_from_status",
     "error_from_wire",
+    "unsupported",
 ]
 
 
@@ -359,6 +360,12 @@ def _class_for(status: int, code: str | None) -> type[ModelbusError]:
     if by_code is not None and (issubclass(by_code, ProviderError) or by_code.status == status):
         return by_code
     return _BY_STATUS.get(status, ModelbusError)
+
+
+def unsupported(param: str, why: str) -> InvalidRequest:
+    """A request parameter the other side cannot honour: a 400 ``unsupported_parameter``
+    naming it, to raise. Every format module and provider adapter builds it this way."""
+    return InvalidRequest(f"{param}: {why}", code="unsupported_parameter", param=param)
 
 
 def error_from_status(

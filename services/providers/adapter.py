@@ -41,7 +41,15 @@ from services.providers.base import EndpointConnection
 from services.providers.framing import FramingError, StreamEvent, frames
 from services.providers.http import Answer, status_error, transport_error
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
-from shared.errors import BadUpstreamResponse, ConfigError, InvalidRequest, ProviderError
+from shared.errors import BadUpstreamResponse, ConfigError, ProviderError, unsupported
+
+__all__ = [
+    "Framing",
+    "HttpChatAdapter",
+    "StreamState",
+    "config_error",
+    "unsupported",
+]
 
 Framing = Literal["sse", "ndjson", "aws-eventstream"]
 """How a streamed answer is framed on the wire."""
@@ -58,11 +66,6 @@ class StreamState:
 
 
 S = TypeVar("S", bound=StreamState)
-
-
-def unsupported(param: str, why: str) -> InvalidRequest:
-    """A request parameter this provider cannot honour (400 ``unsupported_parameter``); to raise."""
-    return InvalidRequest(f"{param}: {why}", code="unsupported_parameter", param=param)
 
 
 def config_error(endpoint: str, param: str, why: str) -> ConfigError:
