@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import email.utils
 import ssl
 import time
@@ -22,38 +21,10 @@ from services.providers.ssrf import SsrfGuard
 from services.providers.transport_errors import Explained, UpstreamProtocolError
 from shared.errors import ProviderError, UpstreamTimeout, UpstreamUnavailable, error_from_status
 
-ANTHROPIC_RESETS = (
-    "anthropic-ratelimit-requests-reset",
-    "anthropic-ratelimit-tokens-reset",
-    "anthropic-ratelimit-input-tokens-reset",
-    "anthropic-ratelimit-output-tokens-reset",
-)
-
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date), or
-    Anthropic's ``anthropic-ratelimit-*-reset`` RFC 3339 times (the latest one) as a fallback."""
-    hint = _standard_retry_after(headers)
-    if hint is not None:
-        return hint
-    resets = [_rfc3339_in(headers.get(name)) for name in ANTHROPIC_RESETS]
-    known = [r for r in resets if r is not None]
-    return max(known) if known else None
-
-
-def _rfc3339_in(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _standard_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date); vendor
+    rate-limit reset headers are read by their adapters (Anthropic's, Azure's)."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:

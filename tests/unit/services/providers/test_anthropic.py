@@ -8,6 +8,7 @@ HTTP goes through ``httpx.MockTransport``, so each test sees exactly what the ad
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,7 @@ TEXT_MESSAGE = {
     "usage": {"input_tokens": 12, "output_tokens": 6},
 }
 
-TOOL_MESSAGE = {
+TOOL_MESSAGE: dict[str, Any] = {
     "id": "msg_01Aq9w938a90dw8q",
     "type": "message",
     "role": "assistant",
@@ -599,6 +600,22 @@ def test_429_is_retryable_with_retry_after_and_anthropics_message() -> None:
         complete(adapter(Upstream(answer(error, 429, **{"retry-after": "7"}))))
     assert caught.value.retryable is True and caught.value.retry_after == 7.0
     assert "Number of requests exceeded" in caught.value.message
+
+
+def test_without_retry_after_the_latest_anthropic_rate_limit_reset_is_the_retry_hint() -> None:
+    now = dt.datetime.now(dt.UTC)
+    soon, later = ((now + dt.timedelta(seconds=s)).isoformat().replace("+00:00", "Z") for s in (20, 50))
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+
+    def retry_hint(**headers: str) -> float | None:
+        with pytest.raises(RateLimited) as caught:
+            complete(adapter(Upstream(answer(error, 429, **headers))))
+        return caught.value.retry_after
+
+    hint = retry_hint(**{"anthropic-ratelimit-requests-reset": soon, "anthropic-ratelimit-tokens-reset": later})
+    assert hint is not None and 45 <= hint <= 50
+    assert retry_hint(**{"retry-after": "3", "anthropic-ratelimit-tokens-reset": later}) == 3.0
+    assert retry_hint(**{"anthropic-ratelimit-tokens-reset": "not a time"}) is None
 
 
 def test_529_overloaded_is_a_retryable_503() -> None:

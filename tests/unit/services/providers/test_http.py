@@ -152,17 +152,9 @@ def test_a_transport_error_never_repeats_the_request_url(
     assert "SECRET" not in repr(err)
 
 
-def test_anthropic_rate_limit_reset_times_are_a_fallback_retry_hint() -> None:
-    import datetime as dt
-
-    from services.providers.http import parse_retry_after
-
-    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).isoformat().replace("+00:00", "Z")
-    later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=50)).isoformat().replace("+00:00", "Z")
-    hint = parse_retry_after({"anthropic-ratelimit-requests-reset": soon, "anthropic-ratelimit-tokens-reset": later})
-    assert hint is not None and 45 <= hint <= 50
-    assert parse_retry_after({"retry-after": "3", "anthropic-ratelimit-tokens-reset": later}) == 3.0
-    assert parse_retry_after({"anthropic-ratelimit-tokens-reset": "not a time"}) is None
+def test_vendor_rate_limit_reset_headers_are_not_a_generic_retry_hint() -> None:
+    # Anthropic's reset times are read by its adapter (tests/unit/services/providers/test_anthropic.py).
+    assert parse_retry_after({"anthropic-ratelimit-tokens-reset": "2099-01-01T00:00:00Z"}) is None
 
 
 def test_the_client_s_own_errors_keep_their_reason_and_it_names_no_url() -> None:
