@@ -8,10 +8,13 @@ Decoding, header types and both CRC checks are botocore's ``EventStreamBuffer``;
 this module feeds it from an async byte stream and hands back one
 :class:`AwsEvent` per frame as soon as the frame is complete.
 
-llm-katan sends the same events as text lines, ``data: {"<event>": {...}}``;
-:func:`aws_events` accepts both, told apart by the first byte (a frame starts
-with the high byte of its length, 0 for any frame under 16 MiB; a line with
-``d``).
+AWS sends nothing but these frames. The one exception below is marked
+*llm-katan only, not an AWS behaviour*: llm-katan (the third-party Bedrock
+server the integration tests run against) sends the same events as text lines,
+``data: {"<event>": {...}}``, with the same content type. Both arrive through
+:func:`aws_events`, which looks at the first byte only (a frame starts with the
+high byte of its length, 0 for any frame under 16 MiB; a line with ``d``) and
+hands lines to :func:`llm_katan_line_events`.
 """
 
 from __future__ import annotations
@@ -75,12 +78,11 @@ async def event_messages(chunks: AsyncIterable[bytes]) -> AsyncIterator[EventMes
         raise EventStreamError(f"stream ended inside a frame ({received - consumed} bytes left over)")
 
 
-_line_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encoder = msgspec.json.Encoder()
 
 
 async def aws_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[AwsEvent]:
-    """Events from binary frames or from ``data:`` lines, as they arrive."""
+    """The events of an event stream as their frames arrive."""
     first = b""
     async for first in chunks:
         if first:
@@ -88,18 +90,46 @@ async def aws_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[AwsEvent]:
     if not first:
         return
     rest = _prepend(first, chunks)
-    if first[0] == 0:
-        async for message in event_messages(rest):
-            match message.header(":message-type"):
-                case "event":
-                    yield AwsEvent(kind="event", name=message.header(":event-type"), payload=message.payload)
-                case "exception":
-                    yield AwsEvent(kind="exception", name=message.header(":exception-type"), payload=message.payload)
-                case _:  # "error": code and message travel in headers
-                    text = _encoder.encode({"message": message.header(":error-message")})
-                    yield AwsEvent(kind="exception", name=message.header(":error-code"), payload=text)
-        return
-    async for line in _lines(rest):
+    events = llm_katan_line_events(rest) if _is_llm_katan_line(first) else frame_events(rest)
+    async for event in events:
+        yield event
+
+
+async def frame_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[AwsEvent]:
+    """Binary frames as events and exceptions, by their ``:message-type``."""
+    async for message in event_messages(chunks):
+        match message.header(":message-type"):
+            case "event":
+                yield AwsEvent(kind="event", name=message.header(":event-type"), payload=message.payload)
+            case "exception":
+                yield AwsEvent(kind="exception", name=message.header(":exception-type"), payload=message.payload)
+            case _:  # "error": code and message travel in headers
+                text = _encoder.encode({"message": message.header(":error-message")})
+                yield AwsEvent(kind="exception", name=message.header(":error-code"), payload=text)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+# ---------------------------------------------------------------- llm-katan only, not an AWS behaviour
+
+_line_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _is_llm_katan_line(first: bytes) -> bool:
+    """llm-katan only: its streams start with ``data:``; an AWS frame starts with byte 0 (or 1)."""
+    return first.startswith(b"d")
+
+
+async def llm_katan_line_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[AwsEvent]:
+    """llm-katan only, not an AWS behaviour: ConverseStream events as ``data: {"<event>": {...}}`` lines.
+
+    A member whose name ends in ``Exception`` is an exception, as in the ConverseStream union.
+    """
+    async for line in _lines(chunks):
         if not line.startswith(b"data:"):
             continue
         try:
@@ -111,13 +141,7 @@ async def aws_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[AwsEvent]:
             yield AwsEvent(kind=kind, name=name, payload=bytes(raw))
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
-
-
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """Complete lines as they arrive."""
     pending = b""
     async for chunk in chunks:

@@ -25,7 +25,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from services.providers import bedrock
+from services.providers import bedrock_connection
 from services.providers.base import EndpointConnection, call_credential, call_secrets
 from services.providers.bedrock import BedrockAdapter
 from services.providers.http import UpstreamClient
@@ -34,6 +34,7 @@ from shared.errors import (
     AuthFailed,
     BadUpstreamRequest,
     BadUpstreamResponse,
+    ConfigError,
     InvalidRequest,
     ProviderError,
     RateLimited,
@@ -490,9 +491,10 @@ def test_the_region_is_read_from_a_bedrock_runtime_base_url() -> None:
 def test_endpoint_misconfiguration_is_reported_by_option(
     options: dict[str, Any], base_url: str | None, reason: str
 ) -> None:
-    with pytest.raises(ProviderError) as caught:
+    with pytest.raises(ConfigError) as caught:
         make_adapter(Recorder(lambda: json_response({})), options=options, base_url=base_url)
     assert reason in caught.value.message
+    assert caught.value.http_status == 400
     assert caught.value.retryable is False
 
 
@@ -545,14 +547,14 @@ def test_without_auth_the_default_aws_chain_is_resolved_once_off_the_loop(monkey
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    real = bedrock._resolve_chain
+    real = bedrock_connection._resolve_chain
     calls: list[str | None] = []
 
     def counted(profile: str | None) -> Any:
         calls.append(profile)
         return real(None)
 
-    monkeypatch.setattr(bedrock, "_resolve_chain", counted)
+    monkeypatch.setattr(bedrock_connection, "_resolve_chain", counted)
     recorder = Recorder(lambda: json_response(TEXT_RESPONSE))
     adapter = make_adapter(recorder, auth_ref=None, options={"region": "us-west-2", "profile": "team"})
 
@@ -570,7 +572,7 @@ def test_without_auth_the_default_aws_chain_is_resolved_once_off_the_loop(monkey
 
 
 def test_an_empty_default_chain_is_a_non_retryable_auth_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bedrock, "_resolve_chain", lambda profile: None)
+    monkeypatch.setattr(bedrock_connection, "_resolve_chain", lambda profile: None)
     with pytest.raises(AuthFailed) as caught:
         complete(make_adapter(Recorder(lambda: json_response(TEXT_RESPONSE)), auth_ref=None), request_of())
     assert caught.value.retryable is False
@@ -790,7 +792,7 @@ def test_a_corrupted_frame_is_a_502() -> None:
     broken[-6] ^= 0xFF  # payload byte: the message CRC no longer matches
     with pytest.raises(BadUpstreamResponse) as caught:
         stream(make_adapter(Recorder(stream_of(TOOL_STREAM[0], bytes(broken)))), request_of(stream=True))
-    assert "broken event stream" in caught.value.message
+    assert "broken stream" in caught.value.message
 
 
 @pytest.mark.parametrize(
