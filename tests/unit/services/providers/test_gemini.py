@@ -20,6 +20,7 @@ import pytest
 from services.providers.base import EndpointConnection
 from services.providers.gemini import GeminiAdapter, VertexGeminiAdapter
 from services.providers.http import UpstreamClient
+from services.providers.registry import ADAPTERS
 from shared.chat import ChatCompletion, ChatCompletionChunk, decode_request
 from shared.errors import (
     AuthFailed,
@@ -141,7 +142,9 @@ def adapter(handler: Handler | None = None, /, *, base_url: str | None = None, *
     connection = EndpointConnection(endpoint, _key)
     if handler is not None:
         connection._http = UpstreamClient(timeout_s=30, transport=httpx.MockTransport(handler))
-    return GeminiAdapter(connection)
+    built = ADAPTERS["gemini"](connection)  # the registry picks AI Studio or Vertex AI
+    assert isinstance(built, GeminiAdapter)
+    return built
 
 
 def req(messages: list[dict[str, Any]] | None = None, **fields: Any) -> Any:
@@ -151,7 +154,7 @@ def req(messages: list[dict[str, Any]] | None = None, **fields: Any) -> Any:
 
 def sent(request: Any, **options: Any) -> dict[str, Any]:
     """The native body the adapter would send for ``request``."""
-    result: dict[str, Any] = json.loads(adapter(**options)._map_request(request))
+    result: dict[str, Any] = json.loads(adapter(**options)._map_request(request, MODEL))
     return result
 
 
