@@ -154,8 +154,10 @@ def test_streamed_tool_calls_arrive_as_openai_tool_call_deltas(stack: Stack) -> 
     chunks = run(stream(stack.url, {"messages": HELLO, "tools": TOOLS, "stream": True}))
     deltas = [d for chunk in chunks for c in chunk.choices for d in c.delta.tool_calls or []]
     assert len(deltas) == 1
-    assert deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
-    assert json.loads(deltas[0].function.arguments) == {"city": "Paris", "days": 3}
+    function = deltas[0].function
+    assert function is not None and function.arguments is not None
+    assert deltas[0].index == 0 and deltas[0].id and function.name == "get_weather"
+    assert json.loads(function.arguments) == {"city": "Paris", "days": 3}
     assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == ["tool_calls"]
 
 
