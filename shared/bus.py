@@ -8,7 +8,7 @@ Two ways of consuming are used on purpose:
   subjects): :class:`RequestServer`, a raw nats-py queue subscription on the
   FastStream broker's own connection with bounded concurrency. On this machine
   a FastStream hop with tracing costs ~1 ms against ~0.4 ms for nats-py
-  (shared/guide notes), and the hot path has two hops, so the raw path is
+  (docs/architecture.md, "Why the hot path is raw nats-py"), and the hot path has two hops, so the raw path is
   where the latency budget goes.
 """
 
@@ -430,7 +430,8 @@ def retry_after_from(headers: Mapping[str, str] | None) -> float | None:
 def run(main: Awaitable[None]) -> None:
     """Run a service's main coroutine, on uvloop when it is installed.
 
-    uvloop takes ~0.1 ms off every NATS hop on this machine (shared/guide). A
+    uvloop takes ~0.1 ms off every NATS hop on this machine (docs/architecture.md,
+    "Why the hot path is raw nats-py"). A
     setting that cannot work (a bad ``NATS_URL``, ``MODELBUS_JS_REPLICAS``, or a
     replica count the servers cannot hold) ends the process with one clear line
     and status 2, not a traceback.

@@ -1,9 +1,11 @@
 """The compiled routing configuration that the config service publishes.
 
 The config service turns whatever documents it was given (native, Orloj, Aegis,
-environment) into one :class:`RoutingConfig` and stores it in JetStream KV. The
-router never parses documents: it reads this struct and builds its immutable
-routing table from it. Credentials appear only as references, never as values.
+environment) into one :class:`RoutingConfig` and appends it, inside each
+revision's :class:`shared.admin.ConfigRecord`, to the JetStream stream
+:data:`shared.subjects.CONFIG_STREAM`. The router never parses documents: it
+reads this struct and builds its immutable routing table from it. Credentials
+appear only as references, never as values.
 """
 
 from __future__ import annotations

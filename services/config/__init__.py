@@ -1,6 +1,7 @@
 """The config service: sole writer of routing configuration.
 
 It validates documents, compiles them to a :class:`shared.routing.RoutingConfig`,
-stores it in the JetStream KV bucket :data:`shared.subjects.CONFIG_BUCKET`, and
+appends one :class:`shared.admin.ConfigRecord` per revision to the JetStream
+stream :data:`shared.subjects.CONFIG_STREAM` (the stream sequence is the revision), and
 announces every change on :data:`shared.subjects.CONFIG_EVENTS`.
 """

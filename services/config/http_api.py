@@ -4,7 +4,7 @@ Two groups of endpoints, all JSON, all behind ``Authorization: Bearer <token>``
 except ``GET /healthz``:
 
 * AuroraSOC's runtime LLM provider API, paths as AuroraSOC has them
-  (:mod:`services.config.llm_providers`)::
+  (:mod:`services.config.aurorasoc_api`)::
 
       GET    /api/v1/system/llm/providers           inventory, active backend, key presence
       PUT    /api/v1/system/llm/config              {provider, model?, orchestrator_model?, base_url?}
@@ -47,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.config.audit import AuditVerifier
+from services.config.aurorasoc_api import LlmConfig, LlmProviders, ProviderKeyBody
 from services.config.http_server import (
     ADDRESS_ENV,
     DEFAULT_ADDRESS,
@@ -60,7 +61,6 @@ from services.config.http_server import (
     open_admin_listener,
     parse_address,
 )
-from services.config.llm_providers import LlmConfig, LlmProviders, ProviderKeyBody
 from services.config.manager import ConfigManager
 from services.config.service import gather_routers
 from shared.admin import RouterList, admin_encoder

@@ -273,10 +273,10 @@ def register(broker: NatsBroker, holder: dict[str, Any]) -> ReplyGuard:
     guard = ReplyGuard("config", identities.requester_inboxes("config"))
 
     def manager() -> ConfigManager:
-        m = holder.get("manager")
+        m: ConfigManager | None = holder.get("manager")
         if m is None:
             raise NoRouteAvailable("the config service is still starting")
-        return m  # type: ignore[no-any-return]
+        return m
 
     def subscriber(subject: str) -> Callable[[Callable[[NatsMessage], Awaitable[NatsResponse]]], Any]:
         def decorate(handler: Callable[[NatsMessage], Awaitable[NatsResponse]]) -> Any:

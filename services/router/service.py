@@ -1,7 +1,9 @@
 """The router worker: resolve each request and forward it to a provider worker.
 
-Configuration arrives from the config service's KV bucket (current value, then
-every change, with no gap between them) and is swapped in as a new immutable
+Configuration arrives from the config service's log, the JetStream stream
+:data:`shared.subjects.CONFIG_STREAM`, followed from its last record (the
+current state, then every change, with no gap between them; see
+:mod:`services.router.follower`), and is swapped in as a new immutable
 :class:`RoutingTable` in one assignment. Requests are served by a raw nats-py
 queue subscription (see :mod:`shared.bus` for why), and every request gets
 exactly one final answer: a reply, an error reply, or a stream terminator.
@@ -168,7 +170,7 @@ class Router:
                 deadline = time.monotonic() + timeout_s(in_headers, table.defaults.timeout_ms)
                 request = decode_request(msg.data)
                 streaming = request.stream
-                call = await self._plan(msg, reply, request_id, request, in_headers, table, deadline, signal)
+                call = await self._build_call(msg, reply, request_id, request, in_headers, table, deadline, signal)
                 span.set_attribute("modelbus.model_requested", request.model or "")
                 span.set_attribute("modelbus.config_revision", call.revision)
                 await self.forwarder.forward(call)
@@ -189,7 +191,7 @@ class Router:
             finally:
                 self.beats.held.discard(signal)
 
-    async def _plan(
+    async def _build_call(
         self,
         msg: Msg,
         reply: str,

@@ -44,7 +44,7 @@ OWN_VARIABLES = [
     "nats_password",  # reserved in any case
 ]
 
-# What the configuration importers reference (services/config: boot_env, formats, llm_providers).
+# What the configuration importers reference (services/config: boot_env, formats, aurorasoc_api).
 WORKER_VARIABLES = [
     "OPENAI_API_KEY",
     "ANTHROPIC_API_KEY",
@@ -67,22 +67,22 @@ class WatchedEnv(Mapping[str, str]):
     """An environment that records which variables were looked at."""
 
     def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
+        self._values = values  # not ``values``: that is Mapping's method
         self.read: list[str] = []
 
     def __getitem__(self, key: str) -> str:
         self.read.append(key)
-        return self.values[key]
+        return self._values[key]
 
     def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
         self.read.append(key)
-        return self.values.get(key, default)
+        return self._values.get(key, default)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self._values)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self._values)
 
 
 def refusal_of(ref: str, env: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:

@@ -7,10 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.config.compile import compile_config
-from services.config.documents import load_documents, parse_documents
-from services.config.formats import AURORA_BACKENDS
-from services.config.llm_providers import (
+from services.config.aurorasoc_api import (
     LlmConfig,
     boot_auth_ref,
     inventory,
@@ -18,6 +15,9 @@ from services.config.llm_providers import (
     provider_secret_name,
     with_auth,
 )
+from services.config.compile import compile_config
+from services.config.documents import load_documents, parse_documents
+from services.config.formats import AURORA_BACKENDS
 from services.config.manager import stored
 from services.config.resources import API_VERSION, Resource
 from shared.admin import ConfigRecord, StoredResource
