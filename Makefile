@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint docs clean latency bench bench-peers-test chaos chaos-short
+.PHONY: run test test-unit install lint docs clean latency bench bench-peers-test chaos chaos-short
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Only tests/unit (marked `unit` by tests/conftest.py): one module's logic at a time, no stack, seconds.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests bench scripts
+	$(BIN)/ruff format --check shared services tests bench scripts
 	$(BIN)/mypy
 
 docs: $(STAMP)

@@ -25,6 +25,28 @@ from shared.natsserver import EmbeddedNats, die_with_parent, terminate
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+
+
+# ---------------------------------------------------------------- markers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration`` by where it lives, so ``-m unit`` runs the fast suite.
+
+    ``tests/unit`` is ``unit``: one module's mapping and logic, the whole of it in
+    seconds (``make test-unit``); at most a loopback socket or a tiny ``python -c``
+    child, never a stack or llm-katan. A test that needs a real nats-server or
+    more belongs in ``tests/integration``. Everything else is ``integration``:
+    ``tests/integration`` runs real processes, ``tests/bench`` checks the
+    benchmark and chaos harnesses (some of its modules start the whole stack or a
+    peer gateway), and the top-level modules check the repository's generated and
+    shipped artefacts (AsyncAPI documents, compose file) against the code. One
+    rule by path, so a test's marker is never a per-file decision to get wrong.
+    """
+    unit_root = TESTS / "unit"
+    for item in items:
+        item.add_marker(pytest.mark.unit if item.path.is_relative_to(unit_root) else pytest.mark.integration)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -7,6 +7,7 @@ import asyncio
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 import services.providers.outcomes as outcomes_module
 from services.providers.delivery import Delivery
@@ -26,7 +27,7 @@ def delivery(nc: Client, reply: str) -> Delivery:
     return Delivery.open(nc, reply, "_INBOX.client.1", {}, {}, keepalive=False)
 
 
-async def ask(nc: Client, reply: str) -> nats.aio.msg.Msg | None:
+async def ask(nc: Client, reply: str) -> Msg | None:
     try:
         return await nc.request(SUBJECT, reply.encode(), timeout=ASK_S)
     except nats.errors.TimeoutError:
@@ -96,7 +97,7 @@ def test_a_question_whose_reply_subject_is_no_router_inbox_is_not_answered(nats_
         spy = await nats.connect(nats_server.url)
         got: list[bytes] = []
 
-        async def seen(msg: nats.aio.msg.Msg) -> None:
+        async def seen(msg: Msg) -> None:
             got.append(msg.data)
 
         await spy.subscribe("$JS.API.STREAM.DELETE.CONFIG", cb=seen)

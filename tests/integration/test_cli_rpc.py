@@ -8,6 +8,7 @@ import time
 import msgspec
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from services.cli import rpc
 from shared import headers as H
@@ -20,7 +21,7 @@ async def _answer_after(url: str, subject: str, delay_s: float, ready: asyncio.E
     await asyncio.sleep(delay_s)
     nc = await nats.connect(url)
 
-    async def handler(msg: nats.aio.msg.Msg) -> None:
+    async def handler(msg: Msg) -> None:
         await nc.publish(msg.reply, msgspec.json.encode({"ok": True}), headers={H.STATUS: "200"})
 
     await nc.subscribe(subject, cb=handler)
@@ -72,7 +73,7 @@ def test_an_admin_request_whose_service_never_answers_is_not_sent_twice(nats_ser
         nc = await nats.connect(nats_server.url)
         seen = 0
 
-        async def silent(msg: nats.aio.msg.Msg) -> None:
+        async def silent(msg: Msg) -> None:
             nonlocal seen
             seen += 1
 

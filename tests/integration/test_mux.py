@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from shared import headers as H
 from shared.mux import Beats, ReplyMux, Signal, Silence
@@ -92,7 +93,7 @@ def test_beats_send_keepalives_to_the_client_only_when_it_accepts_them(server: E
         counts = {"yes": 0, "no": 0}
         two = asyncio.Event()
 
-        async def on(msg: nats.aio.msg.Msg) -> None:
+        async def on(msg: Msg) -> None:
             if (msg.headers or {}).get(H.KEEPALIVE) == "1":
                 counts[msg.subject.rsplit(".", 1)[-1]] += 1
                 if counts["yes"] >= 2:
