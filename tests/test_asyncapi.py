@@ -54,7 +54,8 @@ def _payload(doc: dict[str, Any], channel: dict[str, Any]) -> dict[str, Any]:
     message = doc["components"]["messages"][message_ref["$ref"].rsplit("/", 1)[-1]]
     schema_ref = message["payload"]["$ref"]
     assert schema_ref.startswith("#/components/schemas/")
-    return doc["components"]["schemas"][schema_ref.rsplit("/", 1)[-1]]
+    schema: dict[str, Any] = doc["components"]["schemas"][schema_ref.rsplit("/", 1)[-1]]
+    return schema
 
 
 def _operations(doc: dict[str, Any], action: str) -> set[str]:

@@ -34,13 +34,15 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return services
 
 
 @pytest.fixture(scope="module")
 def scripts() -> dict[str, str]:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return pyproject["project"]["scripts"]
+    scripts: dict[str, str] = pyproject["project"]["scripts"]
+    return scripts
 
 
 def _argv(command: str | list[str] | None) -> list[str]:

@@ -227,7 +227,7 @@ async def cmd_test_endpoint(nc: Client, args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the admin subcommands."""
     kinds = ", ".join(KINDS)
     apply = sub.add_parser("apply", help="apply configuration documents (any supported format)")

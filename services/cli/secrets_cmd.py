@@ -108,7 +108,7 @@ async def cmd_get_secrets(nc: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``modelbus secrets rotate-master-key``."""
     secrets = sub.add_parser("secrets", help="the encrypted secrets store")
     commands = secrets.add_subparsers(dest="secrets_command", required=True)

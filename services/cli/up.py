@@ -28,6 +28,7 @@ the server's authorization from it and reloads the nats-server(s) it owns
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -101,7 +102,7 @@ IDENTITY_ENV = (
 
 
 def build_children(
-    args: object,
+    args: argparse.Namespace,
     nats_url: str,
     master_key_file: Path | None = None,
     admin_token_file: Path | None = None,
@@ -134,14 +135,14 @@ def build_children(
             env.update(identities.connection_env(service, passwords))
         return ServiceProcess(name, [py, "-m", module, *extra], env)
 
-    config_args = ["--config", str(Path(args.config).resolve())] if args.config else []  # type: ignore[attr-defined]
+    config_args = ["--config", str(Path(args.config).resolve())] if args.config else []
     first = [
         child("secrets", "services.secrets", service="secrets"),  # boot documents may carry secrets
         child("config", "services.config", *config_args, service="config"),
     ]
     rest: list[ServiceProcess] = []
-    routers: int = args.routers  # type: ignore[attr-defined]
-    workers: int = args.provider_workers  # type: ignore[attr-defined]
+    routers: int = args.routers
+    workers: int = args.provider_workers
     for i in range(1, routers + 1):
         rest.append(child("router" if routers == 1 else f"router-{i}", "services.router", service="router"))
     for i in range(1, workers + 1):
@@ -195,12 +196,12 @@ def stop_tiers(procs: list[Supervised]) -> list[list[Supervised]]:
     return [tier for tier in tiers if tier]
 
 
-async def run_up(args: object) -> int:
+async def run_up(args: argparse.Namespace) -> int:
     """The whole ``modelbus up`` life cycle; returns the exit status."""
     os.umask(0o077)  # whatever this process and its children create is theirs alone
-    data_dir = Path(args.data_dir).expanduser().absolute()  # type: ignore[attr-defined]
+    data_dir = Path(args.data_dir).expanduser().absolute()
     nodes: int = getattr(args, "cluster", 0) or 0
-    nats_url: str | None = args.nats_url  # type: ignore[attr-defined]
+    nats_url: str | None = args.nats_url
     problem = cluster_problem(nodes, nats_url)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -226,14 +227,14 @@ async def run_up(args: object) -> int:
     stamp, registry = registry_state(data_dir)
     extra_env: dict[str, str] = {}
     if not nats_url:
-        secure = not args.insecure  # type: ignore[attr-defined]
+        secure = not args.insecure
         passwords = identities.load_or_create(data_dir) if secure else None
         try:
             extra = render_authorization(passwords, registry) if passwords else ""
         except ValueError as exc:
             print(f"error: {data_dir / identities.CLIENTS_REGISTRY} is unreadable: {exc}", file=sys.stderr)
             return 1
-        port: int = args.nats_port  # type: ignore[attr-defined]
+        port: int = args.nats_port
         try:
             if nodes:
                 server, nats_url = _start_cluster(data_dir, nodes, port, extra, passwords)
@@ -269,7 +270,7 @@ async def run_up(args: object) -> int:
         loop.add_signal_handler(sig, stop.set)
     status = 0
     watcher: asyncio.Task[None] | None = None
-    ready_timeout: float = args.ready_timeout  # type: ignore[attr-defined]
+    ready_timeout: float = args.ready_timeout
     try:
         for proc in nats_procs:
             sup.adopt(proc)
@@ -301,7 +302,7 @@ async def run_up(args: object) -> int:
             creds = f" creds={identities.write_client_file(data_dir, nats_url, passwords)}"
         admin_part = f" admin={admin_url}" if admin_url else ""
         print(f"ready nats={nats_url}{creds}{admin_part} services={names}", flush=True)
-        if args.demo:  # type: ignore[attr-defined]
+        if args.demo:
             await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {}, data_dir)
         status = await sup.run(stop)
     except StartInterrupted:

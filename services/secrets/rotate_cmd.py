@@ -53,7 +53,7 @@ CRASH_AFTER_ENV = "MODELBUS_ROTATION_CRASH_AFTER"
 """Test hook: exit (status 3) right after this many secrets have been re-encrypted."""
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``rotate-master-key`` with the secrets service's argument parser."""
     rotate = commands.add_parser(
         COMMAND,

@@ -22,6 +22,7 @@ from typing import Any
 
 import nats
 import nats.errors
+from nats.aio.client import Client
 
 from shared import identities
 from shared.natsserver import die_with_parent
@@ -39,7 +40,7 @@ class SecureStack:
         """``nats.connect`` keyword arguments for ``role``."""
         return {"user": role, "password": self.passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
 
-    async def connect(self, role: str, errors: list[str] | None = None) -> nats.NATS:
+    async def connect(self, role: str, errors: list[str] | None = None) -> Client:
         """A connection as ``role``; broker errors are appended to ``errors``."""
 
         async def error_cb(err: Exception) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 
 from shared import identities
@@ -48,7 +50,7 @@ class Broker:
     def login(self, role: str) -> dict[str, Any]:
         return {"user": role, "password": self.passwords[role], "inbox_prefix": identities.inbox_prefix(role)}
 
-    async def connect(self, role: str, errors: list[str] | None = None) -> nats.NATS:
+    async def connect(self, role: str, errors: list[str] | None = None) -> Client:
         async def error_cb(err: Exception) -> None:
             if errors is not None:
                 errors.append(str(err))
@@ -96,7 +98,7 @@ async def _create_state(b: Broker) -> None:
     await nc.close()
 
 
-async def _attempt(b: Broker, role: str, action: Callable[[nats.NATS], Awaitable[Any]]) -> list[str]:
+async def _attempt(b: Broker, role: str, action: Callable[[Client], Awaitable[Any]]) -> list[str]:
     """Run ``action`` as ``role``; the broker's permission errors, waited for with a deadline."""
     errors: list[str] = []
     nc = await b.connect(role, errors)
@@ -129,11 +131,11 @@ async def _stream_state(b: Broker, stream: str) -> tuple[int, int]:
     return int(info.state.messages), int(info.state.last_seq)
 
 
-def _request(subject: str, body: bytes = b"") -> Callable[[nats.NATS], Awaitable[Any]]:
+def _request(subject: str, body: bytes = b"") -> Callable[[Client], Awaitable[Any]]:
     """A JetStream API call as a publish with a reply inbox: a refused one is reported
     by the broker at once, so there is no need to wait out a request timeout."""
 
-    async def action(nc: nats.NATS) -> Any:
+    async def action(nc: Client) -> Any:
         await nc.publish(subject, body, reply=nc.new_inbox())
 
     return action
@@ -182,7 +184,7 @@ def test_no_identity_can_delete_or_purge_the_config_audit_or_secrets_streams(
 def test_only_the_config_state_identity_appends_revisions_and_audit_entries(broker: Broker, role: str) -> None:
     before = run(_stream_state(broker, CONFIG_STREAM)), run(_stream_state(broker, AUDIT_STREAM))
 
-    async def forge(nc: nats.NATS) -> None:
+    async def forge(nc: Client) -> None:
         await nc.publish(CONFIG_LOG, b'{"revision": 99, "forged": true}')
         await nc.publish(AUDIT_SUBJECT, b'{"forged": true}')
 
@@ -205,7 +207,7 @@ def test_identities_that_answer_requests_can_publish_no_jetstream_or_kv_subject(
         "$JS.API.INFO",
     ):
 
-        async def publish(nc: nats.NATS, subject: str = subject) -> None:
+        async def publish(nc: Client, subject: str = subject) -> None:
             await nc.publish(subject, b"")
 
         errors = run(_attempt(broker, role, publish))
@@ -221,7 +223,7 @@ def test_every_identity_reads_only_its_own_inbox(broker: Broker, role: str) -> N
         if subject.startswith(own + "."):
             continue
 
-        async def subscribe(nc: nats.NATS, subject: str = subject) -> None:
+        async def subscribe(nc: Client, subject: str = subject) -> None:
             await nc.subscribe(subject)
 
         errors = run(_attempt(broker, role, subscribe))
@@ -234,7 +236,7 @@ def test_only_routers_may_ask_workers_what_became_of_an_attempt(broker: Broker, 
     fenced) to the asker's reply subject; only routers, which hold those attempts, may ask."""
     subject = provider_outcome_subject("openai")
 
-    async def ask(nc: nats.NATS) -> None:
+    async def ask(nc: Client) -> None:
         await nc.publish(subject, b"_INBOX_router.x.1", reply=nc.new_inbox())
 
     errors = run(_attempt(broker, role, ask))
@@ -243,7 +245,7 @@ def test_only_routers_may_ask_workers_what_became_of_an_attempt(broker: Broker, 
 
 @pytest.mark.parametrize("role", [r for r in identities.ROLES if r != "providers"])
 def test_only_provider_workers_may_hear_the_routers_outcome_questions(broker: Broker, role: str) -> None:
-    async def listen(nc: nats.NATS) -> None:
+    async def listen(nc: Client) -> None:
         await nc.subscribe(provider_outcome_subject("openai"))
 
     errors = run(_attempt(broker, role, listen))
@@ -257,7 +259,7 @@ def test_a_routers_outcome_question_reaches_the_provider_workers_and_their_answe
         worker = await broker.connect("providers")
         asked: list[bytes] = []
 
-        async def answer(msg: nats.aio.msg.Msg) -> None:
+        async def answer(msg: Msg) -> None:
             asked.append(msg.data)
             await worker.publish(msg.reply, b"the outcome")
 

@@ -125,11 +125,36 @@ def test_a_request_without_a_run_id_is_checked_alone_and_never_charged(nats_serv
 
 
 def test_policies_without_a_token_limit_never_touch_the_bucket(nats_server: EmbeddedNats) -> None:
-    async def body(a: TokenBudgets, b: TokenBudgets) -> None:
-        await a.check(new_run(), [OPEN], 10**9)
-        await a.charge(new_run(), [OPEN], 10**9)
+    """Watched at the broker: the router's connection sends no JetStream API request at all
+    (no bucket lookup, read, create or write), and the same watch does see one when a limit applies."""
 
-    with_routers(nats_server, body)
+    async def main() -> None:
+        router: Client = await nats.connect(nats_server.url)
+        watcher: Client = await nats.connect(nats_server.url)
+        try:
+            api = await watcher.subscribe("$JS.API.>")
+            marker = await watcher.subscribe("test.budgets.marker")
+            await watcher.flush()
+            budgets = TokenBudgets(router)
+            run_id = new_run()
+            await budgets.check(run_id, [OPEN], 10**9)
+            await budgets.charge(run_id, [OPEN], 10**9)
+            await router.publish("test.budgets.marker", b"")
+            await router.flush()
+            await marker.next_msg(timeout=5)
+            # The broker delivers one connection's messages in order: whatever the router sent
+            # before the marker is already in the watcher's queue.
+            touched = [(await api.next_msg(timeout=1)).subject for _ in range(api.pending_msgs)]
+            assert touched == []
+            await budgets.check(run_id, [TIGHT], 1)
+            seen = [(await api.next_msg(timeout=5)).subject]
+            while not any(f"KV_{BUDGETS_BUCKET}" in subject for subject in seen):
+                seen.append((await api.next_msg(timeout=5)).subject)
+        finally:
+            await router.close()
+            await watcher.close()
+
+    run(asyncio.wait_for(main(), timeout=30))
 
 
 def test_an_empty_run_id_is_a_400(nats_server: EmbeddedNats) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client
 
 from services.cli.registry import applied, registry_state, render_authorization, watch_clients
 from shared import identities
@@ -46,7 +47,7 @@ def _login(path: Path) -> dict[str, Any]:
     return {"user": info["user"], "password": info["password"], "inbox_prefix": info["inbox_prefix"]}
 
 
-async def _connect(url: str, login: dict[str, Any], errors: list[str] | None = None, **kw: Any) -> nats.NATS:
+async def _connect(url: str, login: dict[str, Any], errors: list[str] | None = None, **kw: Any) -> Client:
     async def error_cb(err: Exception) -> None:
         if errors is not None:
             errors.append(str(err))

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import pytest
@@ -26,6 +26,8 @@ from shared.client import ModelbusClient
 from shared.errors import ModelbusError
 from shared.natsserver import die_with_parent, port_in_use
 from tests.conftest import ROOT, run
+
+T = TypeVar("T")
 
 MODELBUS = [sys.executable, "-m", "services.cli"]
 EXAMPLE = ROOT / "services" / "config" / "example.yaml"
@@ -124,7 +126,7 @@ class Up:
         return self.proc.returncode
 
 
-def until(check: Callable[[], Any], timeout_s: float, detail: Callable[[], str] = lambda: "") -> Any:
+def until(check: Callable[[], T | None], timeout_s: float, detail: Callable[[], str] = lambda: "") -> T:
     """Poll ``check`` until it returns something truthy; fail with ``detail()`` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:

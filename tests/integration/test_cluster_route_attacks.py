@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from shared.identities import bcrypt_hash
 from shared.natscluster import ROUTE_USER, EmbeddedCluster
@@ -80,12 +81,12 @@ async def eavesdrop(rogue_url: str, cluster: EmbeddedCluster, listen_s: float = 
     assert spy is not None, "the rogue server never accepted a connection"
     heard: list[bytes] = []
 
-    async def keep(msg: nats.aio.msg.Msg) -> None:
+    async def keep(msg: Msg) -> None:
         heard.append(msg.data)
 
     await spy.subscribe(">", cb=keep)
     await spy.flush()
-    real = await nats.connect(cluster.urls[0], **LOGIN)  # type: ignore[arg-type]
+    real = await nats.connect(cluster.urls[0], **LOGIN)
     try:
         loop = asyncio.get_running_loop()
         until = loop.time() + listen_s

@@ -18,6 +18,7 @@ request into an error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -112,7 +113,7 @@ def stack(cluster: EmbeddedCluster, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 async def connect(cluster: EmbeddedCluster) -> Client:
-    return await nats.connect(servers=server_urls(cluster.url), max_reconnect_attempts=-1, reconnect_time_wait=0.25)  # type: ignore[arg-type]
+    return await nats.connect(servers=server_urls(cluster.url), max_reconnect_attempts=-1, reconnect_time_wait=0.25)
 
 
 TRY_S = 10.0
@@ -158,7 +159,7 @@ async def load(wire: Wire, stop: asyncio.Event, sent: list[Seen]) -> None:
     """``LOAD_CONCURRENCY`` requests in flight until ``stop``; every third streams."""
     slots = asyncio.Semaphore(LOAD_CONCURRENCY)
     words = " ".join(f"w{i}" for i in range(10))
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"model": "default", "messages": [{"role": "user", "content": "load"}]},
         {"model": "default", "messages": [{"role": "user", "content": "load"}]},
         {"model": "default", "stream": True, "messages": [{"role": "user", "content": words}]},
@@ -178,7 +179,7 @@ async def load(wire: Wire, stop: asyncio.Event, sent: list[Seen]) -> None:
         finally:
             slots.release()
 
-    tasks = []
+    tasks: list[asyncio.Task[None]] = []
     while not stop.is_set():
         await slots.acquire()
         tasks.append(asyncio.create_task(one(bodies[len(tasks) % 3])))
@@ -249,7 +250,7 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
             )
             request = ApplyRequest(documents=doc, actor="test")
             applied, t_apply = await until_ok(
-                "apply", lambda request=request: rpc(nc, CONFIG_APPLY, request, ApplyResult), errors
+                "apply", functools.partial(rpc, nc, CONFIG_APPLY, request, ApplyResult), errors
             )
             history, t_history = await until_ok(
                 "history", lambda: rpc(nc, CONFIG_HISTORY, HistoryQuery(limit=500), HistoryList), errors
@@ -257,9 +258,7 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
             revisions = [entry.revision for entry in history.items]
             assert revisions[0] == applied.revision and first in revisions  # nothing lost
             run_id = f"run-after-kill-{node}"
-            _, t_pin = await until_ok(
-                "pinned request", lambda run_id=run_id: completion(nc, run_id, agent=True), errors
-            )
+            _, t_pin = await until_ok("pinned request", functools.partial(completion, nc, run_id, agent=True), errors)
 
             async def charged(run_id: str = run_id) -> int:
                 used = await budgets.used(run_id, POLICY)  # a new run: only this request's charge

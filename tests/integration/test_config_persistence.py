@@ -83,6 +83,7 @@ def test_a_tampered_audit_entry_is_detected(tmp_path: Path) -> None:
             nc = await nats.connect(url)
             js = nc.jetstream()
             original = await js.get_msg(AUDIT_STREAM, seq=2)
+            assert original.data is not None
             entry = json.loads(original.data)
             entry["actor"] = "someone-else"  # rewrite who did it, keep the old hash
             await js.publish(AUDIT_SUBJECT, json.dumps(entry).encode(), stream=AUDIT_STREAM)
@@ -116,7 +117,11 @@ def test_audit_entries_never_hold_secret_values(tmp_path: Path) -> None:
             nc = await nats.connect(url)
             js = nc.jetstream()
             info = await js.stream_info(AUDIT_STREAM)
-            out = [(await js.get_msg(AUDIT_STREAM, seq=s)).data for s in range(1, info.state.last_seq + 1)]
+            out: list[bytes] = []
+            for seq in range(1, info.state.last_seq + 1):
+                data = (await js.get_msg(AUDIT_STREAM, seq=seq)).data
+                assert data is not None
+                out.append(data)
             await nc.close()
             return out
 

@@ -115,7 +115,7 @@ def ask(url: str, subject: str, body: bytes | dict[str, Any]) -> tuple[int, Any]
 
 def put(url: str, name: str, value: str) -> dict[str, Any]:
     status, body = ask(url, SECRETS_PUT, {"name": name, "value": value, "actor": "tests"})
-    assert status == 200, body
+    assert status == 200 and isinstance(body, dict), body
     return body
 
 

@@ -40,6 +40,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from nats.aio.client import Client
 
 from services.secrets.store import BUCKET_CONFIG, KEYCHECK_KEY, kv_key
 from shared import headers as H
@@ -179,7 +180,7 @@ def isolated(fresh_boundary: Boundary) -> Iterator[Isolated]:
         stop_service(running)
 
 
-async def _connect(boundary: Boundary, role: str, errors: list[str] | None = None) -> nats.NATS:
+async def _connect(boundary: Boundary, role: str, errors: list[str] | None = None) -> Client:
     async def error_cb(err: Exception) -> None:
         if errors is not None:
             errors.append(str(err))
@@ -206,7 +207,7 @@ def put(boundary: Boundary, name: str, value: str) -> None:
     assert status == 200, body
 
 
-async def _violations(boundary: Boundary, role: str, action: Callable[[nats.NATS], Awaitable[None]]) -> list[str]:
+async def _violations(boundary: Boundary, role: str, action: Callable[[Client], Awaitable[None]]) -> list[str]:
     """Run ``action`` as ``role``; the errors the broker reported to the error callback."""
     errors: list[str] = []
     reported = asyncio.Event()
@@ -330,7 +331,7 @@ def test_a_put_with_a_reply_subject_that_is_no_inbox_stores_nothing(isolated: Is
 
 
 def test_the_serving_identity_may_not_write_the_bucket_or_announce_changes(boundary: Boundary) -> None:
-    async def forge(nc: nats.NATS) -> None:
+    async def forge(nc: Client) -> None:
         await nc.publish(f"$KV.{SECRETS_BUCKET}.{kv_key('x')}", b"{}")
         await nc.publish(SECRETS_CHANGED, b'{"name": "x", "op": "delete"}')
 
@@ -391,7 +392,7 @@ def test_an_older_record_written_back_by_a_bucket_writer_is_detected_and_neither
 
 
 def test_the_state_identity_cannot_delete_the_newest_revision_to_expose_an_older_one(boundary: Boundary) -> None:
-    async def delete_newest(nc: nats.NATS) -> None:
+    async def delete_newest(nc: Client) -> None:
         await nc.publish(f"$JS.API.STREAM.MSG.DELETE.{STREAM}", b'{"seq": 1}')
         await nc.publish(f"$JS.API.STREAM.PURGE.{STREAM}", b"{}")
 

@@ -20,6 +20,7 @@ import msgspec
 import nats
 import nats.errors
 import pytest
+from nats.aio.client import Client
 
 from shared import identities
 from shared.client import ModelbusClient
@@ -65,14 +66,15 @@ async def _violations(url: str, login: dict[str, Any], action: Any) -> list[str]
     return errors
 
 
-async def _ask_secret(nc: nats.NATS) -> bytes | None:
+async def _ask_secret(nc: Client) -> bytes | None:
     try:
         reply = await nc.request(
             SECRETS_GET, msgspec.json.encode(CredentialRequest(ref="env:SECURE_TEST_KEY")), timeout=1
         )
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
         return None
-    return reply.data
+    data: bytes = reply.data
+    return data
 
 
 def test_the_ready_line_points_to_private_client_credentials(secure: Secure) -> None:
@@ -117,7 +119,7 @@ def test_the_provider_identity_gets_a_secret(secure: Secure) -> None:
 def test_other_identities_are_refused_the_secrets_subject_by_the_broker(secure: Secure, role: str) -> None:
     got: list[bytes | None] = []
 
-    async def action(nc: nats.NATS) -> None:
+    async def action(nc: Client) -> None:
         got.append(await _ask_secret(nc))
 
     errors = run(_violations(secure.url, secure.login(role), action))
@@ -129,7 +131,7 @@ def test_other_identities_are_refused_the_secrets_subject_by_the_broker(secure: 
     "subject", [">", "_INBOX_router.>", "_INBOX_providers.>", "_INBOX_client.>", "modelbus.v1.secrets.get"]
 )
 def test_a_client_cannot_subscribe_beyond_its_own_inbox(secure: Secure, subject: str) -> None:
-    async def action(nc: nats.NATS) -> None:
+    async def action(nc: Client) -> None:
         await nc.subscribe(subject)
 
     errors = run(_violations(secure.url, secure.login("client"), action))
@@ -137,7 +139,7 @@ def test_a_client_cannot_subscribe_beyond_its_own_inbox(secure: Secure, subject:
 
 
 def test_a_client_cannot_use_admin_subjects(secure: Secure) -> None:
-    async def action(nc: nats.NATS) -> None:
+    async def action(nc: Client) -> None:
         await nc.publish(CONFIG_APPLY, b"{}")
 
     errors = run(_violations(secure.url, secure.login("client"), action))
@@ -149,7 +151,7 @@ def test_the_router_reads_configuration_but_cannot_write_it(secure: Secure) -> N
     for role in ("router", "router-state"):
         for subject in (CONFIG_LOG, f"$JS.API.STREAM.PURGE.{CONFIG_STREAM}"):
 
-            async def write(nc: nats.NATS, subject: str = subject) -> None:
+            async def write(nc: Client, subject: str = subject) -> None:
                 await nc.publish(subject, b"{}")
 
             errors = run(_violations(secure.url, secure.login(role), write))
@@ -189,7 +191,7 @@ def test_a_connection_without_credentials_is_refused(secure: Secure) -> None:
 
 
 def test_a_completion_publish_is_all_a_client_may_send(secure: Secure) -> None:
-    async def action(nc: nats.NATS) -> None:
+    async def action(nc: Client) -> None:
         await nc.publish(CHAT_COMPLETIONS, b"{}")  # allowed (it gets an error reply, not a violation)
         await nc.publish("modelbus.v1.provider.openai.chat", b"{}")  # refused
 

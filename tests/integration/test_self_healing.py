@@ -68,7 +68,7 @@ async def connect(url: str) -> Client:
     return await nats.connect(
         servers=server_urls(url),
         max_reconnect_attempts=-1,
-        reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]
+        reconnect_time_wait=RECONNECT_WAIT_S,
     )
 
 

@@ -34,7 +34,7 @@ def vault_env(vault: FakeVault, token: str = TOKEN) -> dict[str, str]:
 
 def put(url: str, name: str, value: str) -> dict[str, Any]:
     status, body = ask(url, SECRETS_PUT, {"name": name, "value": value, "actor": "tests"})
-    assert status == 200, body
+    assert status == 200 and isinstance(body, dict), body
     return body
 
 

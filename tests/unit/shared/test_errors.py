@@ -151,9 +151,9 @@ def test_an_unreadable_error_body_still_yields_an_error_of_that_status(status: i
     assert str(status) in err.message
 
 
-
 def _all_subclasses(cls: type) -> set[type]:
     out: set[type] = set()
+    sub: type
     for sub in cls.__subclasses__():
         out |= {sub} | _all_subclasses(sub)
     return out

@@ -118,7 +118,7 @@ def test_a_service_that_dies_is_restarted_and_the_others_keep_running(tmp_path: 
         assert "victim exited with status -9 (killed by SIGKILL) after" in said.text()
         assert "; restart 1 in 0.01s" in said.text()
         await sup.shutdown([[keeper, victim]])
-        assert keeper.state is State.STOPPED and victim.state is State.STOPPED
+        assert {keeper.state, victim.state} == {State.STOPPED}
 
     run(scenario())
 

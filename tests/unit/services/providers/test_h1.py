@@ -134,7 +134,7 @@ def test_an_upstream_that_closes_mid_body_is_a_retryable_error_and_the_client_ca
 
     lines, exc = run(scenario())
     assert lines[:1] == ["data: {}"]
-    err = typed(exc)  # type: ignore[arg-type]
+    err = typed(exc)
     assert isinstance(err, UpstreamUnavailable) and err.retryable
     assert "in the middle of its answer" in err.message
 

@@ -154,7 +154,7 @@ def test_tls_names_the_host_by_sni_and_a_certificate_for_another_name_is_refused
     cert, key = self_signed(tmp_path, dns="models.example.test")
     tls = server_tls(cert, key)
     names: list[str | None] = []
-    tls.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment, misc]
+    tls.sni_callback = lambda _sock, name, _ctx: names.append(name)
     trusting = ssl.create_default_context(cafile=str(cert))
     table = {"models.example.test": ["127.0.0.1"], "other.example.test": ["127.0.0.1"]}
 

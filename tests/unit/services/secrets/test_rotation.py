@@ -206,7 +206,8 @@ def test_a_store_in_the_old_record_format_is_rotated_into_the_current_one(with_k
     assert read_all(bucket, Keyring(NEW)) == VALUES
     raw, revision = bucket.stored(KEYCHECK_KEY)
     check = NEW.open_keycheck(raw, revision=revision)
-    assert check is not None and 0 < check.legacy_until <= len(VALUES) + 2  # the horizon: before the upgrade
+    assert check is not None and check.legacy_until is not None
+    assert 0 < check.legacy_until <= len(VALUES) + 2  # the horizon: before the upgrade
 
 
 def test_running_a_finished_rotation_again_changes_nothing_that_matters() -> None:
