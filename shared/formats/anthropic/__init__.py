@@ -4,7 +4,12 @@
 - :mod:`~shared.formats.anthropic.upstream`: modelbus calling Anthropic (the provider adapter):
   :func:`request_to_native`, :func:`completion_from_native`, :class:`StreamReader`;
 - :mod:`~shared.formats.anthropic.ingress`: clients calling modelbus in Anthropic's format:
-  :func:`request_from_native`, :func:`completion_to_native`, :class:`StreamWriter`.
+  :func:`request_from_native`, :func:`completion_to_native`, :class:`StreamWriter`;
+- :mod:`~shared.formats.anthropic.errors`: what that ingress writes besides answers: errors in
+  Anthropic's shape (:func:`error_to_native`, :func:`error_event`) and the SSE framing of
+  its streams (:func:`sse_event`, :data:`PING_EVENT`);
+- :mod:`~shared.formats.anthropic.count_tokens`: ``POST /v1/messages/count_tokens``, with
+  modelbus's tokenizer-free estimate (:func:`estimate_input_tokens`).
 
 Internal request → Messages request
 ===================================
@@ -103,6 +108,21 @@ breaks the protocol, or an internal answer with no native form, raises
 
 from __future__ import annotations
 
+from shared.formats.anthropic.count_tokens import (
+    CountTokensRequest,
+    count_tokens_request_from_native,
+    estimate_input_tokens,
+    token_count_to_native,
+)
+from shared.formats.anthropic.errors import (
+    ERROR_TYPES,
+    PING_EVENT,
+    error_event,
+    error_to_native,
+    error_type,
+    sse_event,
+    sse_events,
+)
 from shared.formats.anthropic.ingress import (
     NativeEvent,
     StreamWriter,
@@ -123,8 +143,11 @@ from shared.formats.anthropic.wire import ERROR_STATUS, STREAM_EVENTS, InvalidAn
 
 __all__ = [
     "ERROR_STATUS",
+    "ERROR_TYPES",
     "IMAGE_TYPES",
+    "PING_EVENT",
     "STREAM_EVENTS",
+    "CountTokensRequest",
     "InvalidAnswer",
     "NativeEvent",
     "StreamError",
@@ -132,10 +155,18 @@ __all__ = [
     "StreamWriter",
     "completion_from_native",
     "completion_to_native",
+    "count_tokens_request_from_native",
+    "error_event",
     "error_in",
+    "error_to_native",
+    "error_type",
+    "estimate_input_tokens",
     "map_finish_reason",
     "map_usage",
     "request_from_native",
     "request_to_native",
+    "sse_event",
+    "sse_events",
+    "token_count_to_native",
     "usage_to_native",
 ]
