@@ -6,10 +6,12 @@ to that PID and nothing else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +25,7 @@ MODULES = {
     "config": "services.config",
     "router": "services.router",
     "providers": "services.providers",
+    "gateway": "services.gateway",
 }
 
 
@@ -90,3 +93,47 @@ def services(nats_url: str, home: Path, config: Path, *, routers: int = 1, provi
         yield s
     finally:
         s.stop()
+
+
+def start_gateway(
+    s: Services,
+    keys_file: Path,
+    *,
+    name: str = "gateway",
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> str:
+    """Start an HTTP gateway as ``name`` on a free loopback port, with the key file ``keys_file``
+    (``env`` adds or overrides variables); returns the URL its ready line names."""
+    full_env = {
+        **os.environ,
+        "NATS_URL": s.nats_url,
+        "PYTHONUNBUFFERED": "1",
+        "MODELBUS_HTTP": "127.0.0.1:0",
+        "MODELBUS_GATEWAY_KEYS": str(keys_file),
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", MODULES["gateway"]],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    s.procs[name] = proc
+    s.output[name] = []
+    line = wait_for_line(proc, lambda text: READY_MARKER in text, timeout_s, s.output[name])
+    return line.split("http=", 1)[1].split()[0]
+
+
+def write_gateway_keys(path: Path, keys: Mapping[str, str]) -> None:
+    """Write a gateway key file holding the SHA-256 of each ``{name: key}``, atomically (a rename),
+    as the gateway expects of anyone who edits it."""
+    entries = [
+        {"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest(), "created": "2025-01-01T00:00:00Z"}
+        for name, key in keys.items()
+    ]
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps({"keys": entries}))
+    os.replace(partial, path)

@@ -1,0 +1,161 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: Anthropic's Messages API over HTTP.
+
+A Messages request is translated to the internal contract by
+:func:`shared.formats.anthropic.request_from_native` (what is dropped and what is
+refused with a 400 is that module's rule) and sent on NATS like any request; the
+answer goes back through :func:`~shared.formats.anthropic.completion_to_native`,
+or, streamed, through a :class:`~shared.formats.anthropic.StreamWriter`:
+``message_start``, ``ping``, the content blocks, ``message_delta`` with the stop
+reason and usage, ``message_stop``. As on the OpenAI side, a stream that fails
+before its first token is an HTTP error with its status, one that fails later
+ends with an ``error`` event and no ``message_stop``, and a NATS keepalive
+while nothing else is sent becomes a ``ping``.
+
+The key is ``x-api-key`` or ``Authorization: Bearer``; ``anthropic-version``,
+``anthropic-beta`` and the ``?beta=true`` query are accepted and ignored.
+``count_tokens`` answers modelbus's estimate
+(:func:`shared.formats.anthropic.estimate_input_tokens`), without NATS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from services.gateway.asgi import (
+    JSON,
+    ClientGone,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    request_id_of,
+    respond,
+    response_headers,
+    start_stream,
+    trace_headers,
+    watch_disconnect,
+    write,
+)
+from services.gateway.core import Core, anthropic_key
+from services.gateway.upstream import Keepalive, Pending
+from shared.chat import encoder as chat_encoder
+from shared.errors import BadUpstreamResponse, ModelbusError
+from shared.formats import anthropic
+from shared.telemetry import hot_span, record_error, tracer
+
+log = logging.getLogger("modelbus.gateway")
+_tracer = tracer("modelbus.gateway")
+
+HOW = "x-api-key: <key> (or Authorization: Bearer <key>)"
+
+
+async def send_error(
+    send: Send, err: ModelbusError, request_id: str, pending: Pending | None = None, *, status: int | None = None
+) -> None:
+    """``err`` as Anthropic's error answer, with the reply's modelbus headers when there was a reply."""
+    native_status, extra, body = anthropic.error_to_native(err, request_id=request_id)
+    headers = [JSON, *((k.encode(), v.encode()) for k, v in extra.items())]
+    headers += response_headers(pending.headers if pending is not None else {}, request_id, anthropic=True)
+    await respond(send, status or native_status, headers, body)
+
+
+async def messages(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+    """Answer one Messages request, whatever happens."""
+    request_id = request_id_of(headers)
+    pending: Pending | None = None
+    parent = trace_headers(headers)
+    with hot_span(_tracer, "POST /v1/messages", kind=SpanKind.SERVER, parent_headers=parent) as span:
+        span.set_attribute("modelbus.request_id", request_id)
+        try:
+            span.set_attribute("modelbus.key", core.authorize(anthropic_key(headers), HOW))
+            body = await read_body(receive, headers, core.max_body)
+            request = anthropic.request_from_native(body)
+            nats_hdrs, timeout_s = core.nats_headers(headers, request_id)
+            pending = await core.upstream.send(chat_encoder.encode(request), nats_hdrs, timeout_s)
+            if request.stream:
+                await _stream(pending, send, receive, request_id, span)
+                return
+            completion = await pending.completion()
+            try:
+                answer = anthropic.completion_to_native(completion)
+            except anthropic.InvalidAnswer as exc:
+                raise BadUpstreamResponse(f"the answer has no Messages form: {exc}") from None
+            reply = response_headers(pending.headers, request_id, anthropic=True)
+            await respond(send, 200, [JSON, *reply], answer)
+        except ClientGone:
+            return
+        except ModelbusError as err:
+            record_error(span, err, err.http_status)
+            await send_error(send, err, request_id, pending)
+        except Exception as exc:
+            log.exception("internal error on request %s", request_id)
+            record_error(span, exc, 500)
+            await send_error(send, ModelbusError("internal gateway error"), request_id, pending)
+        finally:
+            if pending is not None:
+                pending.close()
+
+
+async def _stream(pending: Pending, send: Send, receive: Receive, request_id: str, span: trace.Span) -> None:
+    """Relay a stream as Anthropic's events; errors before its first chunk propagate, later ones end it."""
+    first = await pending.first_chunk()
+    writer = anthropic.StreamWriter()
+    try:
+        events = writer.events(first) if first is not None else writer.end()
+    except anthropic.InvalidAnswer as exc:
+        raise BadUpstreamResponse(f"the stream has no Messages form: {exc}") from None
+    # message_start comes first; Anthropic sends a ping right after it.
+    opening = anthropic.sse_event(events[0]) + anthropic.PING_EVENT + anthropic.sse_events(events[1:])
+    await start_stream(send, response_headers(pending.headers, request_id, anthropic=True), opening)
+    if first is None:
+        await write(send, b"", last=True)
+        return
+    gone = watch_disconnect(receive)
+    try:
+        while not gone.done():
+            item = await pending.next_chunk()
+            if item is None:
+                if pending.usage is not None:
+                    writer.events(pending.usage)  # records the usage for message_delta
+                await write(send, anthropic.sse_events(writer.end()), last=True)
+                return
+            if isinstance(item, Keepalive):
+                await write(send, anthropic.PING_EVENT)
+                continue
+            events = writer.events(item)
+            if events:
+                await write(send, anthropic.sse_events(events))
+    except (ModelbusError, anthropic.InvalidAnswer) as exc:
+        err = exc if isinstance(exc, ModelbusError) else BadUpstreamResponse(f"the stream has no Messages form: {exc}")
+        record_error(span, err, err.http_status)
+        await write(send, anthropic.error_event(err, request_id=request_id), last=True)
+    except Exception as exc:
+        log.exception("internal error in stream %s", request_id)
+        record_error(span, exc, 500)
+        await write(
+            send, anthropic.error_event(ModelbusError("internal gateway error"), request_id=request_id), last=True
+        )
+    finally:
+        gone.cancel()
+
+
+async def count_tokens(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+    """``{"input_tokens": N}``: modelbus's estimate for a Messages request (no provider is asked)."""
+    request_id = request_id_of(headers)
+    try:
+        core.authorize(anthropic_key(headers), HOW)
+        body = await read_body(receive, headers, core.max_body)
+        request = anthropic.count_tokens_request_from_native(body)
+        answer = anthropic.token_count_to_native(anthropic.estimate_input_tokens(request))
+        await respond(send, 200, [JSON, *response_headers({}, request_id, anthropic=True)], answer)
+    except ClientGone:
+        return
+    except ModelbusError as err:
+        await send_error(send, err, request_id)
+    except Exception:
+        log.exception("internal error on request %s", request_id)
+        await send_error(send, ModelbusError("internal gateway error"), request_id)

@@ -1,0 +1,202 @@
+"""Follow the routing configuration, for ``GET /v1/models`` and the default deadline.
+
+The gateway holds no routing logic; it reads the configuration only to say what
+may be asked for and how long a request may take by default. It follows the
+JetStream stream :data:`shared.subjects.CONFIG_STREAM` exactly as a router does
+(``services/router/follower.py``; copied here, not imported, since a service may
+not import another): an ordered consumer from the newest record, which holds the
+whole state, so the current revision comes first and every later one follows
+at once; after a reconnect, or when the stream was made anew (a lost store),
+it follows afresh from the newest record (:class:`shared.jetstream.StateKeeper`).
+Unlike a router it does not wait for the stream at start: it keeps looking in
+the background and ``/readyz`` says 503 until a revision is known.
+
+JetStream API subjects used (the read permissions a router's state identity has
+on that stream): ``$JS.API.STREAM.INFO.MODELBUS_CONFIG``,
+``$JS.API.CONSUMER.CREATE.MODELBUS_CONFIG[.>]``, ``$JS.API.CONSUMER.DELETE.MODELBUS_CONFIG.>``,
+flow-control replies on ``$JS.FC.MODELBUS_CONFIG.>``, deliveries on the gateway's inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, StreamInfo
+from nats.js.errors import NotFoundError
+
+from shared.jetstream import StateKeeper
+from shared.routing import RoutingConfig
+from shared.subjects import CONFIG_LOG, CONFIG_STREAM
+
+log = logging.getLogger("modelbus.gateway")
+
+LOOK_EVERY_S = 0.25
+"""How often the gateway looks for a config stream that does not exist yet."""
+
+
+class _Record(msgspec.Struct, kw_only=True, frozen=True):
+    """The part of a config record (``shared.admin.ConfigRecord``) the gateway reads."""
+
+    revision: int
+    time: str = ""
+    routing: RoutingConfig
+
+
+class _Model(msgspec.Struct, kw_only=True, frozen=True):
+    """One entry of OpenAI's model list (https://platform.openai.com/docs/api-reference/models/object)."""
+
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "modelbus"
+
+
+class _ModelList(msgspec.Struct, kw_only=True, frozen=True):
+    object: str = "list"
+    data: list[_Model]
+
+
+_record_decoder = msgspec.json.Decoder(_Record)
+_encoder = msgspec.json.Encoder()
+
+
+def model_ids(routing: RoutingConfig) -> list[str]:
+    """What a client may name, in order: aliases, endpoints with a default model (each is a
+    valid ``model``), then agents (named with ``x-modelbus-agent``); each group sorted, each id once."""
+    ids = sorted(routing.aliases)
+    ids += sorted(name for name, ep in routing.endpoints.items() if ep.default_model)
+    ids += sorted(routing.agents)
+    return list(dict.fromkeys(ids))
+
+
+def models_body(routing: RoutingConfig, created: int) -> bytes:
+    """The body of ``GET /v1/models`` for one revision."""
+    return _encoder.encode(_ModelList(data=[_Model(id=i, created=created) for i in model_ids(routing)]))
+
+
+def _epoch(rfc3339: str) -> int:
+    try:
+        return int(dt.datetime.fromisoformat(rfc3339).timestamp())
+    except ValueError:
+        return 0
+
+
+def _created(info: StreamInfo) -> float | None:
+    return info.created.timestamp() if info.created is not None else None
+
+
+async def _unsubscribe(sub: Any) -> None:
+    try:
+        await asyncio.wait_for(sub.unsubscribe(), 1.0)  # bounded: with the server gone it would wait
+    except Exception:  # the connection may be closing, or the consumer already gone
+        pass
+
+
+class ConfigFollower:
+    """The newest routing configuration, and the model list built from it once per revision."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.routing: RoutingConfig | None = None
+        """The newest configuration (``None`` until one is known)."""
+        self.models: bytes = models_body(RoutingConfig(revision=0, endpoints={}, aliases={}), 0)
+        """The ``GET /v1/models`` body of :attr:`routing`."""
+        self._first = asyncio.Event()
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._stream_created: float | None = None
+        self._restart = False
+        self.keeper = StateKeeper(nc, "gateway config follower", self._repair)
+
+    @property
+    def revision(self) -> int | None:
+        """The revision known, or ``None``."""
+        return self.routing.revision if self.routing is not None else None
+
+    def start(self) -> None:
+        """Start following in the background (the stream may not exist yet)."""
+        self._task = asyncio.create_task(self._begin(), name="gateway-config-follower")
+
+    async def wait_first(self, timeout_s: float) -> bool:
+        """Wait until a revision is known; whether one is."""
+        try:
+            await asyncio.wait_for(self._first.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _begin(self) -> None:
+        js = self.nc.jetstream()
+        waited = False
+        while True:
+            try:
+                self._stream_created = _created(await js.stream_info(CONFIG_STREAM))
+                await self._follow()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not there yet, or JetStream not answering yet
+                if not waited:
+                    log.info("waiting for the config stream %s (%s)", CONFIG_STREAM, type(exc).__name__)
+                    waited = True
+                await asyncio.sleep(LOOK_EVERY_S)
+        self.keeper.start()
+
+    async def _follow(self) -> None:
+        old, self._sub = self._sub, None
+        self._sub = await self.nc.jetstream().subscribe(
+            CONFIG_LOG,
+            stream=CONFIG_STREAM,
+            cb=self._on_record,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST,
+        )
+        if old is not None:
+            await _unsubscribe(old)
+
+    async def _repair(self, reason: str) -> None:
+        try:
+            created = _created(await self.nc.jetstream().stream_info(CONFIG_STREAM))
+        except NotFoundError:
+            raise RuntimeError(f"config stream {CONFIG_STREAM!r} is missing; waiting for the config service") from None
+        if created != self._stream_created:
+            log.warning(
+                "config stream %s was made anew (%s); following it from its newest record", CONFIG_STREAM, reason
+            )
+            self._stream_created, self._restart = created, True
+        elif reason != "reconnected":
+            return
+        await self._follow()
+
+    async def _on_record(self, msg: Msg) -> None:
+        try:
+            record = _record_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            log.exception("ignoring an unreadable config record")
+            return
+        current = self.routing
+        if current is None or record.routing.revision > current.revision or self._restart:
+            self._restart = False
+            self.models = models_body(record.routing, _epoch(record.time))
+            self.routing = record.routing  # one assignment: readers never see a half-built state
+            self._first.set()
+            log.info("configuration at revision %d", record.routing.revision)
+
+    async def stop(self) -> None:
+        await self.keeper.stop()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._sub is not None:
+            await _unsubscribe(self._sub)
+            self._sub = None

@@ -1,0 +1,137 @@
+"""``POST /v1/chat/completions``: OpenAI's Chat Completions over HTTP, answered through the routers.
+
+The body is checked with :func:`shared.formats.openai.request_from_native` (a 400
+naming the field) and sent on NATS as it came: the internal contract *is* this
+format. A non-streamed answer is OpenAI's ``chat.completion``, relayed as the
+provider worker encoded it. A stream waits for
+its first message before answering, so a stream that fails before its first
+token (after the router's failover) is an HTTP error with its own status; once
+it has begun, chunks are written as they arrive (``data: {chunk}``), then the
+usage chunk when ``stream_options.include_usage`` asked for it, then
+``data: [DONE]``; a failure after the start ends it with an error event
+(:func:`~shared.formats.openai.sse_error`) and never with ``[DONE]``. While
+modelbus is at work and sends nothing else, each NATS keepalive becomes an SSE
+comment (``: keepalive``), which clients skip.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from services.gateway.asgi import (
+    JSON,
+    ClientGone,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    request_id_of,
+    respond,
+    response_headers,
+    start_stream,
+    trace_headers,
+    watch_disconnect,
+    write,
+)
+from services.gateway.core import Core, bearer_key
+from services.gateway.upstream import Keepalive, Pending
+from shared.chat import ChatCompletionRequest
+from shared.errors import ModelbusError
+from shared.formats import openai
+from shared.telemetry import hot_span, record_error, tracer
+
+log = logging.getLogger("modelbus.gateway")
+_tracer = tracer("modelbus.gateway")
+
+SSE_KEEPALIVE = b": keepalive\n\n"
+"""An SSE comment: keeps an idle connection open; every SSE client skips it."""
+HOW = "Authorization: Bearer <key>"
+
+
+async def send_error(
+    send: Send, err: ModelbusError, request_id: str, pending: Pending | None = None, *, status: int | None = None
+) -> None:
+    """``err`` as OpenAI's error answer, with the reply's modelbus headers when there was a reply."""
+    native_status, extra, body = openai.error_to_native(err)
+    headers = [JSON, *((k.encode(), v.encode()) for k, v in extra.items())]
+    headers += response_headers(pending.headers if pending is not None else {}, request_id)
+    await respond(send, status or native_status, headers, body)
+
+
+async def chat_completions(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+    """Answer one Chat Completions request, whatever happens."""
+    request_id = request_id_of(headers)
+    pending: Pending | None = None
+    parent = trace_headers(headers)
+    with hot_span(_tracer, "POST /v1/chat/completions", kind=SpanKind.SERVER, parent_headers=parent) as span:
+        span.set_attribute("modelbus.request_id", request_id)
+        try:
+            key_name = core.authorize(bearer_key(headers), HOW)
+            span.set_attribute("modelbus.key", key_name)
+            body = await read_body(receive, headers, core.max_body)
+            request = openai.request_from_native(body)
+            nats_hdrs, timeout_s = core.nats_headers(headers, request_id)
+            pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+            if request.stream:
+                await _stream(pending, request, send, receive, request_id, span)
+                return
+            # The worker's body is OpenAI's chat.completion already: relayed as it came, no re-encode.
+            answer = await pending.completion_body()
+            await respond(send, 200, [JSON, *response_headers(pending.headers, request_id)], answer)
+        except ClientGone:
+            return
+        except ModelbusError as err:
+            record_error(span, err, err.http_status)
+            await send_error(send, err, request_id, pending)
+        except Exception as exc:
+            log.exception("internal error on request %s", request_id)
+            record_error(span, exc, 500)
+            await send_error(send, ModelbusError("internal gateway error"), request_id, pending)
+        finally:
+            if pending is not None:
+                pending.close()
+
+
+async def _stream(
+    pending: Pending, request: ChatCompletionRequest, send: Send, receive: Receive, request_id: str, span: trace.Span
+) -> None:
+    """Relay a stream; errors before its first chunk propagate (an HTTP error), later ones end it."""
+    first = await pending.first_chunk()
+    headers = response_headers(pending.headers, request_id)
+    if first is None:
+        await start_stream(send, headers, _tail(pending, request))
+        await write(send, b"", last=True)
+        return
+    await start_stream(send, headers, openai.sse_chunk(first))
+    gone = watch_disconnect(receive)
+    try:
+        while not gone.done():
+            item = await pending.next_chunk()
+            if item is None:
+                await write(send, _tail(pending, request), last=True)
+                return
+            if isinstance(item, Keepalive):
+                await write(send, SSE_KEEPALIVE)
+                continue
+            await write(send, openai.sse_chunk(item))
+    except ModelbusError as err:
+        record_error(span, err, err.http_status)
+        await write(send, openai.sse_error(err), last=True)
+    except Exception as exc:
+        log.exception("internal error in stream %s", request_id)
+        record_error(span, exc, 500)
+        await write(send, openai.sse_error(ModelbusError("internal gateway error")), last=True)
+    finally:
+        gone.cancel()
+
+
+def _tail(pending: Pending, request: ChatCompletionRequest) -> bytes:
+    """A clean end: the usage chunk when the client asked for it, then ``[DONE]``."""
+    usage = pending.usage
+    if usage is not None and request.include_usage:
+        return openai.sse_chunk(usage) + openai.SSE_DONE
+    return openai.SSE_DONE
