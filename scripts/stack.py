@@ -28,7 +28,19 @@ def running_stack(*up_args: str, env: Mapping[str, str] | None = None, prefix: s
     server = EmbeddedNats(tmp / "nats")
     url = server.start()
     stack = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(tmp / "home"), "up", "--nats-url", url, *up_args],
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "--data-dir",
+            str(tmp / "home"),
+            "up",
+            "--nats-url",
+            url,
+            "--http-port",
+            "0",
+            *up_args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

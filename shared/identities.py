@@ -18,6 +18,15 @@ Two rules shape the table:
 * **Every identity reads only its own inbox** (``_INBOX_<role>``; applications
   ``_INBOX_client.<name>``), so nobody can subscribe to another's replies.
 
+The HTTP gateway (``gateway``) has one identity, not two: it answers no NATS
+request, so no requester chooses a subject it publishes to. It is a requester
+like an application (``llm.v1.chat.completions``, replies on ``_INBOX_gateway``,
+which routers and providers may answer on) and reads the config stream the way
+``router-state`` does (for ``GET /v1/models``): nothing else, no KV, no secrets.
+(The one message its client library answers by itself is a JetStream
+flow-control request on its consumer's deliver subject: a random inbox of its
+own, which nobody else can subscribe to.)
+
 JetStream permissions are the exact API subjects of the streams and buckets
 each state identity uses (:func:`_kv_rw`, :func:`_stream_reader`); no
 identity may delete or purge the config, audit or secrets streams, and only
@@ -74,7 +83,7 @@ from shared.subjects import (
     SECRETS_PUT,
 )
 
-SERVICE_ROLES = ("config", "router", "providers", "secrets")
+SERVICE_ROLES = ("config", "router", "providers", "secrets", "gateway")
 """Roles that run a modelbus service process."""
 STATE_ROLES = {"config": "config-state", "router": "router-state", "secrets": "secrets-state"}
 """The second identity of each service that keeps JetStream state."""
@@ -86,6 +95,7 @@ ROLES = (
     "providers",
     "secrets",
     "secrets-state",
+    "gateway",
     "client",
     "admin",
 )
@@ -140,7 +150,7 @@ def client_name_problem(name: str) -> str | None:
 
 
 REQUESTERS: dict[str, tuple[str, ...]] = {
-    "router": (CLIENT_INBOX_ROOT, "_INBOX_admin", "_INBOX_config"),
+    "router": (CLIENT_INBOX_ROOT, "_INBOX_admin", "_INBOX_config", "_INBOX_gateway"),
     "secrets": ("_INBOX_providers", "_INBOX_config", "_INBOX_admin"),
     "config": ("_INBOX_admin",),
     "providers": ("_INBOX_router",),
@@ -218,6 +228,13 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
         return {
             "publish": {"allow": [CHAT_COMPLETIONS]},
             "subscribe": {"allow": [f"{client_inbox_prefix(client_name)}.>"]},
+        }
+    if role == "gateway":
+        # A requester (its own inbox only, so it cannot hear the routers' queue) that reads the
+        # routing configuration like a router: never a provider, secrets or config admin subject.
+        return {
+            "publish": {"allow": [CHAT_COMPLETIONS, *_stream_reader(CONFIG_STREAM)]},
+            "subscribe": {"allow": [own_inbox]},
         }
     if role == "admin":
         # The admin subjects one by one: never the config log or events, which
@@ -369,9 +386,25 @@ def credentials(url: str, user: str, password: str, prefix: str) -> dict[str, st
     return {"url": url, "user": user, "password": password, "inbox_prefix": prefix}
 
 
-def write_client_file(data_dir: Path, nats_url: str, passwords: Mapping[str, str]) -> Path:
-    """``client.json`` (0600): how any program connects as the default client identity."""
-    info = credentials(nats_url, "client", passwords["client"], inbox_prefix("client"))
+def write_client_file(
+    data_dir: Path,
+    nats_url: str,
+    passwords: Mapping[str, str],
+    *,
+    http_url: str | None = None,
+    api_key: str | None = None,
+) -> Path:
+    """``client.json`` (0600): how any program connects as the default client identity, over NATS
+    and, with ``http_url`` and ``api_key`` (the gateway's default key), over HTTP.
+
+    The HTTP fields are extra keys of the same object, so a reader that knows only the
+    NATS fields (:func:`shared.client.load_credentials`, any NATS client) reads it as before.
+    """
+    info: dict[str, str] = credentials(nats_url, "client", passwords["client"], inbox_prefix("client"))
+    if http_url:
+        info["http_url"] = http_url
+    if api_key:
+        info["api_key"] = api_key
     return write_private_file(data_dir / CLIENT_FILE, json.dumps(info, indent=2).encode())
 
 

@@ -129,7 +129,18 @@ def start_stack(
     timeout_s: float = 60.0,
 ) -> Stack:
     """Start the real supervisor and services against ``nats_url``."""
-    argv = [sys.executable, "-m", "services.cli", "--data-dir", str(data_dir), "up", "--nats-url", nats_url]
+    argv = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "--data-dir",
+        str(data_dir),
+        "up",
+        "--nats-url",
+        nats_url,
+        "--http-port",
+        "0",
+    ]
     if config is not None:
         argv += ["--config", str(config)]
     argv += extra_args or []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import re
 import shlex
 import tomllib
@@ -19,7 +21,7 @@ COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-MODELBUS_SERVICES = ("config", "router", "providers", "secrets")
+MODELBUS_SERVICES = ("config", "router", "providers", "secrets", "gateway")
 PROVIDER_KEY_VARS = frozenset(key_var for _, key_var, *_ in OPENAI_FORMAT_VENDORS)
 """The API key variables the built-in configuration knows (services/config/boot_env.py)."""
 KEY_LIKE = re.compile(r"API_KEY|_TOKEN|SECRET", re.IGNORECASE)
@@ -137,6 +139,7 @@ def test_each_service_runs_its_own_entry_point(services: dict[str, dict[str, Any
         "router": "modelbus-router",
         "providers": "modelbus-provider",
         "secrets": "modelbus-secrets",
+        "gateway": "modelbus-gateway",
     }
     assert {name: _argv(services[name]["command"])[0] for name in MODELBUS_SERVICES} == expected
 
@@ -168,6 +171,44 @@ def test_the_router_runs_two_replicas(services: dict[str, dict[str, Any]]) -> No
     router = services["router"]
     assert router["deploy"]["replicas"] == 2
     assert "container_name" not in router  # a fixed name would forbid a second replica
+
+
+# ---------------------------------------------------------------- the HTTP gateway
+
+
+def _published(service: dict[str, Any]) -> list[str]:
+    return [str(entry) for entry in service.get("ports", [])]
+
+
+def test_the_gateway_publishes_its_http_port_on_the_hosts_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    assert _published(services["gateway"]) == ["127.0.0.1:8787:8787"]
+
+
+def test_the_gateway_listens_inside_its_container_on_the_port_it_publishes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    host, _, port = _environment(services["gateway"])["MODELBUS_HTTP"].rpartition(":")
+    assert host == "0.0.0.0"  # the container's loopback would be unreachable through the published port
+    assert _container_ports(services["gateway"]) == {int(port)}
+
+
+def test_the_gateway_starts_after_the_routers_it_forwards_to(services: dict[str, dict[str, Any]]) -> None:
+    assert "router" in _depends_on(services["gateway"])
+
+
+def test_the_gateway_reads_a_keys_file_of_hashes_whose_hash_comes_from_the_hosts_environment(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    gateway = services["gateway"]
+    [mount] = gateway["configs"]
+    assert _environment(gateway)["MODELBUS_GATEWAY_KEYS"] == mount["target"]
+    content = compose["configs"][mount["source"]]["content"]
+    required = re.fullmatch(r'.*"\$\{MODELBUS_GATEWAY_KEY_SHA256:\?[^}]+\}".*', content, re.DOTALL)
+    assert required, "the hash must be required from the host's environment, not written into the file"
+    digest = hashlib.sha256(b"mb-example").hexdigest()
+    rendered = json.loads(re.sub(r"\$\{MODELBUS_GATEWAY_KEY_SHA256:\?[^}]+\}", digest, content))
+    assert rendered == {"keys": [{"name": "default", "sha256": digest}]}
+    assert not re.search(r"mb-[A-Za-z0-9_-]{20,}", COMPOSE.read_text(encoding="utf-8"))  # no key value anywhere
 
 
 # ---------------------------------------------------------------- credentials

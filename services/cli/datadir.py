@@ -8,10 +8,13 @@ Layout (everything 0600, every folder 0700)::
       admin.token     the HTTP admin API's bearer token       (refused likewise)
       identities.json every role's broker password            (refused likewise)
       client.json     the default client's credentials file   (refused likewise)
+                      (NATS identity, and the HTTP gateway's URL and default key)
+      gateway.key     the HTTP gateway's default API key       (refused likewise)
+      gateway-keys.json  the keys the gateway accepts, as sha256 hashes only
       clients/NAME.json  each application's credentials file  (refused likewise)
       clients.json    the applications' registry (bcrypt hashes only)
       clients.applied hash of the registry the running nats-server has loaded
-      run.json        the running stack: NATS URL(s), admin URL, PID
+      run.json        the running stack: NATS URL(s), admin URL, HTTP gateway URL, PID
       processes.json  every supervised process: state, PID, uptime, restarts (for ``modelbus status``)
       cluster-route.key  the route password of ``up --cluster`` nodes (refused likewise)
       nats-server.log, nats/ (configuration, ports file, JetStream store)
@@ -27,6 +30,8 @@ mistake (``--data-dir ~``) is not rewritten.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import hashlib
 import json
 import os
 import secrets
@@ -60,6 +65,14 @@ PROCESSES_FILE = "processes.json"
 """The supervisor's view of every process of the running stack (written by ``modelbus up``)."""
 ROUTE_PASSWORD_FILE = "cluster-route.key"
 """The password cluster nodes of ``modelbus up --cluster`` authenticate their routes with."""
+GATEWAY_KEY_FILE = "gateway.key"
+"""The HTTP gateway's default API key, in plain text: the quick start's (also in ``client.json``)."""
+GATEWAY_KEYS_FILE = "gateway-keys.json"
+"""The keys the HTTP gateway accepts, as sha256 hashes only (what ``MODELBUS_GATEWAY_KEYS`` names)."""
+GATEWAY_KEYS_ENV = "MODELBUS_GATEWAY_KEYS"
+"""Path of the gateway's keys file; an operator who sets it supplies the keys, and none is generated."""
+DEFAULT_KEY_NAME = "default"
+"""Name of the generated key in :data:`GATEWAY_KEYS_FILE`."""
 CLIENTS_APPLIED = "clients.applied"
 """SHA-256 of the ``clients.json`` the running nats-server has loaded (written by ``modelbus up``)."""
 DEFAULT_HOME = Path.home() / ".local" / "share" / "modelbus"
@@ -70,6 +83,7 @@ PRIVATE_FILES = (
     AUDIT_KEY_FILE,
     ADMIN_TOKEN_FILE,
     ROUTE_PASSWORD_FILE,
+    GATEWAY_KEY_FILE,
     identities.IDENTITIES_FILE,
     identities.CLIENT_FILE,
 )
@@ -81,7 +95,15 @@ OPERATOR_KEY_FILES = (
     ADMIN_TOKEN_FILE_ENV,
 )
 """Variables naming key files an operator supplies: held to the same rule."""
-NARROWED = (RUN_FILE, PROCESSES_FILE, NATS_LOG, NATS_DIR, identities.CLIENTS_REGISTRY, CLIENTS_APPLIED)
+NARROWED = (
+    RUN_FILE,
+    PROCESSES_FILE,
+    NATS_LOG,
+    NATS_DIR,
+    identities.CLIENTS_REGISTRY,
+    CLIENTS_APPLIED,
+    GATEWAY_KEYS_FILE,
+)
 """What else modelbus writes in the data directory: narrowed to 0600/0700 on start."""
 
 
@@ -216,6 +238,70 @@ def ensure_route_password(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+@dataclass(frozen=True, kw_only=True)
+class GatewayKeys:
+    """What ``modelbus up`` hands the HTTP gateway: its keys file, and the default key for ``client.json``."""
+
+    keys_file: Path
+    """The file of sha256 hashes the gateway reads (``MODELBUS_GATEWAY_KEYS``)."""
+    api_key: str
+    """The default key itself; it goes into ``client.json``, never into a child's environment or argv."""
+
+
+def new_gateway_key() -> str:
+    """A new HTTP API key: ``mb-`` and 32 random bytes, url-safe base64."""
+    return "mb-" + secrets.token_urlsafe(32)
+
+
+def key_digest(key: str) -> str:
+    """The hex sha256 of a key, which is all the gateway's keys file holds."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _key_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries of a gateway keys file (none when it is absent); :class:`DataDirError` when malformed."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise DataDirError(f"{path} is not a gateway keys file ({exc}); fix it or delete it") from None
+    keys = raw.get("keys") if isinstance(raw, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise DataDirError(f'{path} is not a gateway keys file (expected {{"keys": [...]}}); fix it or delete it')
+    return keys
+
+
+def ensure_gateway_keys(data_dir: Path) -> GatewayKeys | None:
+    """The HTTP gateway's default key and keys file, generated (0600) on first run and kept after.
+
+    ``None`` when the operator supplies the keys file (``MODELBUS_GATEWAY_KEYS``).
+    The key is written to ``gateway.key``; ``gateway-keys.json`` holds its sha256
+    as the entry ``default`` next to any other entries, which are kept. Deleting
+    ``gateway.key`` replaces the default key on the next run (the old one's entry
+    goes with it). Raises :class:`DataDirError` for a malformed keys file.
+    """
+    if os.environ.get(GATEWAY_KEYS_ENV):
+        return None
+    key_path, keys_path = data_dir / GATEWAY_KEY_FILE, data_dir / GATEWAY_KEYS_FILE
+    entries = _key_entries(keys_path)
+    created = not key_path.exists()
+    if created:
+        write_new_private_file(key_path, new_gateway_key().encode() + b"\n")
+    key = key_path.read_text().strip()
+    if not key:
+        raise DataDirError(f"{key_path} is empty; delete it and a new default key is generated")
+    digest = key_digest(key)
+    if not any(e.get("name") == DEFAULT_KEY_NAME and e.get("sha256") == digest for e in entries):
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entries = [e for e in entries if e.get("name") != DEFAULT_KEY_NAME]
+        entries.append({"name": DEFAULT_KEY_NAME, "sha256": digest, "created": stamp})
+        write_private_file(keys_path, json.dumps({"keys": entries}, indent=2).encode() + b"\n")
+    if created:
+        print(f"[modelbus] generated the HTTP gateway's default API key {key_path} (mode 0600)", flush=True)
+    return GatewayKeys(keys_file=keys_path, api_key=key)
+
+
 # ---------------------------------------------------------------- the running stack
 
 
@@ -237,6 +323,8 @@ class RunInfo:
     """Every server's URL (several with ``--cluster``); :attr:`nats_url` is them comma-joined."""
     cluster: int = 0
     """How many nodes its local cluster has (``up --cluster N``); 0 without one."""
+    http_url: str | None = None
+    """Where its HTTP gateway serves (OpenAI and Anthropic APIs), as the gateway's ready line named it."""
 
 
 def write_run_info(data_dir: Path, info: RunInfo) -> None:
@@ -249,6 +337,7 @@ def write_run_info(data_dir: Path, info: RunInfo) -> None:
         "embedded": info.embedded,
         "nats_urls": list(info.nats_urls or info.nats_url.split(",")),
         "cluster": info.cluster,
+        "http_url": info.http_url,
     }
     write_private_file(run_file(data_dir), json.dumps(body, indent=2).encode())
 
@@ -265,6 +354,7 @@ def read_run_info(data_dir: Path) -> RunInfo | None:
             embedded=bool(raw.get("embedded", True)),
             nats_urls=tuple(str(u) for u in raw.get("nats_urls") or str(raw["nats_url"]).split(",")),
             cluster=int(raw.get("cluster") or 0),
+            http_url=raw.get("http_url") or None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -1,6 +1,6 @@
 """The ``modelbus`` command.
 
-``modelbus up``        start an embedded NATS and every service
+``modelbus up``        start an embedded NATS, every service and the HTTP gateway
 ``modelbus complete``  send one completion through the bus and print it
 ``modelbus status``    where the running stack of the data dir listens, and the state of each process
 ``modelbus apply|get|describe|delete|history|rollback|audit|test``  administration
@@ -28,7 +28,7 @@ from services.cli.clients_cmd import cmd_delete_client, cmd_get_clients
 from services.cli.connection import CliError, connect, data_dir_of, no_stack_message, resolve
 from services.cli.datadir import default_data_dir, read_processes, read_run_info
 from services.cli.secrets_cmd import add_parser as add_secrets_parser
-from services.cli.up import cluster_problem, run_up
+from services.cli.up import DEFAULT_HTTP_PORT, cluster_problem, run_up
 from shared.client import CREDS_ENV
 
 CLIENT_KINDS = ("client", "clients")
@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--nats-url", default=os.environ.get("NATS_URL"), help="use this NATS server instead of starting one"
     )
     up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded nats-server (0 picks a free one)")
+    up.add_argument(
+        "--http-port",
+        type=_port,
+        default=DEFAULT_HTTP_PORT,
+        help=f"port of the HTTP gateway (OpenAI and Anthropic APIs) on 127.0.0.1 (default {DEFAULT_HTTP_PORT}; "
+        "0 picks a free one)",
+    )
     up.add_argument("--routers", type=int, default=1, help="router worker processes")
     up.add_argument("--provider-workers", type=int, default=1, help="provider worker processes")
     up.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for services")
@@ -182,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    """A TCP port number (0 to 65535) for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
 def _status(args: argparse.Namespace) -> int:
     """Print what the running ``modelbus up`` of the data dir recorded: where it listens, and its processes."""
     data_dir = data_dir_of(args)
@@ -210,6 +228,7 @@ def _status(args: argparse.Namespace) -> int:
     if run.cluster:
         print(f"cluster    {run.cluster} nodes (JetStream replicas 3)")
     print(f"admin_url  {run.admin_url or '-'}")
+    print(f"http_url   {run.http_url or '-'}")
     print(f"secure     {'yes' if run.secure else 'no (--insecure or external NATS)'}")
     print(f"pid        {run.pid}")
     print(f"data_dir   {data_dir}")

@@ -1,24 +1,31 @@
 """``modelbus up``: an embedded nats-server (or a local cluster) plus one process per service.
 
 It prefixes every child's log lines with the child's name, prints a line
-starting with ``ready`` (with the NATS URL(s), the client credentials file and
-the admin API's address) once every service has said it is serving, and keeps
-every process running: :mod:`services.cli.supervise` restarts what crashes,
-with backoff, gives up on a crash loop, names the real cause when nats-server
-dies and records each process's state for ``modelbus status``. On
-SIGINT/SIGTERM it stops the services, then the server. Children also get a
-parent-death signal on Linux, so even a killed supervisor leaves no orphans.
+starting with ``ready`` (with the NATS URL(s), the client credentials file,
+the admin API's address and the HTTP gateway's) once every service has said it
+is serving, and keeps every process running: :mod:`services.cli.supervise`
+restarts what crashes, with backoff, gives up on a crash loop, names the real
+cause when nats-server dies and records each process's state for ``modelbus
+status``. On SIGINT/SIGTERM it stops the services, then the server. Children
+also get a parent-death signal on Linux, so even a killed supervisor leaves no
+orphans.
 
 ``--cluster N`` runs N nodes (:class:`shared.natscluster.EmbeddedCluster`) with
 JetStream in ``nats/node-<i>`` instead of the one server, each supervised on its
 own ports and store, and tells the services to keep three replicas of every
 stream and bucket (``MODELBUS_JS_REPLICAS``).
 
+The HTTP gateway (OpenAI and Anthropic APIs over HTTP, ``services.gateway``)
+starts last, once the routers serve, on ``127.0.0.1:--http-port``. It gets the
+path of ``gateway-keys.json`` (sha256 hashes only); the default key itself
+(``gateway.key``) goes into ``client.json`` as ``api_key``, never into a child's
+environment or argv.
+
 Each child gets only its own secrets: its broker identities
-(:func:`shared.identities.connection_env`), and the master key (secrets) or
-the audit key and admin token (config); those variables are removed from what
-the others inherit. Everything is created with umask 077 in a data directory
-:mod:`services.cli.datadir` keeps private.
+(:func:`shared.identities.connection_env`), and the master key (secrets), the
+audit key and admin token (config) or the gateway's keys file (gateway); those
+variables are removed from what the others inherit. Everything is created with
+umask 077 in a data directory :mod:`services.cli.datadir` keeps private.
 
 While it runs, the supervisor watches the application registry
 (``clients.json``, written by ``modelbus create/delete client``), re-renders
@@ -36,11 +43,13 @@ import shlex
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli.datadir import (
     CLIENTS_APPLIED,
     DEFAULT_HOME,
+    GATEWAY_KEYS_ENV,
     NATS_DIR,
     NATS_LOG,
     PROCESSES_FILE,
@@ -48,6 +57,7 @@ from services.cli.datadir import (
     RunInfo,
     ensure_admin_token,
     ensure_audit_key,
+    ensure_gateway_keys,
     ensure_master_key,
     ensure_route_password,
     prepare,
@@ -69,7 +79,7 @@ from shared.keyfile import (
     write_private_file,
 )
 from shared.natscluster import EmbeddedCluster
-from shared.natsserver import EmbeddedNats, NatsServerError
+from shared.natsserver import EmbeddedNats, NatsServerError, port_in_use
 
 REPLICAS_ENV = "MODELBUS_JS_REPLICAS"
 """How many replicas the services keep of every stream and bucket (read by :mod:`shared.jetstream`)."""
@@ -78,6 +88,12 @@ CLUSTER_REPLICAS = 3
 MAX_CLUSTER_NODES = 9
 CLUSTER_START_TIMEOUT_S = 60.0
 _ADMIN_URL_RE = re.compile(r"\badmin=(https?://\S+)")
+_HTTP_URL_RE = re.compile(r"\bhttp=(https?://\S+)")
+HTTP_ENV = "MODELBUS_HTTP"
+"""``host:port`` the HTTP gateway listens on (read by ``services.gateway``)."""
+HTTP_HOST = "127.0.0.1"
+"""``modelbus up`` serves HTTP on loopback only; expose it further with a proxy of your own."""
+DEFAULT_HTTP_PORT = 8787
 
 KEY_ENV_OF: dict[str, tuple[str, ...]] = {
     "secrets": (
@@ -87,6 +103,7 @@ KEY_ENV_OF: dict[str, tuple[str, ...]] = {
         "MODELBUS_MASTER_KEY_PREVIOUS_FILE",
     ),
     "config": (AUDIT_KEY_ENV, AUDIT_KEY_FILE_ENV, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV),
+    "gateway": (GATEWAY_KEYS_ENV,),
 }
 """The key variables each service may see; every other child inherits none of them."""
 IDENTITY_ENV = (
@@ -101,6 +118,23 @@ IDENTITY_ENV = (
 """Broker credentials a secure stack sets per child; never inherited from the operator's shell."""
 
 
+@dataclass(frozen=True)
+class Children:
+    """The service children of a stack, in the order they are started."""
+
+    first: list[ServiceProcess]
+    """Started one at a time, each once the one before is ready: secrets, then config."""
+    rest: list[ServiceProcess]
+    """Routers and provider workers, started together."""
+    edge: list[ServiceProcess]
+    """The HTTP gateway, started once the routers serve."""
+
+    @property
+    def all(self) -> list[ServiceProcess]:
+        """Every child, in start order."""
+        return [*self.first, *self.rest, *self.edge]
+
+
 def build_children(
     args: argparse.Namespace,
     nats_url: str,
@@ -109,11 +143,12 @@ def build_children(
     *,
     passwords: dict[str, str] | None = None,
     audit_key_file: Path | None = None,
+    gateway_keys_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
-) -> tuple[list[ServiceProcess], list[ServiceProcess]]:
-    """The children started first, in order (secrets, then config), and the rest, each with its
-    whole environment: the supervisor's, without any key or identity meant for another child.
-    ``extra_env`` holds defaults the supervisor's own environment overrides (e.g. the replica count)."""
+) -> Children:
+    """Every child with its whole environment: the supervisor's, without any key or identity meant
+    for another child. ``extra_env`` holds defaults the supervisor's own environment overrides (e.g.
+    the replica count). The gateway listens on ``127.0.0.1:args.http_port``."""
     py = sys.executable
     withheld = {v for names in KEY_ENV_OF.values() for v in names}
     if passwords is not None:
@@ -130,6 +165,10 @@ def build_children(
             env[ADMIN_TOKEN_FILE_ENV] = str(admin_token_file)
         if service == "config" and audit_key_file is not None:
             env[AUDIT_KEY_FILE_ENV] = str(audit_key_file)
+        if service == "gateway":
+            env[HTTP_ENV] = f"{HTTP_HOST}:{args.http_port}"
+            if gateway_keys_file is not None:
+                env[GATEWAY_KEYS_ENV] = str(gateway_keys_file)
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
         if passwords is not None:
             env.update(identities.connection_env(service, passwords))
@@ -147,7 +186,26 @@ def build_children(
         rest.append(child("router" if routers == 1 else f"router-{i}", "services.router", service="router"))
     for i in range(1, workers + 1):
         rest.append(child("providers" if workers == 1 else f"providers-{i}", "services.providers", service="providers"))
-    return first, rest
+    edge = [child("gateway", "services.gateway", service="gateway")]
+    return Children(first, rest, edge)
+
+
+def http_port_problem(port: int) -> str | None:
+    """Why the gateway cannot listen on ``127.0.0.1:port``, or ``None`` (0 always works: a free port)."""
+    if not 0 <= port <= 65535:
+        return f"--http-port takes a port from 0 to 65535, not {port}"
+    if port and port_in_use(HTTP_HOST, port):
+        return (
+            f"port {port} on {HTTP_HOST} (--http-port, the HTTP gateway's) is taken by another process; "
+            "stop it or pass another --http-port (0 picks a free one)"
+        )
+    return None
+
+
+def http_url_of(ready_line: str) -> str | None:
+    """The URL a gateway's ready line names (``http=http://HOST:PORT``), or ``None``."""
+    found = _HTTP_URL_RE.search(ready_line)
+    return found.group(1) if found else None
 
 
 def cli_command() -> str:
@@ -183,13 +241,14 @@ def cluster_problem(nodes: int, nats_url: str | None) -> str | None:
 
 
 def stop_tiers(procs: list[Supervised]) -> list[list[Supervised]]:
-    """Shutdown order: routers (no new requests), provider workers (finish theirs), config, secrets, nats-server."""
+    """Shutdown order: the HTTP gateway (no new HTTP requests, finishes its own), routers (no new
+    requests), provider workers (finish theirs), config, secrets, nats-server."""
     services = [p for p in procs if isinstance(p, ServiceProcess)]
 
     def module(proc: ServiceProcess) -> str:
         return proc.argv[proc.argv.index("-m") + 1] if "-m" in proc.argv else ""
 
-    order = ("services.router", "services.providers", "services.config", "services.secrets")
+    order = ("services.gateway", "services.router", "services.providers", "services.config", "services.secrets")
     tiers: list[list[Supervised]] = [[p for p in services if module(p) == name] for name in order]
     tiers.append([p for p in services if module(p) not in order])
     tiers.append([p for p in procs if isinstance(p, NatsProcess)])
@@ -220,6 +279,15 @@ async def run_up(args: argparse.Namespace) -> int:
             f"at {running.nats_url}; stop it first or pass another --data-dir",
             file=sys.stderr,
         )
+        return 1
+    problem = http_port_problem(args.http_port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    try:
+        gateway_keys = ensure_gateway_keys(data_dir)
+    except DataDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     server: EmbeddedNats | EmbeddedCluster | None = None
     nats_procs: list[NatsProcess] = []
@@ -254,15 +322,17 @@ async def run_up(args: argparse.Namespace) -> int:
         if passwords:
             write_private_file(data_dir / CLIENTS_APPLIED, registry_digest(registry).encode())
     assert nats_url is not None
-    first, rest = build_children(
+    children = build_children(
         args,
         nats_url,
         ensure_master_key(data_dir),
         ensure_admin_token(data_dir),
         passwords=passwords,
         audit_key_file=ensure_audit_key(data_dir),
+        gateway_keys_file=gateway_keys.keys_file if gateway_keys else None,
         extra_env=extra_env,
     )
+    first, rest, edge = children.first, children.rest, children.edge
     sup = Supervisor(status_file=data_dir / PROCESSES_FILE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -280,8 +350,12 @@ async def run_up(args: argparse.Namespace) -> int:
         for c in rest:
             await sup.start(c)
         await sup.wait_ready(rest, ready_timeout, stop=stop)
+        for c in edge:  # the gateway, once routers answer what it forwards
+            await sup.start(c)
+        await sup.wait_ready(edge, ready_timeout, stop=stop)
         admin = _ADMIN_URL_RE.search(next(c.ready_line for c in first if c.name == "config"))
         admin_url = admin.group(1) if admin else None
+        http_url = http_url_of(edge[0].ready_line)
         write_run_info(
             data_dir,
             RunInfo(
@@ -292,16 +366,20 @@ async def run_up(args: argparse.Namespace) -> int:
                 embedded=server is not None,
                 nats_urls=tuple(nats_url.split(",")),
                 cluster=nodes,
+                http_url=http_url,
             ),
         )
         if server is not None and passwords is not None:
             watcher = asyncio.create_task(watch_clients(server, data_dir, passwords, stamp))
-        names = ",".join(c.name for c in [*first, *rest])
+        names = ",".join(c.name for c in children.all)
         creds = ""
         if passwords is not None:
-            creds = f" creds={identities.write_client_file(data_dir, nats_url, passwords)}"
+            api_key = gateway_keys.api_key if gateway_keys else None
+            path = identities.write_client_file(data_dir, nats_url, passwords, http_url=http_url, api_key=api_key)
+            creds = f" creds={path}"
         admin_part = f" admin={admin_url}" if admin_url else ""
-        print(f"ready nats={nats_url}{creds}{admin_part} services={names}", flush=True)
+        http_part = f" http={http_url}" if http_url else ""
+        print(f"ready nats={nats_url}{creds}{admin_part}{http_part} services={names}", flush=True)
         if args.demo:
             await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {}, data_dir)
         status = await sup.run(stop)

@@ -75,8 +75,9 @@ def start_secure_stack(
     """``modelbus up`` (secure) with ``--data-dir home``; stopped by its own PID at exit."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUS_ADMIN_HTTP": "off", **(env or {})}
     full_env.pop("NATS_URL", None)
+    ports = ["--nats-port", "0", "--http-port", "0"]  # free ones: never a port another stack may hold
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(home), "up", "--nats-port", "0", *extra],
+        [sys.executable, "-m", "services.cli", "--data-dir", str(home), "up", *ports, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

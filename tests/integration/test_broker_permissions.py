@@ -23,24 +23,49 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 
 from shared import identities
 from shared.natsserver import EmbeddedNats
 from shared.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECT,
+    AUDIT_VERIFY,
+    BREAKERS_BUCKET,
     BUDGETS_BUCKET,
+    CHAT_COMPLETIONS,
+    CONFIG_APPLY,
+    CONFIG_DELETE,
+    CONFIG_EVENTS,
+    CONFIG_GET,
     CONFIG_LOG,
+    CONFIG_ROLLBACK,
     CONFIG_STREAM,
+    PROVIDER_PREFIX,
+    ROUTER_QUEUE,
+    ROUTER_REVISIONS,
+    ROUTER_STATUS,
     RUNS_BUCKET,
     SECRETS_BUCKET,
+    SECRETS_CHANGED,
+    SECRETS_DELETE,
+    SECRETS_DESCRIBE,
+    SECRETS_GET,
+    SECRETS_LIST,
+    SECRETS_PUT,
     provider_outcome_subject,
+    provider_subject,
 )
 from tests.conftest import run
 
 SECRETS_KV = f"KV_{SECRETS_BUCKET}"
-OWNER = {SECRETS_KV: "secrets-state", CONFIG_STREAM: "config-state", AUDIT_STREAM: "config-state"}
+OWNER = {
+    SECRETS_KV: "secrets-state",
+    CONFIG_STREAM: "config-state",
+    AUDIT_STREAM: "config-state",
+    f"KV_{RUNS_BUCKET}": "config-state",
+    f"KV_{BUDGETS_BUCKET}": "router-state",
+}
 
 
 class Broker:
@@ -289,3 +314,151 @@ def test_the_rendered_configuration_holds_bcrypt_hashes_and_no_password(broker: 
     users = json.loads(rendered.removeprefix("authorization "))["users"]
     assert {u["user"] for u in users} == set(identities.ROLES)
     assert all(u["password"].startswith("$2a$") for u in users)
+
+
+# ---------------------------------------------------------------- the HTTP gateway's identity
+#
+# The gateway holds the key check of every HTTP client, so whoever breaks into it holds the
+# `gateway` identity. It may send completion requests and read the routing configuration; the
+# broker must refuse it everything else, above all anything a router or provider worker does.
+
+KV_STREAMS = [f"KV_{bucket}" for bucket in (SECRETS_BUCKET, BUDGETS_BUCKET, BREAKERS_BUCKET, RUNS_BUCKET)]
+GATEWAY_MAY_NOT_PUBLISH = [
+    provider_subject("openai"),
+    provider_subject("mock"),
+    provider_outcome_subject("openai"),
+    SECRETS_GET,
+    SECRETS_PUT,
+    SECRETS_DELETE,
+    SECRETS_LIST,
+    SECRETS_DESCRIBE,
+    SECRETS_CHANGED,
+    CONFIG_GET,
+    CONFIG_APPLY,
+    CONFIG_DELETE,
+    CONFIG_ROLLBACK,
+    CONFIG_LOG,
+    CONFIG_EVENTS,
+    AUDIT_SUBJECT,
+    AUDIT_VERIFY,
+    ROUTER_STATUS,
+    ROUTER_REVISIONS,
+    "$JS.API.INFO",
+    f"$JS.API.STREAM.CREATE.{CONFIG_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{CONFIG_STREAM}",
+    "$JS.API.STREAM.CREATE.LOOT",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.CONSUMER.DURABLE.CREATE.MODELBUS_CONFIG.kept",
+    *[f"$KV.{bucket}.key" for bucket in (SECRETS_BUCKET, BUDGETS_BUCKET, BREAKERS_BUCKET, RUNS_BUCKET)],
+    *[f"$JS.API.STREAM.INFO.{kv}" for kv in KV_STREAMS],
+    *[f"$JS.API.DIRECT.GET.{kv}" for kv in KV_STREAMS],
+    *[f"$JS.API.CONSUMER.CREATE.{kv}" for kv in KV_STREAMS],
+    f"$JS.API.STREAM.INFO.{AUDIT_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{AUDIT_STREAM}",
+]
+GATEWAY_MAY_NOT_SUBSCRIBE = [
+    (CHAT_COMPLETIONS, None),
+    (CHAT_COMPLETIONS, ROUTER_QUEUE),  # joining the routers' queue group would steal their requests
+    ("llm.v1.>", None),
+    (provider_subject("openai"), None),
+    (f"{PROVIDER_PREFIX}.*.chat", None),
+    (provider_outcome_subject("openai"), None),
+    (SECRETS_GET, None),
+    (SECRETS_CHANGED, None),
+    (CONFIG_LOG, None),
+    (CONFIG_EVENTS, None),
+    (ROUTER_STATUS, None),
+    (ROUTER_REVISIONS, None),
+    ("_INBOX_router.>", None),
+    ("_INBOX_client.default.>", None),
+    ("$JS.API.>", None),
+]
+
+
+@pytest.mark.parametrize("subject", GATEWAY_MAY_NOT_PUBLISH)
+def test_the_gateway_identity_may_not_publish_beyond_requests_and_config_reads(broker: Broker, subject: str) -> None:
+    errors = run(_attempt(broker, "gateway", _request(subject, b"{}")))
+    assert _refused(errors, subject), (subject, errors)
+
+
+@pytest.mark.parametrize("stream", [CONFIG_STREAM, AUDIT_STREAM, *KV_STREAMS])
+def test_the_gateway_identity_cannot_delete_or_purge_any_stream(broker: Broker, stream: str) -> None:
+    existing = stream in OWNER  # the breakers bucket is not created here: its refusal is checked all the same
+    before = run(_stream_state(broker, stream)) if existing else None
+    for op, body in (("DELETE", b""), ("PURGE", b""), ("MSG.DELETE", b'{"seq": 1}')):
+        subject = f"$JS.API.STREAM.{op}.{stream}"
+        errors = run(_attempt(broker, "gateway", _request(subject, body)))
+        assert _refused(errors, subject), (subject, errors)
+    if existing:
+        assert run(_stream_state(broker, stream)) == before
+
+
+@pytest.mark.parametrize(("subject", "queue"), GATEWAY_MAY_NOT_SUBSCRIBE)
+def test_the_gateway_identity_hears_neither_router_traffic_nor_anyone_elses(
+    broker: Broker, subject: str, queue: str | None
+) -> None:
+    async def subscribe(nc: Client) -> None:
+        await nc.subscribe(subject, queue=queue or "")
+
+    errors = run(_attempt(broker, "gateway", subscribe))
+    assert _refused(errors, "subscription"), (subject, queue, errors)
+
+
+def test_a_gateway_request_reaches_a_router_and_the_answers_reach_the_gateway(broker: Broker) -> None:
+    """The positive side: a completion request from the gateway is heard by a router (queue group),
+    which may answer on the gateway's inbox, and a provider worker may deliver there directly."""
+
+    async def scenario() -> tuple[str, bytes, bytes, list[str]]:
+        errors: list[str] = []
+        router = await broker.connect("router", errors)
+        worker = await broker.connect("providers", errors)
+        asked: list[str] = []
+
+        async def answer(msg: Msg) -> None:
+            asked.append(msg.reply)
+            await router.publish(msg.reply, b"from the router")
+            await worker.publish(msg.reply, b"from the worker")
+
+        await router.subscribe(CHAT_COMPLETIONS, queue=ROUTER_QUEUE, cb=answer)
+        await router.flush()
+        gateway = await broker.connect("gateway", errors)
+        inbox = gateway.new_inbox()
+        replies = await gateway.subscribe(inbox)
+        await gateway.publish(CHAT_COMPLETIONS, b'{"model": "fast", "messages": []}', reply=inbox)
+        first = await replies.next_msg(timeout=5)
+        second = await replies.next_msg(timeout=5)
+        for nc in (gateway, worker, router):
+            await nc.close()
+        return asked[0], first.data, second.data, errors
+
+    reply, first, second, errors = run(scenario())
+    assert reply.startswith("_INBOX_gateway.")
+    assert sorted([first, second]) == [b"from the router", b"from the worker"]  # two connections: any order
+    assert not [e for e in errors if "permissions violation" in e.lower()], errors
+
+
+def test_the_gateway_identity_reads_the_routing_configuration_as_a_router_does(broker: Broker) -> None:
+    """Stream info, one revision by sequence, and an ordered consumer from the newest record."""
+
+    async def scenario() -> tuple[int, bytes, bytes, list[str]]:
+        errors: list[str] = []
+        nc = await broker.connect("gateway", errors)
+        js = nc.jetstream()
+        info = await js.stream_info(CONFIG_STREAM)
+        revision = await js.get_msg(CONFIG_STREAM, seq=1)
+        records: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_record(msg: Msg) -> None:
+            await records.put(msg.data)
+
+        sub = await js.subscribe(
+            CONFIG_LOG, stream=CONFIG_STREAM, cb=on_record, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST
+        )
+        newest = await asyncio.wait_for(records.get(), 5)
+        await sub.unsubscribe()
+        await nc.close()
+        return int(info.state.messages), revision.data or b"", newest, errors
+
+    messages, revision, newest, errors = run(scenario())
+    assert messages >= 1 and revision == b'{"revision": 1}' and newest.startswith(b'{"revision"')
+    assert not [e for e in errors if "permissions violation" in e.lower()], errors

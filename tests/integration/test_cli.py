@@ -10,12 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.natsserver import die_with_parent
 from tests.conftest import ROOT, wait_for_line
 
 MODELBUS = [sys.executable, "-m", "services.cli"]
+FREE_PORTS = ["--nats-port", "0", "--http-port", "0"]
 
 
 def _children(pid: int) -> list[int]:
@@ -60,7 +62,7 @@ class Up:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     home = tmp_path_factory.mktemp("modelbus-home")
     proc = subprocess.Popen(
-        [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", "--demo"],
+        [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", "--http-port", "0", "--demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -85,7 +87,7 @@ def test_up_prints_a_ready_line_with_the_nats_url_of_its_own_server(up: Up) -> N
 
 def test_up_prefixes_each_service_log_with_its_name(up: Up) -> None:
     text = "".join(up.output)
-    for name in ("config", "router", "providers", "secrets"):
+    for name in ("config", "router", "providers", "secrets", "gateway"):
         assert f"[{name}] " in text
 
 
@@ -157,7 +159,7 @@ def test_up_refuses_an_invalid_config_and_says_why(tmp_path: Path) -> None:
         "spec: {provider: openai, base_url: not-a-url}\n"
     )
     result = subprocess.run(
-        [*MODELBUS, "--data-dir", str(tmp_path / "home"), "up", "--nats-port", "0", "--config", str(bad)],
+        [*MODELBUS, "--data-dir", str(tmp_path / "home"), "up", *FREE_PORTS, "--config", str(bad)],
         capture_output=True,
         text=True,
         timeout=90,
@@ -177,3 +179,31 @@ def test_sigterm_stops_every_child_and_the_server(up: Up) -> None:
         time.sleep(0.05)
     assert [k for k in kids if _alive(k)] == []
     assert not (up.home / "run.json").exists()
+
+
+def test_an_insecure_stack_still_requires_the_http_key(tmp_path: Path) -> None:
+    """--insecure drops the broker identities, not the gateway's key check."""
+    home = tmp_path / "home"
+    proc = subprocess.Popen(
+        [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", "--http-port", "0", "--insecure"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "NATS_URL"}, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=die_with_parent,
+    )
+    try:
+        ready = wait_for_line(proc, lambda line: line.startswith("ready "), 90, [])
+        http = re.search(r" http=(http://127\.0\.0\.1:\d+) ", ready)
+        assert http, ready
+        url = f"{http.group(1)}/v1/chat/completions"
+        body = {"model": "fast", "messages": [{"role": "user", "content": "insecure"}]}
+        assert httpx.post(url, json=body, timeout=30).status_code == 401
+        key = (home / "gateway.key").read_text().strip()
+        answer = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "mock:mock-fast says: insecure"
+    finally:
+        proc.terminate()
+        proc.wait(30)

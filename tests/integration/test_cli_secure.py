@@ -66,7 +66,7 @@ def up() -> Iterator[Up]:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MODELBUS_HOME")}
     env |= {"HOME": str(home), "PYTHONUNBUFFERED": "1", "MODELBUS_ADMIN_HTTP": "127.0.0.1:0"}
     proc = subprocess.Popen(
-        [*MODELBUS, "up", "--nats-port", "0", "--demo"],
+        [*MODELBUS, "up", "--nats-port", "0", "--http-port", "0", "--demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -121,6 +121,8 @@ def _readable_by_nobody(paths: list[Path]) -> list[str]:
         "        print(p)\n"
         "    except PermissionError:\n"
         "        pass\n"
+        "    except FileNotFoundError:\n"
+        "        pass  # a temporary file renamed into place since it was listed: nothing to read\n"
     )
     result = subprocess.run(
         ["runuser", "-u", "nobody", "--", str(python), "-c", probe, *map(str, paths)],
@@ -167,18 +169,27 @@ def _child_environments(up: Up) -> dict[str, dict[str, str]]:
 
 def test_each_service_is_given_only_its_own_keys(up: Up) -> None:
     envs = _child_environments(up)
-    assert set(envs) == {"secrets", "config", "router", "providers"}
+    assert set(envs) == {"secrets", "config", "router", "providers", "gateway"}
     holders = {
         var: sorted(name for name, env in envs.items() if var in env)
-        for var in ("MODELBUS_MASTER_KEY_FILE", "MODELBUS_AUDIT_KEY_FILE", "MODELBUS_ADMIN_TOKEN_FILE")
+        for var in (
+            "MODELBUS_MASTER_KEY_FILE",
+            "MODELBUS_AUDIT_KEY_FILE",
+            "MODELBUS_ADMIN_TOKEN_FILE",
+            "MODELBUS_GATEWAY_KEYS",
+        )
     }
     assert holders == {
         "MODELBUS_MASTER_KEY_FILE": ["secrets"],
         "MODELBUS_AUDIT_KEY_FILE": ["config"],
         "MODELBUS_ADMIN_TOKEN_FILE": ["config"],
+        "MODELBUS_GATEWAY_KEYS": ["gateway"],
     }
     assert envs["config"]["MODELBUS_AUDIT_KEY_FILE"] == str(up.data_dir / "audit.key")
-    assert {env["NATS_USER"] for env in envs.values()} == {"secrets", "config", "router", "providers"}
+    assert envs["gateway"]["MODELBUS_GATEWAY_KEYS"] == str(up.data_dir / "gateway-keys.json")
+    assert {env["NATS_USER"] for env in envs.values()} == {"secrets", "config", "router", "providers", "gateway"}
+    key = (up.data_dir / "gateway.key").read_text().strip()
+    assert [name for name, env in envs.items() if key in "\0".join(env.values())] == []
 
 
 def test_up_refuses_a_key_file_others_can_read_and_names_the_fix(tmp_path: Path) -> None:
@@ -189,7 +200,7 @@ def test_up_refuses_a_key_file_others_can_read_and_names_the_fix(tmp_path: Path)
     leaked.chmod(0o644)
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"} | {"MODELBUS_AUDIT_KEY_FILE": str(leaked)}
     result = subprocess.run(
-        [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0"],
+        [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", "--http-port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -243,6 +254,45 @@ def test_the_readme_python_snippet_works_as_printed(up: Up, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "mock:mock-fast says: hello mock" in result.stdout
     assert "mock:mock-smart says: stream, please" in result.stdout
+
+
+def _readme_block(heading: str, language: str) -> str:
+    section = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_curl_example_works_as_printed(up: Up) -> None:
+    script = _readme_block("### Over HTTP", "sh")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd="/", env=up.env())
+    assert result.returncode == 0, (script, result.stderr)
+    answer = json.loads(result.stdout)
+    assert answer["choices"][0]["message"]["content"] == "mock:mock-fast says: hello over HTTP"
+
+
+def test_the_readme_openai_sdk_example_works_as_printed(up: Up, tmp_path: Path) -> None:
+    script = tmp_path / "openai_snippet.py"
+    script.write_text(_readme_block("### Over HTTP", "python"))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=up.env()
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mock:mock-fast says: hello" in result.stdout
+    assert "mock:mock-smart says: stream, please" in result.stdout
+
+
+def test_the_ready_line_names_the_gateway_which_refuses_a_request_without_the_key(up: Up) -> None:
+    http = re.search(r" http=(http://127\.0\.0\.1:\d+) ", up.ready)
+    assert http, up.ready
+    info = json.loads((up.data_dir / identities.CLIENT_FILE).read_text())
+    assert info["http_url"] == http.group(1)
+    assert info["api_key"] not in up.ready
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    url = f"{http.group(1)}/v1/chat/completions"
+    assert httpx.post(url, json=body, timeout=30).status_code == 401
+    wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer mb-guess"}, timeout=30)
+    assert wrong.status_code == 401
+    right = httpx.post(url, json=body, headers={"Authorization": f"Bearer {info['api_key']}"}, timeout=30)
+    assert right.status_code == 200, right.text
 
 
 # ---------------------------------------------------------------- finding the stack

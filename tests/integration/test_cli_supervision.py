@@ -41,7 +41,7 @@ class Up:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELBUS_ADMIN_HTTP": "off", "MODELBUS_LOG_LEVEL": "WARNING"}
         env.pop("NATS_URL", None)
         self.proc = subprocess.Popen(
-            [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", *args],
+            [*MODELBUS, "--data-dir", str(home), "up", "--nats-port", "0", "--http-port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

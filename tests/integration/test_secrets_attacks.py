@@ -446,7 +446,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boundary]:
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     env |= {"PYTHONUNBUFFERED": "1", "MODELBUS_ADMIN_HTTP": "off", "WORKER_API_KEY": WORKER_KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(home), "up", "--nats-port", "0"],
+        [sys.executable, "-m", "services.cli", "--data-dir", str(home), "up", "--nats-port", "0", "--http-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
