@@ -1,5 +1,6 @@
 # One image for every modelbus service; compose.yaml picks the service with
-# `command:` (modelbus-config, modelbus-router, modelbus-provider, modelbus-secrets).
+# `command:` (modelbus-config, modelbus-router, modelbus-provider, modelbus-secrets,
+# modelbus-gateway).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
