@@ -209,7 +209,7 @@ async def stream_to_client(
                     return None
                 span.set_attribute("gen_ai.response.time_to_first_chunk", loop.time() - started)
                 for part in (*held, data):
-                    await d.to_client(part, chunk_headers(seq))
+                    await d.to_client(part, _chunk_headers(d, seq, endpoint.provider, chunk.model))
                     seq += 1
                 held.clear()
                 await d.to_router(b"", {H.COMMITTED: str(seq)})
@@ -236,7 +236,7 @@ async def stream_to_client(
             await d.failed(WorkerLost(f"worker fenced before streaming from {endpoint.name!r}"))
         return None
     for part in held:  # a stream with no content at all is still a clean stream
-        await d.to_client(part, chunk_headers(seq))
+        await d.to_client(part, _chunk_headers(d, seq, endpoint.provider, last.model if last else model))
         seq += 1
     response_model = last.model if last is not None else model
     usage = usage_chunk.usage if usage_chunk is not None else None
@@ -247,6 +247,14 @@ async def stream_to_client(
         outcome[H.USAGE] = f"{usage.prompt_tokens} {usage.completion_tokens}"
     await d.to_router(b"", {**outcome, H.DELIVERED: "1"})
     return StreamResult(response_model, last.id if last else None, usage_chunk, finish_reasons)
+
+
+def _chunk_headers(d: Delivery, seq: int, provider: str, model: str) -> dict[str, str]:
+    """Chunk ``seq``'s headers; the first also says where the stream comes from (the routing
+    headers the terminator repeats), so an HTTP edge can send them before the body starts."""
+    if seq:
+        return chunk_headers(seq)
+    return {**d.deliver_headers, H.PROVIDER: provider, H.MODEL: model, **chunk_headers(seq)}
 
 
 async def _end_with_error(d: Delivery, err: ModelbusError, seq: int) -> None:

@@ -159,6 +159,9 @@ def test_the_stream_on_the_wire_is_sse_chunks_then_data_done(stack: GatewayStack
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"]
+        assert r.headers["x-modelbus-endpoint"] == "mock"
+        assert r.headers["x-modelbus-model"] == "mock-fast"
+        assert r.headers["x-modelbus-attempts"] == "1"
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]"
     assert all(line.startswith("data: {") for line in events[:-1])
