@@ -31,6 +31,7 @@ cannot honour is a 400 ``unsupported_parameter`` (:func:`unsupported`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from typing import ClassVar, Generic, Literal, TypeVar
 
@@ -73,7 +74,7 @@ def config_error(endpoint: str, param: str, why: str) -> ConfigError:
     return ConfigError(f"endpoint {endpoint!r}: {param}: {why}", param=param)
 
 
-class HttpChatAdapter(Generic[S]):
+class HttpChatAdapter(ABC, Generic[S]):
     """Translate one OpenAI-shaped chat call to an HTTP provider and back."""
 
     gen_ai_provider: ClassVar[str]
@@ -90,23 +91,29 @@ class HttpChatAdapter(Generic[S]):
 
     # ------------------------------------------------------------ hooks
 
+    @abstractmethod
     def _url(self, model: str, *, stream: bool) -> str:
-        raise NotImplementedError
+        """Where a call for ``model`` goes (``stream``: the streaming variant, where it differs)."""
 
+    @abstractmethod
     async def _headers(self, url: str, body: bytes, *, stream: bool) -> dict[str, str]:
-        raise NotImplementedError
+        """The request headers: content type, auth, versions; Bedrock signs ``url`` and ``body`` here."""
 
+    @abstractmethod
     def _map_request(self, request: ChatCompletionRequest, model: str) -> bytes:
-        raise NotImplementedError
+        """The internal request as the native request body, for the upstream ``model``."""
 
+    @abstractmethod
     def _map_response(self, response: Answer, body: bytes, model: str) -> ChatCompletion:
-        raise NotImplementedError
+        """A native 200 answer as a completion; a 502 (:meth:`_bad`) when it is not a valid one."""
 
+    @abstractmethod
     def _stream_state(self, response: Answer, model: str) -> S:
-        raise NotImplementedError
+        """Fresh state for one stream (``response``: its head, e.g. for an id the vendor sends there)."""
 
+    @abstractmethod
     def _map_stream_event(self, event: StreamEvent, state: S, model: str) -> Iterable[ChatCompletionChunk]:
-        raise NotImplementedError
+        """One framed event to zero or more chunks; sets ``state.done`` on the event that ends the stream."""
 
     def _end_stream(self, state: S, model: str) -> Iterable[ChatCompletionChunk]:
         """The upstream closed the stream before an event set ``state.done``.
