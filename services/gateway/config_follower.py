@@ -2,9 +2,8 @@
 
 The gateway holds no routing logic; it reads the configuration only to say what
 may be asked for and how long a request may take by default. It follows the
-JetStream stream :data:`shared.subjects.CONFIG_STREAM` exactly as a router does
-(``services/router/follower.py``; copied here, not imported, since a service may
-not import another): an ordered consumer from the newest record, which holds the
+JetStream stream :data:`shared.subjects.CONFIG_STREAM` exactly as a router does,
+with the same :class:`shared.config_stream.ConfigStream`: an ordered consumer from the newest record, which holds the
 whole state, so the current revision comes first and every later one follows
 at once; after a reconnect, or when the stream was made anew (a lost store),
 it follows afresh from the newest record (:class:`shared.jetstream.StateKeeper`).
@@ -22,17 +21,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy, StreamInfo
-from nats.js.errors import NotFoundError
 
-from shared.jetstream import StateKeeper
+from shared.config_stream import ConfigStream
 from shared.routing import RoutingConfig
-from shared.subjects import CONFIG_LOG, CONFIG_STREAM
+from shared.subjects import CONFIG_STREAM
 
 log = logging.getLogger("modelbus.gateway")
 
@@ -87,17 +83,6 @@ def _epoch(rfc3339: str) -> int:
         return 0
 
 
-def _created(info: StreamInfo) -> float | None:
-    return info.created.timestamp() if info.created is not None else None
-
-
-async def _unsubscribe(sub: Any) -> None:
-    try:
-        await asyncio.wait_for(sub.unsubscribe(), 1.0)  # bounded: with the server gone it would wait
-    except Exception:  # the connection may be closing, or the consumer already gone
-        pass
-
-
 class ConfigFollower:
     """The newest routing configuration, and the model list built from it once per revision."""
 
@@ -108,11 +93,10 @@ class ConfigFollower:
         self.models: bytes = models_body(RoutingConfig(revision=0, endpoints={}, aliases={}), 0)
         """The ``GET /v1/models`` body of :attr:`routing`."""
         self._first = asyncio.Event()
-        self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._stream_created: float | None = None
         self._restart = False
-        self.keeper = StateKeeper(nc, "gateway config follower", self._repair)
+        self.stream = ConfigStream(nc, "gateway config follower", self._on_record, self._remade)
+        self.keeper = self.stream.keeper
 
     @property
     def revision(self) -> int | None:
@@ -132,12 +116,11 @@ class ConfigFollower:
         return True
 
     async def _begin(self) -> None:
-        js = self.nc.jetstream()
         waited = False
         while True:
             try:
-                self._stream_created = _created(await js.stream_info(CONFIG_STREAM))
-                await self._follow()
+                await self.stream.look()
+                await self.stream.follow()
                 break
             except asyncio.CancelledError:
                 raise
@@ -148,31 +131,8 @@ class ConfigFollower:
                 await asyncio.sleep(LOOK_EVERY_S)
         self.keeper.start()
 
-    async def _follow(self) -> None:
-        old, self._sub = self._sub, None
-        self._sub = await self.nc.jetstream().subscribe(
-            CONFIG_LOG,
-            stream=CONFIG_STREAM,
-            cb=self._on_record,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST,
-        )
-        if old is not None:
-            await _unsubscribe(old)
-
-    async def _repair(self, reason: str) -> None:
-        try:
-            created = _created(await self.nc.jetstream().stream_info(CONFIG_STREAM))
-        except NotFoundError:
-            raise RuntimeError(f"config stream {CONFIG_STREAM!r} is missing; waiting for the config service") from None
-        if created != self._stream_created:
-            log.warning(
-                "config stream %s was made anew (%s); following it from its newest record", CONFIG_STREAM, reason
-            )
-            self._stream_created, self._restart = created, True
-        elif reason != "reconnected":
-            return
-        await self._follow()
+    def _remade(self) -> None:
+        self._restart = True
 
     async def _on_record(self, msg: Msg) -> None:
         try:
@@ -189,7 +149,7 @@ class ConfigFollower:
             log.info("configuration at revision %d", record.routing.revision)
 
     async def stop(self) -> None:
-        await self.keeper.stop()
+        await self.stream.stop()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -197,6 +157,3 @@ class ConfigFollower:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._sub is not None:
-            await _unsubscribe(self._sub)
-            self._sub = None

@@ -10,7 +10,8 @@ record holds the whole state, catching up is taking the newest record.
 After a reconnect the router follows the stream afresh from its newest record
 rather than wait ~10 s for the ordered consumer to miss its heartbeats (its
 consumer may have died with a server); a stream made anew (a lost store) is
-followed afresh too (:class:`shared.jetstream.StateKeeper`).
+followed afresh too. Both are :class:`shared.config_stream.ConfigStream`'s, which
+the HTTP gateway uses as well.
 
 Recent tables are kept by revision so a pinned run (``Modelbus-Run-Id``) can
 keep using the revision its first request was routed at; older ones are read
@@ -24,19 +25,17 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy, StreamInfo
 from nats.js.errors import NotFoundError
 
 from services.router.table import RoutingTable
 from shared.admin import BreakerState, RouterStatus, RoutingRecord, TargetHealth, admin_encoder
 from shared.bus import ReplyGuard
-from shared.jetstream import StateKeeper
-from shared.subjects import CONFIG_LOG, CONFIG_STREAM, ROUTER_REVISIONS, ROUTER_STATUS
+from shared.config_stream import ConfigStream, unsubscribe_quietly
+from shared.subjects import CONFIG_STREAM, ROUTER_REVISIONS, ROUTER_STATUS
 
 log = logging.getLogger("modelbus.router")
 
@@ -44,18 +43,6 @@ KEEP_TABLES = 64
 """Tables kept in memory by revision, for pinned runs."""
 
 _record_decoder = msgspec.json.Decoder(RoutingRecord)
-
-
-def _created(info: StreamInfo) -> float | None:
-    return info.created.timestamp() if info.created is not None else None
-
-
-async def _unsubscribe(sub: Any) -> None:
-    try:
-        # Bounded: with the server gone, deleting the consumer would wait for a timeout.
-        await asyncio.wait_for(sub.unsubscribe(), 1.0)
-    except Exception:  # the connection may be closing, or the consumer already gone
-        pass
 
 
 class TableFollower:
@@ -84,22 +71,19 @@ class TableFollower:
         self._tables: OrderedDict[int, RoutingTable] = OrderedDict()
         self._first = asyncio.Event()
         self._subs: list[object] = []
-        self._log_sub: Any = None
-        self._created: float | None = None
-        """When the followed config stream was created: another time means it was made anew."""
         self._restart = False
         """The stream was made anew: install its next record whatever its revision."""
-        self.keeper = StateKeeper(self.state_nc, "config follower", self._repair)
+        self.stream = ConfigStream(self.state_nc, "config follower", self._on_record, self._remade)
+        self.keeper = self.stream.keeper
         """Re-follows the config stream after reconnects and when it was made anew."""
 
     async def start(self, timeout_s: float) -> None:
         """Subscribe to status requests and the config log; wait for the first table."""
         self._subs.append(await self.nc.subscribe(ROUTER_STATUS, cb=self._answer_status))
-        js = self.state_nc.jetstream()
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
-                self._created = _created(await js.stream_info(CONFIG_STREAM))
+                await self.stream.look()
                 break
             except NotFoundError:
                 if asyncio.get_running_loop().time() > deadline:
@@ -108,7 +92,7 @@ class TableFollower:
                         "is the config service running?"
                     ) from None
                 await asyncio.sleep(0.1)
-        await self._follow()
+        await self.stream.follow()
         left = deadline - asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(self._first.wait(), max(left, 0.1))
@@ -118,44 +102,14 @@ class TableFollower:
             ) from None
         self.keeper.start()
 
-    async def _follow(self) -> None:
-        """(Re)subscribe to the config log from its newest record: each holds the whole state, so
-        the newest is all a router needs to catch up, and every later one follows."""
-        old, self._log_sub = self._log_sub, None
-        self._log_sub = await self.state_nc.jetstream().subscribe(
-            CONFIG_LOG,
-            stream=CONFIG_STREAM,
-            cb=self._on_record,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST,
-        )
-        if old is not None:
-            await _unsubscribe(old)
-
-    async def _repair(self, reason: str) -> None:
-        """After a reconnect the ordered consumer may have died with its server (nats-py would notice
-        only after missing heartbeats, ~10 s): follow afresh. A config stream made anew (a lost
-        store) would be followed from its old sequence and every new record missed: follow afresh."""
-        try:
-            created = _created(await self.state_nc.jetstream().stream_info(CONFIG_STREAM))
-        except NotFoundError:
-            raise RuntimeError(f"config stream {CONFIG_STREAM!r} is missing; waiting for the config service") from None
-        if created != self._created:
-            log.warning(
-                "config stream %s was made anew (%s); following it from its newest record", CONFIG_STREAM, reason
-            )
-            self._created, self._restart = created, True
-            self._tables.clear()
-        elif reason != "reconnected":
-            return
-        await self._follow()
+    def _remade(self) -> None:
+        self._restart = True
+        self._tables.clear()
 
     async def stop(self) -> None:
-        await self.keeper.stop()
-        for sub in [*self._subs, self._log_sub]:
-            if sub is not None:
-                await _unsubscribe(sub)
-        self._log_sub = None
+        await self.stream.stop()
+        for sub in self._subs:
+            await unsubscribe_quietly(sub)
 
     def status(self, *, detailed: bool = False) -> RouterStatus:
         """Revision and load; with ``detailed``, per-target health and open breakers too."""
