@@ -71,10 +71,11 @@ async def messages(core: Core, scope: Scope, receive: Receive, send: Send, heade
     with hot_span(_tracer, "POST /v1/messages", kind=SpanKind.SERVER, parent_headers=parent) as span:
         span.set_attribute("modelbus.request_id", request_id)
         try:
-            span.set_attribute("modelbus.key", core.authorize(anthropic_key(headers), HOW))
+            grant = core.authorize(anthropic_key(headers), HOW)
+            span.set_attribute("modelbus.key", grant.key)
             body = await read_body(receive, headers, core.max_body)
             request = anthropic.request_from_native(body)
-            nats_hdrs, timeout_s = core.nats_headers(headers, request_id)
+            nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
             pending = await core.upstream.send(chat_encoder.encode(request), nats_hdrs, timeout_s)
             if request.stream:
                 await _stream(pending, send, receive, request_id, span)

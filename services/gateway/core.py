@@ -35,6 +35,16 @@ def anthropic_key(headers: Headers) -> str | None:
     return bearer_key(headers)
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a valid key allows: its name (for logs and spans) and what it is bound to."""
+
+    key: str
+    """The key's name, never its value."""
+    agent: str | None = None
+    """The agent every request of this key routes as (``x-modelbus-agent`` is then not needed)."""
+
+
 @dataclass(slots=True)
 class Core:
     """The gateway's long-lived parts; one per process."""
@@ -45,19 +55,19 @@ class Core:
     max_body: int
     """Largest request body accepted, in bytes."""
 
-    def authorize(self, key: str | None, how: str) -> str:
-        """The name of the caller's key; :class:`AuthenticationError` (401) when it has none or a
+    def authorize(self, key: str | None, how: str) -> Grant:
+        """What the caller's key allows; :class:`AuthenticationError` (401) when it has none or a
         wrong one. ``how`` tells the caller where the key goes. The key never appears in the error."""
         if key is None:
             raise AuthenticationError(f"no API key: send it as {how}", code="missing_api_key")
         name = self.keys.check(key)
         if name is None:
             raise AuthenticationError("the API key is not valid", code="invalid_api_key")
-        return name
+        return Grant(key=name)
 
-    def nats_headers(self, headers: Headers, request_id: str) -> tuple[dict[str, str], float]:
+    def nats_headers(self, headers: Headers, request_id: str, grant: Grant) -> tuple[dict[str, str], float]:
         """A request's NATS headers and the time it may take, in seconds: ``x-modelbus-timeout-ms``,
-        else the configuration's default deadline."""
+        else the configuration's default deadline. ``grant`` is what :meth:`authorize` allowed."""
         routing = self.follower.routing
         default_ms = routing.defaults.timeout_ms if routing is not None else DEFAULT_TIMEOUT_MS
         timeout_ms = timeout_ms_of(headers, default_ms)

@@ -70,11 +70,11 @@ async def chat_completions(core: Core, scope: Scope, receive: Receive, send: Sen
     with hot_span(_tracer, "POST /v1/chat/completions", kind=SpanKind.SERVER, parent_headers=parent) as span:
         span.set_attribute("modelbus.request_id", request_id)
         try:
-            key_name = core.authorize(bearer_key(headers), HOW)
-            span.set_attribute("modelbus.key", key_name)
+            grant = core.authorize(bearer_key(headers), HOW)
+            span.set_attribute("modelbus.key", grant.key)
             body = await read_body(receive, headers, core.max_body)
             request = openai.request_from_native(body)
-            nats_hdrs, timeout_s = core.nats_headers(headers, request_id)
+            nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
             pending = await core.upstream.send(body, nats_hdrs, timeout_s)
             if request.stream:
                 await _stream(pending, request, send, receive, request_id, span)
