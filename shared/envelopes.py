@@ -27,7 +27,12 @@ class ProviderCall(Struct, kw_only=True, frozen=True):
     model: str
     """Upstream model to call; replaces the request's ``model``."""
     request: msgspec.Raw
-    """The client's ``ChatCompletionRequest`` JSON, byte for byte."""
+    """The client's request JSON, byte for byte: a ``ChatCompletionRequest``, or a body in
+    :attr:`format`."""
+    format: str | None = None
+    """The API format of :attr:`request` when it is a client's own body (``Modelbus-Format``:
+    ``openai`` or ``anthropic``); an adapter whose upstream speaks it sends the body on as it
+    came (``model`` set), any other translates it. ``None``: the internal contract."""
     attempt: int = 1
     """Attempt number within the request, from 1."""
     credential: str | None = None

@@ -22,10 +22,17 @@ KEEPALIVE = "Modelbus-Keepalive"
 """``1`` on a request: the client accepts keepalive messages (streams always get them). ``1`` on a
 message: a keepalive, with no body, no sequence number and no status; skip it (see
 :mod:`shared.replies`)."""
+FORMAT = "Modelbus-Format"
+"""The API format of a request's body when it is not the internal contract: ``openai`` (a client's
+own Chat Completions body, unknown fields included) or ``anthropic`` (a Messages body). Set by the
+HTTP gateway; a provider worker whose upstream speaks that format sends the body on as it came,
+with only ``model`` set (docs/contract.md, "Native bodies"). On a reply or a stream's chunk 0:
+the body is in that format, not the internal one."""
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 SENSITIVITY_VALUES = ("public", "internal", "confidential")
+FORMAT_VALUES = ("openai", "anthropic")
 
 # Replies.
 STATUS = "Modelbus-Status"

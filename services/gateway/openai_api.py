@@ -39,6 +39,7 @@ from services.gateway.asgi import (
 )
 from services.gateway.core import Core, bearer_key
 from services.gateway.upstream import Keepalive, Pending
+from shared import headers as H
 from shared.chat import ChatCompletionRequest
 from shared.errors import ModelbusError
 from shared.formats import openai
@@ -73,8 +74,9 @@ async def chat_completions(core: Core, scope: Scope, receive: Receive, send: Sen
             grant = core.authorize(bearer_key(headers), HOW)
             span.set_attribute("modelbus.key", grant.key)
             body = await read_body(receive, headers, core.max_body)
-            request = openai.request_from_native(body)
+            request = openai.request_view(body)
             nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
+            nats_hdrs[H.FORMAT] = "openai"  # the client's own body: unknown fields go on to OpenAI-format upstreams
             pending = await core.upstream.send(body, nats_hdrs, timeout_s)
             if request.stream:
                 await _stream(pending, request, send, receive, request_id, span)
@@ -99,25 +101,29 @@ async def chat_completions(core: Core, scope: Scope, receive: Receive, send: Sen
 async def _stream(
     pending: Pending, request: ChatCompletionRequest, send: Send, receive: Receive, request_id: str, span: trace.Span
 ) -> None:
-    """Relay a stream; errors before its first chunk propagate (an HTTP error), later ones end it."""
-    first = await pending.first_chunk()
+    """Relay a stream; errors before its first chunk propagate (an HTTP error), later ones end it.
+
+    Chunks are OpenAI's ``chat.completion.chunk`` JSON already (the upstream's own from an
+    OpenAI-format upstream, the worker's translation from any other), checked by the provider
+    worker: each is written as it came, never decoded here."""
+    first = await pending.first_data()
     headers = response_headers(pending.headers, request_id)
     if first is None:
         await start_stream(send, headers, _tail(pending, request))
         await write(send, b"", last=True)
         return
-    await start_stream(send, headers, openai.sse_chunk(first))
+    await start_stream(send, headers, _event(first))
     gone = watch_disconnect(receive)
     try:
         while not gone.done():
-            item = await pending.next_chunk()
+            item = await pending.next_data()
             if item is None:
                 await write(send, _tail(pending, request), last=True)
                 return
             if isinstance(item, Keepalive):
                 await write(send, SSE_KEEPALIVE)
                 continue
-            await write(send, openai.sse_chunk(item))
+            await write(send, _event(item))
     except ModelbusError as err:
         record_error(span, err, err.http_status)
         await write(send, openai.sse_error(err), last=True)
@@ -129,9 +135,12 @@ async def _stream(
         gone.cancel()
 
 
+def _event(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
 def _tail(pending: Pending, request: ChatCompletionRequest) -> bytes:
     """A clean end: the usage chunk when the client asked for it, then ``[DONE]``."""
-    usage = pending.usage
-    if usage is not None and request.include_usage:
-        return openai.sse_chunk(usage) + openai.SSE_DONE
+    if pending.tail and request.include_usage:
+        return _event(pending.tail) + openai.SSE_DONE
     return openai.SSE_DONE

@@ -95,7 +95,7 @@ class Upstream:
 class Pending:
     """The replies of one request, in order."""
 
-    __slots__ = ("_seq", "_timeout_s", "_until", "_upstream", "_waiter", "headers", "usage")
+    __slots__ = ("_seq", "_timeout_s", "_until", "_upstream", "_waiter", "format", "headers", "tail", "usage")
 
     def __init__(self, upstream: Upstream, waiter: Waiter, until: float, timeout_s: float) -> None:
         self._upstream = upstream
@@ -107,6 +107,11 @@ class Pending:
         """The headers of the last reply read (the final one once the request is over)."""
         self.usage: ChatCompletionChunk | None = None
         """A stream's usage chunk, from its clean end (sent only when the request asked for it)."""
+        self.tail = b""
+        """The body of a stream's clean end as it came: the usage chunk's JSON, or empty."""
+        self.format: str | None = None
+        """``Modelbus-Format`` of the answer (a completion, or a stream's chunk 0): the body is the
+        upstream's own, in that API's format; ``None``: the internal contract."""
 
     def close(self) -> None:
         """Stop listening; later replies are dropped."""
@@ -142,6 +147,7 @@ class Pending:
         if status != 200:
             raise self._error(status, hdrs, body)
         self.headers = hdrs
+        self.format = hdrs.get(H.FORMAT)
         return body
 
     async def completion(self) -> ChatCompletion:
@@ -163,6 +169,22 @@ class Pending:
     async def next_chunk(self) -> ChatCompletionChunk | Keepalive | None:
         """A stream's next chunk, :data:`KEEPALIVE`, or ``None`` at its clean end (its usage chunk,
         if any, is then :attr:`usage`). Raises the typed error the stream ended with."""
+        item = await self.next_data()
+        try:
+            if item is None:
+                if self.tail:
+                    self.usage = openai.chunk_from_native(self.tail)
+                return None
+            if isinstance(item, Keepalive):
+                return item
+            return openai.chunk_from_native(item)
+        except msgspec.MsgspecError as exc:
+            raise BadUpstreamResponse(f"modelbus sent an unreadable stream chunk: {exc}") from None
+
+    async def next_data(self) -> bytes | Keepalive | None:
+        """A stream's next chunk as it came (not decoded: the provider worker checked it),
+        :data:`KEEPALIVE`, or ``None`` at its clean end (whose body is then :attr:`tail`).
+        Raises the typed error the stream ended with."""
         hdrs, body = await self._message()
         if is_keepalive(hdrs):
             return KEEPALIVE
@@ -173,12 +195,18 @@ class Pending:
         seq = hdrs.get(H.SEQ, "")
         if seq != str(self._seq):
             raise BadUpstreamResponse(f"stream out of order: got seq {seq or 'none'}, expected {self._seq}")
+        if not self._seq or is_stream_end(hdrs):
+            self.format = hdrs.get(H.FORMAT, self.format)
         self._seq += 1
-        try:
-            if is_stream_end(hdrs):
-                if body:
-                    self.usage = openai.chunk_from_native(body)
-                return None
-            return openai.chunk_from_native(body)
-        except msgspec.MsgspecError as exc:
-            raise BadUpstreamResponse(f"modelbus sent an unreadable stream chunk: {exc}") from None
+        if is_stream_end(hdrs):
+            self.tail = body
+            return None
+        return body
+
+    async def first_data(self) -> bytes | None:
+        """A stream's first chunk as it came, past any keepalives (``None``: it ended with none);
+        raises the error a stream that never began failed with."""
+        while True:
+            item = await self.next_data()
+            if not isinstance(item, Keepalive):
+                return item

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 import httpx
 import msgspec
@@ -43,10 +43,12 @@ from services.providers.framing import FramingError, StreamEvent, frames
 from services.providers.http import Answer, status_error, transport_error
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.errors import BadUpstreamResponse, ConfigError, ProviderError, unsupported
+from shared.formats import passthrough
 
 __all__ = [
     "Framing",
     "HttpChatAdapter",
+    "NativePiece",
     "StreamState",
     "config_error",
     "unsupported",
@@ -69,6 +71,16 @@ class StreamState:
 S = TypeVar("S", bound=StreamState)
 
 
+class NativePiece(NamedTuple):
+    """One event of a stream answered in the client's own format."""
+
+    data: bytes | None
+    """The event as the client gets it; ``None``: nothing to relay (a framing event, or what the
+    adapter owed at an early close)."""
+    chunks: list[ChatCompletionChunk]
+    """What the event means in the internal contract (may be empty)."""
+
+
 def config_error(endpoint: str, param: str, why: str) -> ConfigError:
     """A problem with an endpoint's configuration (400 ``config_error``); to raise."""
     return ConfigError(f"endpoint {endpoint!r}: {param}: {why}", param=param)
@@ -84,6 +96,10 @@ class HttpChatAdapter(ABC, Generic[S]):
     framing: ClassVar[Framing] = "sse"
     stream_content_type: ClassVar[str | None] = None
     """When set, a stream answer of another content type goes to :meth:`_map_whole_stream`."""
+    native_format: ClassVar[str | None] = None
+    """The API format (``shared.headers.FORMAT_VALUES``) this upstream speaks, when a client's own
+    body in it is sent on as it came (:meth:`complete_native`, :meth:`stream_native`); ``None``:
+    a body in another format is translated to the internal request first."""
 
     def __init__(self, connection: EndpointConnection) -> None:
         self.connection = connection
@@ -139,13 +155,32 @@ class HttpChatAdapter(ABC, Generic[S]):
     def _transport_error(self, exc: httpx.HTTPError, model: str) -> ProviderError:
         return transport_error(exc, endpoint=self.endpoint.name, provider=self.provider_type, model=model)
 
+    # ------------------------------------------------------------ native bodies
+
+    def _native_request(self, body: bytes, model: str, *, stream: bool) -> bytes:
+        """A client's own body in :attr:`native_format` as the upstream gets it: ``model`` set, all
+        else as it came (:mod:`shared.formats.passthrough`)."""
+        return passthrough.with_model(body, model)
+
+    def _native_event(self, event: StreamEvent) -> bytes | None:
+        """One upstream stream event as a client of :attr:`native_format` gets it (its ``data``), or
+        ``None`` for an event the client does not get (a framing event such as OpenAI's ``[DONE]``)."""
+        return event.data
+
     # ------------------------------------------------------------ adapter API
 
     async def complete(self, request: ChatCompletionRequest, model: str, *, timeout_s: float) -> ChatCompletion:
         """POST the mapped request and map the answer back."""
         if request.stream:
             request = msgspec.structs.replace(request, stream=False)
-        body = self._map_request(request, model)
+        return (await self._post(self._map_request(request, model), model, timeout_s))[1]
+
+    async def complete_native(self, body: bytes, model: str, *, timeout_s: float) -> tuple[bytes, ChatCompletion]:
+        """POST a client's own body (:attr:`native_format`); the upstream's answer as it came, and
+        what it says (checked as :meth:`complete` checks it: a 502 when it is not an answer)."""
+        return await self._post(self._native_request(body, model, stream=False), model, timeout_s)
+
+    async def _post(self, body: bytes, model: str, timeout_s: float) -> tuple[bytes, ChatCompletion]:
         url = self._url(model, stream=False)
         headers = await self._headers(url, body, stream=False)
         try:
@@ -154,7 +189,7 @@ class HttpChatAdapter(ABC, Generic[S]):
             raise self._transport_error(exc, model) from None
         if response.status_code != 200:
             raise self._map_error(response, response.content, model)
-        return self._map_response(response, response.content, model)
+        return response.content, self._map_response(response, response.content, model)
 
     async def stream(
         self, request: ChatCompletionRequest, model: str, *, timeout_s: float
@@ -162,7 +197,20 @@ class HttpChatAdapter(ABC, Generic[S]):
         """Map events to chunks as their frames arrive; never buffer the stream whole."""
         if not request.stream:
             request = msgspec.structs.replace(request, stream=True)
-        body = self._map_request(request, model)
+        async for _, chunks in self._events(self._map_request(request, model), model, timeout_s):
+            for chunk in chunks:
+                yield chunk
+
+    async def stream_native(self, body: bytes, model: str, *, timeout_s: float) -> AsyncIterator[NativePiece]:
+        """Stream a client's own body (:attr:`native_format`): each upstream event as the client gets
+        it (:meth:`_native_event`), with the chunks it means (for commit, usage and checks); the
+        chunks still owed when the upstream closed early come last, with no bytes."""
+        async for event, chunks in self._events(self._native_request(body, model, stream=True), model, timeout_s):
+            yield NativePiece(self._native_event(event) if event is not None else None, chunks)
+
+    async def _events(
+        self, body: bytes, model: str, timeout_s: float
+    ) -> AsyncIterator[tuple[StreamEvent | None, list[ChatCompletionChunk]]]:
         url = self._url(model, stream=True)
         headers = await self._headers(url, body, stream=True)
         try:
@@ -174,17 +222,14 @@ class HttpChatAdapter(ABC, Generic[S]):
                 state = self._stream_state(response, model)
                 expected = self.stream_content_type
                 if expected is not None and not response.headers.get("content-type", "").startswith(expected):
-                    for chunk in self._map_whole_stream(response, await response.aread(), state, model):
-                        yield chunk
+                    yield None, list(self._map_whole_stream(response, await response.aread(), state, model))
                     return
                 async for event in frames(self.framing, response):
-                    for chunk in self._map_stream_event(event, state, model):
-                        yield chunk
+                    yield event, list(self._map_stream_event(event, state, model))
                     if state.done:
                         return
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, model) from None
         except FramingError as exc:
             raise self._bad(f"broken stream: {exc}", model) from None
-        for chunk in self._end_stream(state, model):
-            yield chunk
+        yield None, list(self._end_stream(state, model))

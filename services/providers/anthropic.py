@@ -73,6 +73,7 @@ class AnthropicAdapter(HttpChatAdapter[AnthropicStreamState]):
     provider_type: ClassVar[str] = "anthropic"
     framing = "sse"
     stream_content_type: ClassVar[str | None] = "text/event-stream"
+    native_format: ClassVar[str | None] = "anthropic"
 
     def __init__(self, connection: EndpointConnection) -> None:
         super().__init__(connection)
@@ -103,6 +104,10 @@ class AnthropicAdapter(HttpChatAdapter[AnthropicStreamState]):
 
     def _map_request(self, request: ChatCompletionRequest, model: str) -> bytes:
         return native.request_to_native(request, model, default_max_tokens=self.default_max_tokens)
+
+    def _native_event(self, event: StreamEvent) -> bytes | None:
+        """The whole event (its name and data), as an Anthropic client reads it."""
+        return b"event: %s\ndata: %s\n\n" % (event.name.encode(), event.data.replace(b"\n", b"\ndata: "))
 
     def _map_response(self, response: Answer, body: bytes, model: str) -> ChatCompletion:
         try:

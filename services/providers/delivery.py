@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -127,12 +127,13 @@ def queued_s(headers: Mapping[str, str]) -> float:
 
 
 def has_content(chunk: ChatCompletionChunk) -> bool:
-    """Whether a chunk carries something the client must see (text, tool call, refusal, finish)."""
+    """Whether a chunk's choices carry something the client must see (text, tool call, refusal,
+    finish): the first such chunk commits the stream."""
     for choice in chunk.choices:
         delta = choice.delta
         if delta.content or delta.tool_calls or delta.refusal or choice.finish_reason:
             return True
-    return chunk.usage is not None
+    return False
 
 
 @dataclass
@@ -155,24 +156,33 @@ async def stream_to_client(
     idle_s: float,
     span: Span,
     on_error: Callable[[Exception], ModelbusError],
+    native: tuple[str, bytes] | None = None,
 ) -> StreamResult | None:
     """Stream one call straight to the client; the router gets notices and the outcome.
 
-    ``on_error`` turns what the adapter raised into an error safe to send
-    (scrubbed; an unexpected exception logged and replaced). Returns ``None`` when the
-    call ended without a clean end (the outcome has been sent either way).
+    ``native`` is ``(format, body)`` when the client's own body goes to an upstream of its API
+    (``adapter.native_format``): the upstream's events then reach the client as they came
+    (``adapter.stream_native``), chunk 0 says so in ``Modelbus-Format``, and usage travels in
+    those events (OpenAI's usage-only chunk excepted: it goes in the terminator, as always).
+    ``on_error`` turns what the adapter raised into an error safe to send (scrubbed; an
+    unexpected exception logged and replaced). Returns ``None`` when the call ended without a
+    clean end (the outcome has been sent either way).
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout_s
     endpoint = adapter.connection.endpoint
+    fmt = native[0] if native is not None else None
     seq = 0
     committed = False
     held: list[bytes] = []
     usage_chunk: ChatCompletionChunk | None = None
     last: ChatCompletionChunk | None = None
     finish_reasons: list[str] = []
-    chunks = adapter.stream(request, model, timeout_s=timeout_s).__aiter__()
+    if native is not None:
+        pieces = adapter.stream_native(native[1], model, timeout_s=timeout_s).__aiter__()  # type: ignore[attr-defined]
+    else:
+        pieces = _translated(adapter.stream(request, model, timeout_s=timeout_s)).__aiter__()
     try:
         while True:
             left = deadline - loop.time()
@@ -181,7 +191,7 @@ async def stream_to_client(
                 if wait <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(wait):
-                    chunk = await anext(chunks)
+                    data, chunks = await anext(pieces)
             except StopAsyncIteration:
                 break
             except TimeoutError:
@@ -190,18 +200,20 @@ async def stream_to_client(
                         f"stream from {endpoint.name!r} did not finish within {timeout_s:g}s"
                     ) from None
                 raise UpstreamTimeout(f"stream from {endpoint.name!r} stalled for {idle_s:g}s") from None
-            if chunk.usage is not None:
-                # Usage always travels as its own final chunk (OpenAI's shape),
-                # in the terminator, and only when the client asked for it.
-                usage_chunk = msgspec.structs.replace(chunk, choices=[])
-                if not chunk.choices:
-                    continue
-                chunk = msgspec.structs.replace(chunk, usage=None)
-            finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
-            last = chunk
-            data = encoder.encode(chunk)
+            content = False
+            for chunk in chunks:
+                if chunk.usage is not None:
+                    usage_chunk = msgspec.structs.replace(chunk, choices=[])
+                    if fmt == "openai":  # usage travels in the terminator, whether the client asked or not
+                        data = encoder.encode(msgspec.structs.replace(chunk, usage=None)) if chunk.choices else None
+                if chunk.choices:
+                    finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
+                    last = chunk
+                    content = content or has_content(chunk)
+            if data is None:
+                continue
             if not committed:
-                if not has_content(chunk):
+                if not content:
                     held.append(data)  # failover is still possible
                     continue
                 if not d.direct():
@@ -209,7 +221,9 @@ async def stream_to_client(
                     return None
                 span.set_attribute("gen_ai.response.time_to_first_chunk", loop.time() - started)
                 for part in (*held, data):
-                    await d.to_client(part, _chunk_headers(d, seq, endpoint.provider, chunk.model))
+                    await d.to_client(
+                        part, _chunk_headers(d, seq, endpoint.provider, last.model if last else model, fmt)
+                    )
                     seq += 1
                 held.clear()
                 await d.to_router(b"", {H.COMMITTED: str(seq)})
@@ -228,33 +242,58 @@ async def stream_to_client(
             await d.failed(err)
         return None
     finally:
-        await _close(chunks)
+        await _close(pieces)
     if not d.direct():
         if committed:
             await _fence(d, seq, endpoint.name)
         else:
             await d.failed(WorkerLost(f"worker fenced before streaming from {endpoint.name!r}"))
         return None
-    for part in held:  # a stream with no content at all is still a clean stream
-        await d.to_client(part, _chunk_headers(d, seq, endpoint.provider, last.model if last else model))
-        seq += 1
     response_model = last.model if last is not None else model
+    for part in held:  # a stream with no content at all is still a clean stream
+        await d.to_client(part, _chunk_headers(d, seq, endpoint.provider, response_model, fmt))
+        seq += 1
     usage = usage_chunk.usage if usage_chunk is not None else None
     outcome = {H.STATUS: "200", H.PROVIDER: endpoint.provider, H.MODEL: response_model}
-    body = encoder.encode(usage_chunk) if usage_chunk is not None and request.include_usage else b""
-    await d.to_client(body, stream_end(seq, {**d.deliver_headers, **outcome}))
+    relay_usage = usage_chunk is not None and request.include_usage and fmt != "anthropic"
+    body = encoder.encode(usage_chunk) if relay_usage else b""
+    end = {**d.deliver_headers, **outcome}
+    if fmt is not None:
+        end[H.FORMAT] = fmt
+    await d.to_client(body, stream_end(seq, end))
     if usage is not None:
         outcome[H.USAGE] = f"{usage.prompt_tokens} {usage.completion_tokens}"
     await d.to_router(b"", {**outcome, H.DELIVERED: "1"})
     return StreamResult(response_model, last.id if last else None, usage_chunk, finish_reasons)
 
 
-def _chunk_headers(d: Delivery, seq: int, provider: str, model: str) -> dict[str, str]:
+async def _translated(
+    chunks: AsyncIterator[ChatCompletionChunk],
+) -> AsyncIterator[tuple[bytes | None, list[ChatCompletionChunk]]]:
+    """An adapter's chunks as what the client gets of each: the chunk without its usage (a
+    usage-only chunk: nothing; usage goes in the terminator)."""
+    try:
+        async for chunk in chunks:
+            if chunk.usage is None:
+                yield encoder.encode(chunk), [chunk]
+            elif chunk.choices:
+                yield encoder.encode(msgspec.structs.replace(chunk, usage=None)), [chunk]
+            else:
+                yield None, [chunk]
+    finally:
+        await _close(chunks)
+
+
+def _chunk_headers(d: Delivery, seq: int, provider: str, model: str, fmt: str | None) -> dict[str, str]:
     """Chunk ``seq``'s headers; the first also says where the stream comes from (the routing
-    headers the terminator repeats), so an HTTP edge can send them before the body starts."""
+    headers the terminator repeats), so an HTTP edge can send them before the body starts, and
+    in which format its chunks are (``Modelbus-Format``, when they are the upstream's own)."""
     if seq:
         return chunk_headers(seq)
-    return {**d.deliver_headers, H.PROVIDER: provider, H.MODEL: model, **chunk_headers(seq)}
+    out = {**d.deliver_headers, H.PROVIDER: provider, H.MODEL: model, **chunk_headers(seq)}
+    if fmt is not None:
+        out[H.FORMAT] = fmt
+    return out
 
 
 async def _end_with_error(d: Delivery, err: ModelbusError, seq: int) -> None:

@@ -20,6 +20,7 @@ from services.providers.http import Answer, upstream_message
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.errors import BadUpstreamResponse
 from shared.formats import openai as native
+from shared.formats import passthrough
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -40,6 +41,8 @@ class OpenAIAdapter(HttpChatAdapter[OpenAIStreamState]):
     gen_ai_provider: ClassVar[str] = "openai"
     provider_type: ClassVar[str] = "openai"
     default_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
+    native_format: ClassVar[str | None] = "openai"
+    """Azure and the OpenAI-compatible family too: a client's own Chat Completions body goes on as it came."""
 
     def __init__(self, connection: EndpointConnection) -> None:
         super().__init__(connection)
@@ -62,6 +65,15 @@ class OpenAIAdapter(HttpChatAdapter[OpenAIStreamState]):
 
     def _map_request(self, request: ChatCompletionRequest, model: str) -> bytes:
         return native.request_to_native(request, model)
+
+    def _native_request(self, body: bytes, model: str, *, stream: bool) -> bytes:
+        if stream:  # usage is always asked for, as request_to_native does
+            return passthrough.with_usage_on_stream(body, model)[0]
+        return passthrough.with_model(body, model)
+
+    def _native_event(self, event: StreamEvent) -> bytes | None:
+        data = event.data.strip()
+        return None if not data or data == native.DONE else data  # the gateway writes its own [DONE]
 
     def _map_response(self, response: Answer, body: bytes, model: str) -> ChatCompletion:
         try:

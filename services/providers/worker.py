@@ -42,9 +42,10 @@ from services.providers.scrub import CredentialScrubber
 from shared import headers as H
 from shared import identities
 from shared.bus import ReplyGuard, RequestServer, reply_error
-from shared.chat import ChatCompletionRequest, Usage, decode_request, encoder
+from shared.chat import ChatCompletionRequest, Usage, encoder
 from shared.envelopes import provider_call_decoder
 from shared.errors import AuthFailed, InvalidRequest, ModelbusError, UpstreamTimeout, WorkerLost
+from shared.formats.native import request_translated, request_view
 from shared.mux import Beats
 from shared.replies import time_left_s
 from shared.routing import endpoint_decoder
@@ -193,7 +194,11 @@ class ProviderWorker:
                 if call.credential is not None:
                     used.add(call.credential)  # scrubbed even from errors raised before it is sent
                     call_credential.set(call.credential)  # this task only: never cached on the adapter
-                request = decode_request(bytes(call.request))
+                body = bytes(call.request)
+                fmt = call.format
+                native = fmt is not None and getattr(adapter, "native_format", None) == fmt
+                # A client's own body goes on as it came to an upstream of its API; any other is translated.
+                request = request_view(fmt, body) if native else request_translated(fmt, body)
                 deliver_to = self._delivery(call.deliver_to)
                 if request.stream and deliver_to is None:
                     raise InvalidRequest(
@@ -215,9 +220,13 @@ class ProviderWorker:
                 self.beats.held.add(delivery.signal)
                 if request.stream:
                     idle_s = (call.idle_timeout_ms or adapter.connection.endpoint.timeout_ms) / 1000
-                    await self._stream(delivery, adapter, request, call.model, timeout_s, idle_s, span, used)
+                    passthrough = (fmt, body) if native and fmt is not None else None
+                    await self._stream(
+                        delivery, adapter, request, call.model, timeout_s, idle_s, span, used, passthrough
+                    )
                 else:
-                    await self._complete(delivery, adapter, request, call.model, timeout_s, span, provider_type)
+                    own = (fmt, body) if native and fmt is not None else None
+                    await self._complete(delivery, adapter, request, call.model, timeout_s, span, provider_type, own)
             except ModelbusError as err:
                 _sanitize(err, adapter, used)
                 record_error(span, err, err.http_status)
@@ -250,15 +259,22 @@ class ProviderWorker:
         timeout_s: float,
         span: Span,
         provider_type: str,
+        native: tuple[str, bytes] | None,
     ) -> None:
         """One non-streamed call: the completion to the client, a notice to the router.
 
         The whole call, not each socket operation, is bounded by the time left, so a
-        completion is never delivered after the deadline the router keeps.
+        completion is never delivered after the deadline the router keeps. With ``native``
+        (``(format, body)``: the client's own body, to an upstream of its API) the client gets
+        the upstream's answer as it came, marked with ``Modelbus-Format``.
         """
+        raw: bytes | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                completion = await adapter.complete(request, model, timeout_s=timeout_s)
+                if native is not None:
+                    raw, completion = await adapter.complete_native(native[1], model, timeout_s=timeout_s)  # type: ignore[attr-defined]
+                else:
+                    completion = await adapter.complete(request, model, timeout_s=timeout_s)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{adapter.connection.endpoint.name!r} did not answer within {timeout_s:g}s", provider=provider_type
@@ -271,7 +287,9 @@ class ProviderWorker:
             [c.finish_reason for c in completion.choices if c.finish_reason],
         )
         headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
-        body = encoder.encode(completion)
+        if native is not None:
+            headers[H.FORMAT] = native[0]
+        body = raw if raw is not None else encoder.encode(completion)
         if d.direct():
             # Straight to the client; the router gets a notice for its statistics,
             # breakers and budgets. Both go out in one flush.
@@ -292,6 +310,7 @@ class ProviderWorker:
         idle_s: float,
         span: Span,
         used: set[str],
+        native: tuple[str, bytes] | None,
     ) -> None:
         """Stream straight to the client (:func:`services.providers.delivery.stream_to_client`)."""
 
@@ -305,7 +324,7 @@ class ProviderWorker:
             return ModelbusError("internal error while streaming")
 
         result = await stream_to_client(
-            d, adapter, request, model, timeout_s=timeout_s, idle_s=idle_s, span=span, on_error=safe
+            d, adapter, request, model, timeout_s=timeout_s, idle_s=idle_s, span=span, on_error=safe, native=native
         )
         if result is not None:
             _describe_response(

@@ -113,6 +113,8 @@ class Call:
     signal: Signal
     """Keepalives to the client while the router holds the request (between attempts)."""
     streaming: bool = False
+    format: str | None = None
+    """``Modelbus-Format`` of the request: the body is a client's own, in that API's format."""
     credential: str | None = None
     run_id: str | None = None
     tried: list[str] = field(default_factory=list)
@@ -228,6 +230,7 @@ class Forwarder:
                 endpoint=target.endpoint_raw,
                 model=target.model,
                 request=msgspec.Raw(call.msg.data),
+                format=call.format,
                 attempt=attempt,
                 credential=call.credential,
                 deliver_to=call.reply,
@@ -258,12 +261,16 @@ class Forwarder:
     def _success_headers(
         self, call: Call, target: ResolvedTarget, provider: Mapping[str, str], attempt: int
     ) -> dict[str, str]:
-        return {
+        out = {
             H.STATUS: "200",
             H.PROVIDER: provider.get(H.PROVIDER, target.endpoint.provider),
             H.MODEL: provider.get(H.MODEL, target.model),
             **self._delivery_headers(call, target, attempt),
         }
+        fmt = provider.get(H.FORMAT)
+        if fmt is not None:  # the body is in the client's own format
+            out[H.FORMAT] = fmt
+        return out
 
     async def _charge(self, call: Call, provider_headers: Mapping[str, str]) -> None:
         if call.run_id is None or not any(p.max_tokens_per_run for p in call.route.policies):

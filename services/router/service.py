@@ -35,8 +35,9 @@ from services.router.table import Route, RoutingTable
 from shared import headers as H
 from shared.admin import BreakerState, TargetHealth
 from shared.bus import ReplyGuard, RequestServer, reply_error
-from shared.chat import ChatCompletionRequest, decode_request
+from shared.chat import ChatCompletionRequest
 from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PayloadTooLarge
+from shared.formats.native import check_format, request_view
 from shared.identities import requester_inboxes
 from shared.mux import Beats, ReplyMux, Signal
 from shared.replies import stream_end, timeout_s, wants_stream
@@ -168,9 +169,11 @@ class Router:
                         f"request body is {len(msg.data)} bytes; the limit is {table.defaults.max_request_bytes}"
                     )
                 deadline = time.monotonic() + timeout_s(in_headers, table.defaults.timeout_ms)
-                request = decode_request(msg.data)
+                fmt = check_format(in_headers.get(H.FORMAT))
+                request = request_view(fmt, msg.data)
                 streaming = request.stream
                 call = await self._build_call(msg, reply, request_id, request, in_headers, table, deadline, signal)
+                call.format = fmt
                 span.set_attribute("modelbus.model_requested", request.model or "")
                 span.set_attribute("modelbus.config_revision", call.revision)
                 await self.forwarder.forward(call)

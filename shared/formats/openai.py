@@ -32,8 +32,9 @@ from shared.chat import (
     completion_decoder,
     decode_request,
     encoder,
+    invalid_field,
 )
-from shared.errors import ModelbusError
+from shared.errors import InvalidRequest, ModelbusError
 
 DONE = b"[DONE]"
 """The data of the server-sent event that ends a stream."""
@@ -74,6 +75,26 @@ def chunk_to_native(chunk: ChatCompletionChunk) -> bytes:
 def request_from_native(body: bytes) -> ChatCompletionRequest:
     """A client's OpenAI request body; raises :class:`shared.errors.InvalidRequest` naming the field."""
     return decode_request(body)
+
+
+class _OwnBody(ChatCompletionRequest, forbid_unknown_fields=False, kw_only=True, frozen=True, omit_defaults=True):
+    """A client's own body: the known fields checked, unknown ones ignored (they go on untouched)."""
+
+
+_own_body_decoder = msgspec.json.Decoder(_OwnBody)
+
+
+def request_view(body: bytes) -> ChatCompletionRequest:
+    """A client's own Chat Completions body, to route and then send on as it came to an OpenAI-format
+    upstream: every field modelbus knows is checked as :func:`request_from_native` checks it (a 400
+    naming it), and a field it does not know is ignored here instead of refused. A body that must go
+    to another API is translated with :func:`request_from_native`, which refuses unknown fields."""
+    try:
+        return _own_body_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise invalid_field(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
 def completion_from_native(body: bytes) -> ChatCompletion:

@@ -18,7 +18,8 @@ BODY = b'{"model": "fast", "stream": true, "messages": [{"role": "user", "conten
 
 
 def pending(usage: ChatCompletionChunk | None) -> Any:
-    return SimpleNamespace(usage=usage)
+    """A stream's end as the gateway holds it: the terminator's body as it came."""
+    return SimpleNamespace(tail=openai.chunk_to_native(usage) if usage is not None else b"")
 
 
 def test_a_clean_end_is_data_done_alone_when_usage_was_not_asked_for_even_if_it_came() -> None:
