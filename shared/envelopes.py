@@ -33,6 +33,9 @@ class ProviderCall(Struct, kw_only=True, frozen=True):
     """The API format of :attr:`request` when it is a client's own body (``Modelbus-Format``:
     ``openai`` or ``anthropic``); an adapter whose upstream speaks it sends the body on as it
     came (``model`` set), any other translates it. ``None``: the internal contract."""
+    operation: str | None = None
+    """``count_tokens``: answer the upstream's count of the request's input tokens
+    (``{"input_tokens": N}``, Anthropic's shape) instead of a completion; ``None``: chat."""
     attempt: int = 1
     """Attempt number within the request, from 1."""
     credential: str | None = None

@@ -28,11 +28,16 @@ own Chat Completions body, unknown fields included) or ``anthropic`` (a Messages
 HTTP gateway; a provider worker whose upstream speaks that format sends the body on as it came,
 with only ``model`` set (docs/contract.md, "Native bodies"). On a reply or a stream's chunk 0:
 the body is in that format, not the internal one."""
+OPERATION = "Modelbus-Operation"
+"""``count_tokens``: count the request's input tokens at the provider instead of answering it (an
+Anthropic ``count_tokens`` body, ``Modelbus-Format: anthropic``); absent: a chat request."""
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 SENSITIVITY_VALUES = ("public", "internal", "confidential")
 FORMAT_VALUES = ("openai", "anthropic")
+COUNT_TOKENS = "count_tokens"
+"""The one :data:`OPERATION` besides chat."""
 
 # Replies.
 STATUS = "Modelbus-Status"

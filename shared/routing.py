@@ -30,6 +30,9 @@ PROVIDER_TYPES: tuple[str, ...] = (
 """Provider types the contract knows; each has its own subject and worker adapter."""
 LOCAL_PROVIDER_TYPES: frozenset[str] = frozenset({"mock", "ollama"})
 """Types whose data never leaves the host, whatever their URL."""
+COUNTING_PROVIDER_TYPES: frozenset[str] = frozenset({"anthropic"})
+"""Provider types whose workers answer ``Modelbus-Operation: count_tokens`` with the upstream's own
+count (Anthropic's ``/v1/messages/count_tokens``); routers send counts only to these."""
 
 Strategy = Literal["failover", "round-robin", "prefer-local", "weighted", "least-latency", "least-busy"]
 Locality = Literal["local", "remote"]

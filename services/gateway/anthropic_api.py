@@ -18,8 +18,9 @@ while nothing else is sent becomes a ``ping``.
 
 The key is ``x-api-key`` or ``Authorization: Bearer``; ``anthropic-version``,
 ``anthropic-beta`` and the ``?beta=true`` query are accepted and ignored.
-``count_tokens`` answers modelbus's estimate
-(:func:`shared.formats.anthropic.estimate_input_tokens`), without NATS.
+``count_tokens`` asks the routers (``Modelbus-Operation: count_tokens``) for the
+provider's own count; where no target of the route counts, it answers modelbus's
+estimate (:func:`shared.formats.anthropic.estimate_input_tokens`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from services.gateway.asgi import (
 from services.gateway.core import Core, anthropic_key
 from services.gateway.upstream import Keepalive, Pending
 from shared import headers as H
-from shared.errors import BadUpstreamResponse, ModelbusError
+from shared.errors import BadUpstreamResponse, InvalidRequest, ModelbusError
 from shared.formats import anthropic, openai
 from shared.formats.anthropic.view import request_view
 from shared.telemetry import hot_span, record_error, tracer
@@ -195,18 +196,33 @@ async def _fail(send: Send, exc: Exception, request_id: str, span: trace.Span) -
 
 
 async def count_tokens(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
-    """``{"input_tokens": N}``: modelbus's estimate for a Messages request (no provider is asked)."""
+    """``{"input_tokens": N}``: the provider's own count where the route has a target that counts
+    (an ``anthropic`` endpoint), else modelbus's estimate; ``x-modelbus-token-count`` says which."""
     request_id = request_id_of(headers)
+    pending: Pending | None = None
     try:
-        core.authorize(anthropic_key(headers), HOW)
+        grant = core.authorize(anthropic_key(headers), HOW)
         body = await read_body(receive, headers, core.max_body)
-        request = anthropic.count_tokens_request_from_native(body)
-        answer = anthropic.token_count_to_native(anthropic.estimate_input_tokens(request))
-        await respond(send, 200, [JSON, *response_headers({}, request_id, anthropic=True)], answer)
+        nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
+        nats_hdrs[H.FORMAT] = "anthropic"
+        nats_hdrs[H.OPERATION] = H.COUNT_TOKENS
+        pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        try:
+            answer, source = await pending.completion_body(), b"provider"
+        except InvalidRequest as err:
+            if err.code != "count_unsupported":
+                raise
+            request = anthropic.count_tokens_request_from_native(body)
+            answer, source = anthropic.token_count_to_native(anthropic.estimate_input_tokens(request)), b"estimate"
+        reply = response_headers(pending.headers, request_id, anthropic=True)
+        await respond(send, 200, [JSON, (b"x-modelbus-token-count", source), *reply], answer)
     except ClientGone:
         return
     except ModelbusError as err:
-        await send_error(send, err, request_id)
+        await send_error(send, err, request_id, pending)
     except Exception:
         log.exception("internal error on request %s", request_id)
-        await send_error(send, ModelbusError("internal gateway error"), request_id)
+        await send_error(send, ModelbusError("internal gateway error"), request_id, pending)
+    finally:
+        if pending is not None:
+            pending.close()

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+import httpx
 import msgspec
 
 from services.providers.adapter import HttpChatAdapter, StreamState, config_error
@@ -43,6 +44,7 @@ from services.providers.http import Answer, parse_retry_after, upstream_message
 from shared.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from shared.errors import BadUpstreamResponse, ProviderError, error_from_status
 from shared.formats import anthropic as native
+from shared.formats import passthrough
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_VERSION = "2023-06-01"
@@ -104,6 +106,24 @@ class AnthropicAdapter(HttpChatAdapter[AnthropicStreamState]):
 
     def _map_request(self, request: ChatCompletionRequest, model: str) -> bytes:
         return native.request_to_native(request, model, default_max_tokens=self.default_max_tokens)
+
+    async def count_tokens_native(self, body: bytes, model: str, *, timeout_s: float) -> bytes:
+        """Anthropic's own count of a ``count_tokens`` body (``model`` set): ``{"input_tokens": N}``,
+        as it came; a 502 when the answer is not one."""
+        body = passthrough.with_model(body, model)
+        url = f"{self.url}/count_tokens"
+        headers = await self._headers(url, body, stream=False)
+        try:
+            response = await self.connection.http.post(url, content=body, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, model) from None
+        if response.status_code != 200:
+            raise self._map_error(response, response.content, model)
+        try:
+            native.token_count_from_native(response.content)
+        except msgspec.MsgspecError as exc:
+            raise self._bad_answer(response.content, f"malformed token count: {exc}", model) from exc
+        return response.content
 
     def _native_event(self, event: StreamEvent) -> bytes | None:
         """The whole event (its name and data), as an Anthropic client reads it."""

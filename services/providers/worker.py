@@ -197,8 +197,14 @@ class ProviderWorker:
                 body = bytes(call.request)
                 fmt = call.format
                 native = fmt is not None and getattr(adapter, "native_format", None) == fmt
+                counting = call.operation is not None
+                if counting and not (native and hasattr(adapter, "count_tokens_native")):
+                    raise InvalidRequest(
+                        f"{provider_type} endpoints do not count tokens, or not for this format",
+                        code="count_unsupported",
+                    )
                 # A client's own body goes on as it came to an upstream of its API; any other is translated.
-                request = request_view(fmt, body) if native else request_translated(fmt, body)
+                request = request_view(fmt, body, count=counting) if native else request_translated(fmt, body)
                 deliver_to = self._delivery(call.deliver_to)
                 if request.stream and deliver_to is None:
                     raise InvalidRequest(
@@ -218,7 +224,9 @@ class ProviderWorker:
                 _describe_call(span, adapter, call.model, request)
                 timeout_s = time_left_s(in_headers, adapter.connection.endpoint.timeout_ms)
                 self.beats.held.add(delivery.signal)
-                if request.stream:
+                if counting:
+                    await self._count(delivery, adapter, body, call.model, timeout_s, provider_type)
+                elif request.stream:
                     idle_s = (call.idle_timeout_ms or adapter.connection.endpoint.timeout_ms) / 1000
                     passthrough = (fmt, body) if native and fmt is not None else None
                     await self._stream(
@@ -290,15 +298,22 @@ class ProviderWorker:
         if native is not None:
             headers[H.FORMAT] = native[0]
         body = raw if raw is not None else encoder.encode(completion)
-        if d.direct():
-            # Straight to the client; the router gets a notice for its statistics,
-            # breakers and budgets. Both go out in one flush.
-            await d.to_client(body, {**d.deliver_headers, **headers})
-            body = b""
-            headers[H.DELIVERED] = "1"
-        if completion.usage is not None:
-            headers[H.USAGE] = f"{completion.usage.prompt_tokens} {completion.usage.completion_tokens}"
-        await d.to_router(body, headers)
+        usage = completion.usage
+        await _deliver(d, body, headers, f"{usage.prompt_tokens} {usage.completion_tokens}" if usage else None)
+
+    async def _count(
+        self, d: Delivery, adapter: ChatAdapter, body: bytes, model: str, timeout_s: float, provider_type: str
+    ) -> None:
+        """A token count from the upstream (``Modelbus-Operation: count_tokens``), delivered as a completion is."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer = await adapter.count_tokens_native(body, model, timeout_s=timeout_s)  # type: ignore[attr-defined]
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{adapter.connection.endpoint.name!r} did not count within {timeout_s:g}s", provider=provider_type
+            ) from None
+        headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: model, H.FORMAT: "anthropic"}
+        await _deliver(d, answer, headers, None)
 
     async def _stream(
         self,
@@ -334,6 +349,19 @@ class ProviderWorker:
                 result.usage_chunk.usage if result.usage_chunk else None,
                 result.finish_reasons,
             )
+
+
+async def _deliver(d: Delivery, body: bytes, headers: dict[str, str], usage: str | None) -> None:
+    """An answer to the client (direct) with a notice to the router, or to the router alone."""
+    if d.direct():
+        # Straight to the client; the router gets a notice for its statistics,
+        # breakers and budgets. Both go out in one flush.
+        await d.to_client(body, {**d.deliver_headers, **headers})
+        body = b""
+        headers[H.DELIVERED] = "1"
+    if usage is not None:
+        headers[H.USAGE] = usage
+    await d.to_router(body, headers)
 
 
 def _scrubber(adapter: ChatAdapter | None, used: set[str]) -> CredentialScrubber:

@@ -115,6 +115,8 @@ class Call:
     streaming: bool = False
     format: str | None = None
     """``Modelbus-Format`` of the request: the body is a client's own, in that API's format."""
+    operation: str | None = None
+    """``Modelbus-Operation``: ``count_tokens``, or ``None`` for a chat request."""
     credential: str | None = None
     run_id: str | None = None
     tried: list[str] = field(default_factory=list)
@@ -231,6 +233,7 @@ class Forwarder:
                 model=target.model,
                 request=msgspec.Raw(call.msg.data),
                 format=call.format,
+                operation=call.operation,
                 attempt=attempt,
                 credential=call.credential,
                 deliver_to=call.reply,

@@ -37,10 +37,11 @@ from shared.admin import BreakerState, TargetHealth
 from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest
 from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PayloadTooLarge
-from shared.formats.native import check_format, request_view
+from shared.formats.native import check_format, check_operation, request_view
 from shared.identities import requester_inboxes
 from shared.mux import Beats, ReplyMux, Signal
 from shared.replies import stream_end, timeout_s, wants_stream
+from shared.routing import COUNTING_PROVIDER_TYPES
 from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
 from shared.telemetry import hot_span, record_error, tracer
 
@@ -170,9 +171,12 @@ class Router:
                     )
                 deadline = time.monotonic() + timeout_s(in_headers, table.defaults.timeout_ms)
                 fmt = check_format(in_headers.get(H.FORMAT))
-                request = request_view(fmt, msg.data)
+                operation = check_operation(in_headers.get(H.OPERATION), fmt)
+                request = request_view(fmt, msg.data, count=operation is not None)
                 streaming = request.stream
-                call = await self._build_call(msg, reply, request_id, request, in_headers, table, deadline, signal)
+                call = await self._build_call(
+                    msg, reply, request_id, request, in_headers, table, deadline, signal, operation=operation
+                )
                 call.format = fmt
                 span.set_attribute("modelbus.model_requested", request.model or "")
                 span.set_attribute("modelbus.config_revision", call.revision)
@@ -204,8 +208,11 @@ class Router:
         table: RoutingTable,
         deadline: float,
         signal: Signal,
+        *,
+        operation: str | None = None,
     ) -> Call:
-        """Resolve, filter, check policy and budget, and order the targets of one request."""
+        """Resolve, filter, check policy and budget, and order the targets of one request
+        (a token count: only targets whose provider counts, and no budget is charged)."""
         confidential = _sensitivity(headers) == "confidential"
         table = await self._table_for(table, headers, deadline)
         credential: str | None = None
@@ -228,8 +235,16 @@ class Router:
             request_tools=tool_names(request),
             route_name=route.name,
         )
+        if operation is not None:
+            targets = [t for t in targets if t.endpoint.provider in COUNTING_PROVIDER_TYPES]
+            if not targets:
+                raise InvalidRequest(
+                    f"no target of {route.name!r} counts tokens (only {', '.join(sorted(COUNTING_PROVIDER_TYPES))} "
+                    "endpoints do)",
+                    code="count_unsupported",
+                )
         run_id = headers.get(H.RUN_ID)
-        if any(p.max_tokens_per_run for p in route.policies):
+        if operation is None and any(p.max_tokens_per_run for p in route.policies):
             await self.budgets.check(run_id, route.policies, needs.prompt_tokens + (needs.output_tokens or 0))
         plan = order_targets(
             route.strategy,
@@ -255,6 +270,7 @@ class Router:
             streaming=request.stream,
             credential=credential,
             run_id=run_id,
+            operation=operation,
         )
 
 

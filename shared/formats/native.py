@@ -29,12 +29,27 @@ def check_format(value: str | None) -> str | None:
     raise InvalidRequest(f"{H.FORMAT} must be one of {', '.join(H.FORMAT_VALUES)}, got {value[:40]!r}", param=H.FORMAT)
 
 
-def request_view(fmt: str | None, body: bytes) -> ChatCompletionRequest:
-    """The request a router routes on (see the module docstring)."""
+def check_operation(value: str | None, fmt: str | None) -> str | None:
+    """A ``Modelbus-Operation`` value; a 400 naming the header when it is not one modelbus serves,
+    or when a ``count_tokens`` body is not Anthropic's."""
+    if value is None:
+        return None
+    if value != H.COUNT_TOKENS:
+        raise InvalidRequest(f"{H.OPERATION} must be {H.COUNT_TOKENS}, got {value[:40]!r}", param=H.OPERATION)
+    if fmt != "anthropic":
+        raise InvalidRequest(
+            f"{H.OPERATION}: {H.COUNT_TOKENS} takes an Anthropic count_tokens body ({H.FORMAT}: anthropic)",
+            param=H.FORMAT,
+        )
+    return value
+
+
+def request_view(fmt: str | None, body: bytes, *, count: bool = False) -> ChatCompletionRequest:
+    """The request a router routes on (see the module docstring); ``count``: a ``count_tokens`` body."""
     if fmt is None:
         return decode_request(body)
     if fmt == "anthropic":
-        return anthropic_view(body)
+        return anthropic_view(body, count=count)
     return openai.request_view(body)
 
 

@@ -27,6 +27,7 @@ import pytest
 
 from shared.natsserver import EmbeddedNats
 from tests.conftest import free_port, start_katan, stop_process
+from tests.fakes.anthropic_count import AnthropicCounter, fake_count
 from tests.fakes.recorder import Recorder
 from tests.integration.procs import services, start_gateway, write_gateway_keys
 
@@ -93,7 +94,15 @@ def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorder]:
 
 
 @pytest.fixture(scope="module")
-def url(nats_server: EmbeddedNats, recorder: Recorder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def counter() -> Iterator[AnthropicCounter]:
+    with AnthropicCounter() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def url(
+    nats_server: EmbeddedNats, recorder: Recorder, counter: AnthropicCounter, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     home = tmp_path_factory.mktemp("gateway-passthrough")
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: a connection refused, retryable
     config = home / "config.yaml"
@@ -103,6 +112,8 @@ def url(nats_server: EmbeddedNats, recorder: Recorder, tmp_path_factory: pytest.
                 _endpoint("claude", "anthropic", f"{recorder.base_url}/v1"),
                 _endpoint("claude-dead", "anthropic", dead),
                 _endpoint("gpt", "openai", f"{recorder.base_url}/v1"),
+                _endpoint("claude-counting", "anthropic", counter.base_url),
+                _alias("counting", "gpt", "claude-counting"),
                 _alias("claude-alias", "claude"),
                 _alias("gpt-alias", "gpt"),
                 _alias("claude-then-gpt", "claude-dead", "gpt"),
@@ -288,3 +299,47 @@ def test_a_streamed_failover_across_apis_still_follows_anthropic_s_event_sequenc
         wire = b"".join(answer.iter_bytes())
     names = [line.split(b": ", 1)[1] for line in wire.split(b"\n") if line.startswith(b"event: ")]
     assert names[0] == b"message_start" and names[-1] == b"message_stop"
+
+
+# ---------------------------------------------------------------- count_tokens
+
+
+def test_count_tokens_is_the_provider_s_own_count_from_a_target_that_counts(
+    url: str, counter: AnthropicCounter
+) -> None:
+    body = {
+        "model": "counting",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "count me", "cache_control": {"type": "ephemeral"}}]}
+        ],
+        "system": "be brief",
+    }
+    answer = _post(url, "/v1/messages/count_tokens", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-modelbus-token-count"] == "provider"
+    assert answer.headers["x-modelbus-endpoint"] == "claude-counting"
+    assert answer.json() == {"input_tokens": fake_count(body)}
+    sent = _members.decode(counter.bodies[-1])
+    assert json.loads(bytes(sent["model"])) == "echo"  # the gpt target cannot count: skipped, not tried
+    assert bytes(sent["messages"]) == json.dumps(body["messages"]).encode()
+
+
+def test_count_tokens_is_modelbus_s_estimate_where_no_target_counts(url: str) -> None:
+    body = {"model": "gpt-alias", "messages": [{"role": "user", "content": "count me"}]}
+    answer = _post(url, "/v1/messages/count_tokens", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-modelbus-token-count"] == "estimate"
+    assert answer.json()["input_tokens"] > 0
+
+
+def test_count_tokens_for_an_unknown_model_is_a_not_found_error(url: str) -> None:
+    answer = _post(url, "/v1/messages/count_tokens", {"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    assert answer.status_code == 404
+    assert answer.json()["error"]["type"] == "not_found_error"
+
+
+def test_an_upstream_refusal_of_a_count_comes_back_as_its_error(url: str) -> None:
+    body = {"model": "counting", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    answer = _post(url, "/v1/messages/count_tokens", body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"

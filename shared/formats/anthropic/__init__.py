@@ -112,6 +112,7 @@ from shared.formats.anthropic.count_tokens import (
     CountTokensRequest,
     count_tokens_request_from_native,
     estimate_input_tokens,
+    token_count_from_native,
     token_count_to_native,
 )
 from shared.formats.anthropic.errors import (
@@ -167,6 +168,7 @@ __all__ = [
     "request_to_native",
     "sse_event",
     "sse_events",
+    "token_count_from_native",
     "token_count_to_native",
     "usage_to_native",
 ]

@@ -113,6 +113,17 @@ def count_tokens_request_from_native(body: bytes) -> CountTokensRequest:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
+_count_decoder = msgspec.json.Decoder(TokenCount)
+
+
+def token_count_from_native(body: bytes) -> int:
+    """Anthropic's answer ``{"input_tokens": N}``; raises ``msgspec.MsgspecError`` when it is not one."""
+    count = _count_decoder.decode(body).input_tokens
+    if count < 0:
+        raise msgspec.ValidationError("input_tokens is negative")
+    return count
+
+
 def token_count_to_native(input_tokens: int) -> bytes:
     """The answer body ``{"input_tokens": N}``."""
     return wire.encoder.encode(TokenCount(input_tokens=input_tokens))

@@ -77,7 +77,7 @@ class _ToolChoice(Struct, frozen=True):
     type: str
 
 
-class _Request(Struct, frozen=True):
+class _Request(Struct, kw_only=True, frozen=True):
     model: str
     max_tokens: Annotated[int, Meta(ge=1)]
     messages: Annotated[list[_Turn], Meta(min_length=1)]
@@ -87,14 +87,22 @@ class _Request(Struct, frozen=True):
     stream: bool = False
 
 
+class _CountRequest(_Request, kw_only=True, frozen=True):
+    """A ``count_tokens`` body: a Messages request without ``max_tokens``."""
+
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None  # type: ignore[assignment]
+
+
 _decoder = msgspec.json.Decoder(_Request)
+_count_decoder = msgspec.json.Decoder(_CountRequest)
 _encode = msgspec.json.Encoder().encode
 
 
-def request_view(body: bytes) -> ChatCompletionRequest:
-    """The routing view of a Messages body; a 400 naming the field when a required one is wrong."""
+def request_view(body: bytes, *, count: bool = False) -> ChatCompletionRequest:
+    """The routing view of a Messages body (``count``: of a ``count_tokens`` body, which has no
+    ``max_tokens``); a 400 naming the field when a required one is wrong."""
     try:
-        native = _decoder.decode(body)
+        native = (_count_decoder if count else _decoder).decode(body)
     except msgspec.ValidationError as exc:
         raise invalid_field(exc) from exc
     except msgspec.DecodeError as exc:
