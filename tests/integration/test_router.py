@@ -238,6 +238,59 @@ def test_a_request_no_target_can_serve_is_a_400_naming_the_requirement(stack: St
     assert "context window" in error(reply)["message"]
 
 
+# ---------------------------------------------------------------- native bodies (Modelbus-Format)
+
+ANTHROPIC_HELLO: dict[str, Any] = {"max_tokens": 20, "messages": [{"role": "user", "content": "hello bus"}]}
+
+
+def test_a_format_modelbus_does_not_read_is_a_400_naming_the_header(stack: Stack) -> None:
+    reply = ask(stack.url, "weighted", {H.FORMAT: "gemini"})
+    assert reply.status == 400
+    assert error(reply)["param"] == H.FORMAT
+
+
+def test_an_anthropic_body_to_a_target_of_another_api_is_translated_and_answered_in_the_contract(
+    stack: Stack,
+) -> None:
+    (reply,) = run(_many(stack.url, 1, "vision", {H.FORMAT: "anthropic"}, ANTHROPIC_HELLO))
+    assert reply.status == 200, reply.body
+    assert H.FORMAT not in reply.headers  # the internal answer: the gateway turns it into a message
+    assert "hello bus" in json.loads(reply.body)["choices"][0]["message"]["content"]
+
+
+def test_an_anthropic_body_with_an_image_is_routed_to_a_vision_target(stack: Stack) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    body = {**ANTHROPIC_HELLO, "messages": [{"role": "user", "content": [{"type": "text", "text": "what"}, image]}]}
+    (reply,) = run(_many(stack.url, 1, "vision", {H.FORMAT: "anthropic"}, body))
+    assert reply.status == 200, reply.body
+    assert reply.headers[H.ENDPOINT] == "ok-b"
+
+
+def test_an_anthropic_body_missing_max_tokens_is_a_400_naming_it(stack: Stack) -> None:
+    (reply,) = run(_many(stack.url, 1, "vision", {H.FORMAT: "anthropic"}, {"messages": HELLO}))
+    assert reply.status == 400
+    assert error(reply)["param"] == "max_tokens"
+
+
+def test_a_count_on_a_route_with_no_counting_target_is_a_400_count_unsupported(stack: Stack) -> None:
+    headers = {H.FORMAT: "anthropic", H.OPERATION: H.COUNT_TOKENS}
+    (reply,) = run(_many(stack.url, 1, "vision", headers, {"messages": HELLO}))
+    assert reply.status == 400
+    assert error(reply)["code"] == "count_unsupported"
+
+
+@pytest.mark.parametrize(
+    ("headers", "param"),
+    [({H.FORMAT: "anthropic", H.OPERATION: "embed"}, H.OPERATION), ({H.OPERATION: H.COUNT_TOKENS}, H.FORMAT)],
+)
+def test_an_operation_modelbus_does_not_serve_is_a_400_naming_the_header(
+    stack: Stack, headers: dict[str, str], param: str
+) -> None:
+    (reply,) = run(_many(stack.url, 1, "vision", headers, {"messages": HELLO}))
+    assert reply.status == 400
+    assert error(reply)["param"] == param
+
+
 # ---------------------------------------------------------------- BYO
 
 
