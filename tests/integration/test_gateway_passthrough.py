@@ -21,8 +21,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import msgspec
+import openai
 import pytest
 
 from shared.natsserver import EmbeddedNats
@@ -343,3 +345,37 @@ def test_an_upstream_refusal_of_a_count_comes_back_as_its_error(url: str) -> Non
     answer = _post(url, "/v1/messages/count_tokens", body)
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------- the official SDKs on the passthrough path
+
+
+def test_the_anthropic_sdk_reads_anthropic_s_own_message_and_events(url: str) -> None:
+    with anthropic.Anthropic(base_url=url, api_key=KEY, max_retries=0, timeout=20) as sdk:
+        message = sdk.messages.create(
+            model="claude-alias", max_tokens=30, messages=[{"role": "user", "content": "sdk"}]
+        )
+        assert message.content[0].type == "text" and "sdk" in message.content[0].text
+        with sdk.messages.stream(
+            model="claude-alias", max_tokens=30, messages=[{"role": "user", "content": "sdk stream"}]
+        ) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+    assert "sdk stream" in text
+    assert final.usage.output_tokens > 0 and final.stop_reason is not None
+
+
+def test_the_openai_sdk_reads_the_upstream_s_own_completion_and_chunks(url: str) -> None:
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=20) as sdk:
+        completion = sdk.chat.completions.create(model="gpt-alias", messages=[{"role": "user", "content": "sdk"}])
+        assert "sdk" in (completion.choices[0].message.content or "")
+        chunks = list(
+            sdk.chat.completions.create(
+                model="gpt-alias",
+                messages=[{"role": "user", "content": "sdk stream"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    assert "sdk stream" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
