@@ -181,7 +181,11 @@ class HttpChatAdapter(ABC, Generic[S]):
         return await self._post(self._native_request(body, model, stream=False), model, timeout_s)
 
     async def _post(self, body: bytes, model: str, timeout_s: float) -> tuple[bytes, ChatCompletion]:
-        url = self._url(model, stream=False)
+        response, content = await self._send(self._url(model, stream=False), body, model, timeout_s)
+        return content, self._map_response(response, content, model)
+
+    async def _send(self, url: str, body: bytes, model: str, timeout_s: float) -> tuple[Answer, bytes]:
+        """POST ``body`` to ``url`` with :meth:`_headers`; a 200 answer and its body, else the mapped error."""
         headers = await self._headers(url, body, stream=False)
         try:
             response = await self.connection.http.post(url, content=body, headers=headers, timeout=timeout_s)
@@ -189,7 +193,7 @@ class HttpChatAdapter(ABC, Generic[S]):
             raise self._transport_error(exc, model) from None
         if response.status_code != 200:
             raise self._map_error(response, response.content, model)
-        return response.content, self._map_response(response, response.content, model)
+        return response, response.content
 
     async def stream(
         self, request: ChatCompletionRequest, model: str, *, timeout_s: float

@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-import httpx
 import msgspec
 
 from services.providers.adapter import HttpChatAdapter, StreamState, config_error
@@ -110,20 +109,12 @@ class AnthropicAdapter(HttpChatAdapter[AnthropicStreamState]):
     async def count_tokens_native(self, body: bytes, model: str, *, timeout_s: float) -> bytes:
         """Anthropic's own count of a ``count_tokens`` body (``model`` set): ``{"input_tokens": N}``,
         as it came; a 502 when the answer is not one."""
-        body = passthrough.with_model(body, model)
-        url = f"{self.url}/count_tokens"
-        headers = await self._headers(url, body, stream=False)
+        _, answer = await self._send(f"{self.url}/count_tokens", passthrough.with_model(body, model), model, timeout_s)
         try:
-            response = await self.connection.http.post(url, content=body, headers=headers, timeout=timeout_s)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, model) from None
-        if response.status_code != 200:
-            raise self._map_error(response, response.content, model)
-        try:
-            native.token_count_from_native(response.content)
+            native.token_count_from_native(answer)
         except msgspec.MsgspecError as exc:
-            raise self._bad_answer(response.content, f"malformed token count: {exc}", model) from exc
-        return response.content
+            raise self._bad_answer(answer, f"malformed token count: {exc}", model) from exc
+        return answer
 
     def _native_event(self, event: StreamEvent) -> bytes | None:
         """The whole event (its name and data), as an Anthropic client reads it."""

@@ -30,11 +30,11 @@ from shared.chat import (
     StreamOptions,
     chunk_decoder,
     completion_decoder,
+    decode_client_body,
     decode_request,
     encoder,
-    invalid_field,
 )
-from shared.errors import InvalidRequest, ModelbusError
+from shared.errors import ModelbusError
 
 DONE = b"[DONE]"
 """The data of the server-sent event that ends a stream."""
@@ -89,12 +89,7 @@ def request_view(body: bytes) -> ChatCompletionRequest:
     upstream: every field modelbus knows is checked as :func:`request_from_native` checks it (a 400
     naming it), and a field it does not know is ignored here instead of refused. A body that must go
     to another API is translated with :func:`request_from_native`, which refuses unknown fields."""
-    try:
-        return _own_body_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return decode_client_body(_own_body_decoder, body)
 
 
 def completion_from_native(body: bytes) -> ChatCompletion:

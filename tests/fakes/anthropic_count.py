@@ -13,10 +13,9 @@ is kept in :attr:`AnthropicCounter.bodies`.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer, QuietHandler
 
 
 def fake_count(body: dict[str, Any]) -> int:
@@ -28,19 +27,14 @@ def _error(kind: str, message: str) -> bytes:
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
-class AnthropicCounter:
+class AnthropicCounter(LoopbackServer):
     """``with AnthropicCounter() as fake:``; ``fake.base_url`` ends in ``/v1``."""
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _answer(self, status: int, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -73,17 +67,5 @@ class AnthropicCounter:
                     return
                 self._answer(200, json.dumps({"input_tokens": fake_count(body)}).encode())
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> AnthropicCounter:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.base_url = f"{self.origin}/v1"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import http.client
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from urllib.parse import urlsplit
+
+from tests.fakes.loopback import LoopbackServer, QuietHandler
 
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
 
@@ -26,7 +26,7 @@ class Recorded:
     body: bytes
 
 
-class Recorder:
+class Recorder(LoopbackServer):
     """Start with ``with Recorder(upstream_base_url) as rec:``; ``rec.base_url`` is the proxy's."""
 
     def __init__(self, upstream: str) -> None:
@@ -37,12 +37,7 @@ class Recorder:
         self._lock = threading.Lock()
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:  # quiet
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
@@ -70,20 +65,8 @@ class Recorder:
                 finally:
                     conn.close()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Recorder:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.base_url = self.origin
 
     def bodies(self, path_suffix: str) -> list[bytes]:
         """Bodies of the requests whose path ends with ``path_suffix``, oldest first."""

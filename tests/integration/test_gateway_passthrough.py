@@ -138,6 +138,14 @@ def _post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{url}{path}", content=json.dumps(body).encode(), headers=headers, timeout=20)
 
 
+def _stream(url: str, path: str, body: bytes) -> tuple[httpx.Headers, bytes]:
+    """A streamed answer's headers and every byte of it (the status must be 200)."""
+    headers = {"authorization": f"Bearer {KEY}", "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{url}{path}", content=body, headers=headers, timeout=20) as answer:
+        assert answer.status_code == 200
+        return answer.headers, b"".join(answer.iter_bytes())
+
+
 def _sent(recorder: Recorder, path: str, since: int) -> bytes:
     bodies = recorder.bodies(path)[since:]
     assert len(bodies) == 1, f"expected one upstream request on {path}, got {len(bodies)}"
@@ -177,11 +185,8 @@ def test_a_messages_request_reaches_an_anthropic_upstream_as_the_client_sent_it(
 def test_a_streamed_messages_request_relays_anthropic_s_own_events(url: str, recorder: Recorder) -> None:
     before = len(recorder.bodies("/messages"))
     body = json.dumps({**MESSAGES, "stream": True}).encode()
-    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
-    with httpx.stream("POST", f"{url}/v1/messages", content=body, headers=headers, timeout=20) as answer:
-        assert answer.status_code == 200
-        assert answer.headers["x-modelbus-endpoint"] == "claude"
-        wire = b"".join(answer.iter_bytes())
+    response_headers, wire = _stream(url, "/v1/messages", body)
+    assert response_headers["x-modelbus-endpoint"] == "claude"
     _same_but_model(body, _sent(recorder, "/messages", before), "echo")
     names = [line.split(b": ", 1)[1] for line in wire.split(b"\n") if line.startswith(b"event: ")]
     assert names[0] == b"message_start" and names[-1] == b"message_stop"
@@ -212,15 +217,8 @@ def test_a_chat_stream_asks_the_upstream_for_usage_but_gives_the_client_none_it_
 ) -> None:
     before = len(recorder.bodies("/chat/completions"))
     body = {**CHAT, "stream": True}
-    with httpx.stream(
-        "POST",
-        f"{url}/v1/chat/completions",
-        content=json.dumps(body).encode(),
-        headers={"authorization": f"Bearer {KEY}"},
-        timeout=20,
-    ) as answer:
-        assert answer.status_code == 200
-        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    _, wire = _stream(url, "/v1/chat/completions", json.dumps(body).encode())
+    events = [line[6:].decode() for line in wire.split(b"\n") if line.startswith(b"data: ")]
     sent = json.loads(_sent(recorder, "/chat/completions", before))
     assert sent["stream_options"] == {"include_usage": True}
     assert sent["a_future_param"] == CHAT["a_future_param"]
@@ -232,15 +230,8 @@ def test_a_chat_stream_asks_the_upstream_for_usage_but_gives_the_client_none_it_
 
 def test_a_chat_stream_that_asks_for_usage_gets_the_usage_chunk_before_done(url: str) -> None:
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream(
-        "POST",
-        f"{url}/v1/chat/completions",
-        content=json.dumps(body).encode(),
-        headers={"authorization": f"Bearer {KEY}"},
-        timeout=20,
-    ) as answer:
-        assert answer.status_code == 200
-        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    _, wire = _stream(url, "/v1/chat/completions", json.dumps(body).encode())
+    events = [line[6:].decode() for line in wire.split(b"\n") if line.startswith(b"data: ")]
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0
@@ -290,15 +281,7 @@ def test_a_streamed_failover_across_apis_still_follows_anthropic_s_event_sequenc
         "stream": True,
         "messages": [{"role": "user", "content": "fo"}],
     }
-    with httpx.stream(
-        "POST",
-        f"{url}/v1/messages",
-        content=json.dumps(body).encode(),
-        headers={"x-api-key": KEY},
-        timeout=20,
-    ) as answer:
-        assert answer.status_code == 200
-        wire = b"".join(answer.iter_bytes())
+    _, wire = _stream(url, "/v1/messages", json.dumps(body).encode())
     names = [line.split(b": ", 1)[1] for line in wire.split(b"\n") if line.startswith(b"event: ")]
     assert names[0] == b"message_start" and names[-1] == b"message_stop"
 

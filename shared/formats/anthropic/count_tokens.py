@@ -44,10 +44,10 @@ from typing import Annotated, assert_never
 import msgspec
 from msgspec import Meta
 
-from shared.chat import FunctionDefinition, invalid_field
+from shared.chat import FunctionDefinition, decode_client_body
 from shared.chat import Tool as InternalTool
 from shared.chat import encoder as chat_encoder
-from shared.errors import InvalidRequest, unsupported
+from shared.errors import unsupported
 from shared.formats.anthropic import wire
 from shared.formats.anthropic.wire import (
     Base64Source,
@@ -105,12 +105,7 @@ _request_decoder = msgspec.json.Decoder(CountTokensRequest)
 
 def count_tokens_request_from_native(body: bytes) -> CountTokensRequest:
     """A client's count_tokens body; raises :class:`InvalidRequest` naming the field at fault."""
-    try:
-        return _request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return decode_client_body(_request_decoder, body)
 
 
 _count_decoder = msgspec.json.Decoder(TokenCount)

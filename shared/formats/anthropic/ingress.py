@@ -35,7 +35,7 @@ from shared.chat import (
     ToolChoiceFunctionName,
     ToolMessage,
     UserMessage,
-    invalid_field,
+    decode_client_body,
 )
 from shared.chat import Message as InternalMessage
 from shared.chat import Tool as InternalTool
@@ -87,12 +87,7 @@ _EFFORTS: dict[str, Literal["low", "medium", "high"]] = {"low": "low", "medium":
 
 def request_from_native(body: bytes) -> ChatCompletionRequest:
     """A client's Messages request body; raises :class:`InvalidRequest` naming the field at fault."""
-    try:
-        native = wire.request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    native = decode_client_body(wire.request_decoder, body)
     _refuse_unmapped(native)
     messages = _map_system(native.system)
     for i, turn in enumerate(native.messages):

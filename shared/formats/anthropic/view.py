@@ -41,11 +41,10 @@ from shared.chat import (
     SystemMessage,
     TextPart,
     UserMessage,
-    invalid_field,
+    decode_client_body,
 )
 from shared.chat import Message as InternalMessage
 from shared.chat import Tool as InternalTool
-from shared.errors import InvalidRequest
 
 _IMAGE = ImagePart(image_url=ImageURL(url="data:,"))
 """Stands for an image in the view: routing counts images and needs vision; it never sends them."""
@@ -101,12 +100,7 @@ _encode = msgspec.json.Encoder().encode
 def request_view(body: bytes, *, count: bool = False) -> ChatCompletionRequest:
     """The routing view of a Messages body (``count``: of a ``count_tokens`` body, which has no
     ``max_tokens``); a 400 naming the field when a required one is wrong."""
-    try:
-        native = (_count_decoder if count else _decoder).decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    native: _Request = decode_client_body(_count_decoder, body) if count else decode_client_body(_decoder, body)
     messages: list[InternalMessage] = []
     if native.system:
         system = native.system if isinstance(native.system, str) else _text_of(native.system)

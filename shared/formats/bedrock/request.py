@@ -31,7 +31,7 @@ from shared.chat import (
     ToolChoiceFunctionName,
     ToolMessage,
     UserMessage,
-    invalid_field,
+    decode_client_body,
 )
 from shared.chat import Tool as ChatTool
 from shared.errors import InvalidRequest, unsupported
@@ -250,12 +250,7 @@ def request_from_native(body: bytes, model: str, *, stream: bool = False) -> Cha
     Raises :class:`InvalidRequest` naming the field (``messages[0].content[1].document``) that is
     malformed or has no counterpart in the internal contract.
     """
-    try:
-        native = wire.request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    native = decode_client_body(wire.request_decoder, body)
     for attribute, name in _UNSUPPORTED_FIELDS:
         if getattr(native, attribute) is not None:
             raise _not_accepted(name, "it has no counterpart in modelbus's chat contract")

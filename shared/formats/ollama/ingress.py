@@ -34,6 +34,7 @@ from shared.chat import (
     ToolMessage,
     Usage,
     UserMessage,
+    decode_client_body,
     invalid_field,
 )
 from shared.errors import InvalidRequest
@@ -45,12 +46,7 @@ from shared.formats.ollama.wire import RUNTIME_OPTIONS, UnusableAnswer
 
 def request_from_native(body: bytes) -> ChatCompletionRequest:
     """A client's ``/api/chat`` body as the internal request; raises :class:`InvalidRequest` naming the field."""
-    try:
-        native = wire.request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    native = decode_client_body(wire.request_decoder, body)
     if not native.messages:
         raise InvalidRequest("messages: must not be empty (loading a model is not a chat)", param="messages")
     sampling = _sampling(native.options or {})
