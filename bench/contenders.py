@@ -3,10 +3,12 @@
 Every contender sends the same OpenAI chat completion body (model ``echo``,
 one short user message), pre-encoded once:
 
-* **direct** and **litellm**: the minimal keep-alive HTTP/1.1 client of
-  :mod:`bench.h1load` POSTing to ``/v1/chat/completions`` (llm-katan itself,
-  or the LiteLLM proxy), one connection per request in flight; streams
-  (scenario d) use ``httpx``, whose line iteration the SSE timing needs;
+* **direct**, **litellm** and **modelbus-http**: the minimal keep-alive
+  HTTP/1.1 client of :mod:`bench.h1load` POSTing to ``/v1/chat/completions``
+  (llm-katan itself, the LiteLLM proxy, or modelbus's HTTP gateway with its
+  key as ``Authorization: Bearer``), one connection per request in flight;
+  streams (scenario d) go through the same client, which notes when each piece
+  of the SSE body arrived (:func:`h1_streamer`);
 * **modelbus**: :class:`shared.client.ModelbusClient` over NATS, where ``echo``
   is an alias of the endpoint pointing at the same llm-katan.
 
@@ -21,12 +23,10 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
-
-from bench.h1load import H1Clients
+from bench.h1load import H1Client, H1Clients, request_bytes
 from bench.load import RequestFailed, Send
 from shared.client import ModelbusClient
 
@@ -40,16 +40,6 @@ def chat_body(model: str, *, stream: bool = False) -> bytes:
     if stream:
         body["stream"] = True
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def http_client(max_connections: int) -> httpx.AsyncClient:
-    """A pooled keep-alive client that can hold ``max_connections`` requests in flight.
-
-    ``trust_env=False``: a proxy set in the environment must not sit between
-    the benchmark and its loopback servers.
-    """
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S, trust_env=False)
 
 
 def http_sender(clients: H1Clients, url: str, body: bytes, api_key: str) -> Send:
@@ -113,21 +103,42 @@ def sse_content(line: str) -> str | None:
     return None
 
 
-def http_streamer(client: httpx.AsyncClient, url: str, body: bytes, api_key: str, timings: list[StreamTiming]) -> Send:
-    """Stream ``body`` from an OpenAI SSE endpoint and append each stream's timing to ``timings``."""
-    headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}", "accept": "text/event-stream"}
+def sse_content_times(pieces: Sequence[tuple[float, bytes]]) -> list[float]:
+    """The arrival time of each SSE line with content, from a body's ``(time, piece)`` pairs.
+
+    A line counts as arrived with the piece that completes it (a line split
+    over two pieces arrived with the second)."""
+    times: list[float] = []
+    pending = b""
+    for arrived, piece in pieces:
+        *lines, pending = (pending + piece).split(b"\n")
+        for line in lines:
+            if sse_content(line.decode().rstrip("\r")):
+                times.append(arrived)
+    if pending and sse_content(pending.decode().rstrip("\r")):
+        times.append(pieces[-1][0])
+    return times
+
+
+def h1_streamer(
+    client: H1Client, path: str, body: bytes, headers: Mapping[str, str], timings: list[StreamTiming]
+) -> Send:
+    """Stream ``body`` from an OpenAI SSE endpoint with the load generator's minimal client, and append
+    each stream's timing to ``timings``; anything but a 200 is a failure."""
+    request = request_bytes(
+        client.host,
+        client.port,
+        path,
+        body,
+        {"Content-Type": "application/json", "Accept": "text/event-stream", **headers},
+    )
 
     async def send() -> None:
         started = time.perf_counter()
-        content_times: list[float] = []
-        async with client.stream("POST", url, content=body, headers=headers) as reply:
-            if reply.status_code != 200:
-                await reply.aread()
-                raise RequestFailed(f"HTTP {reply.status_code}: {reply.text[:200]}")
-            async for line in reply.aiter_lines():
-                if sse_content(line):
-                    content_times.append(time.perf_counter())
-        timings.append(stream_timing(started, content_times))
+        status, pieces = await client.exchange_timed(request)
+        if status != 200:
+            raise RequestFailed(f"HTTP {status}: {b''.join(piece for _, piece in pieces)[:200]!r}")
+        timings.append(stream_timing(started, sse_content_times(pieces)))
 
     return send
 

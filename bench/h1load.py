@@ -13,12 +13,16 @@ workers, so at concurrency K there are K connections.
 
 Only what the benchmark needs: POST of a fixed body, the status, the body
 read to its end (``Content-Length`` or chunked), and a new connection when
-the server closes one.
+the server closes one. For streams (scenario d) the same exchange also notes
+the ``perf_counter`` at which each piece of the body arrived
+(:meth:`H1Client.exchange_timed`); the SSE lines are read only after the
+answer is complete, so reading them costs the timed stream nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,7 +50,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
         self._body: list[bytes] = []
-        self._done: asyncio.Future[tuple[int, bytes]] | None = None
+        self._times: list[float] | None = None
+        """When timed: the arrival time of each piece of :attr:`_body`."""
+        self._done: asyncio.Future[int] | None = None
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,11 +71,13 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
+        if self._times is not None:
+            self._times.append(time.perf_counter())
 
     def on_message_complete(self) -> None:
         done = self._done
         if done is not None and not done.done():
-            done.set_result((self._parser.get_status_code(), b"".join(self._body)))
+            done.set_result(self._parser.get_status_code())
         if not self._parser.should_keep_alive() and self.transport is not None:
             self.closed = True
             self.transport.close()
@@ -79,16 +87,20 @@ class _Connection(asyncio.Protocol):
         if done is not None and not done.done():
             done.set_exception(exc)
 
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+    async def exchange(self, request: bytes, *, timed: bool = False) -> tuple[int, list[bytes], list[float]]:
+        """The status, the body's pieces as they arrived and (``timed``) each piece's arrival time."""
         assert self.transport is not None
         self._body = []
+        times: list[float] = []
+        self._times = times if timed else None
         self._done = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return await self._done
+                return await self._done, self._body, times
         finally:
             self._done = None
+            self._times = None
 
 
 class H1Client:
@@ -112,11 +124,20 @@ class H1Client:
 
     async def exchange(self, request: bytes) -> tuple[int, bytes]:
         """Send one prepared request on a free (or new) connection; its status and body."""
+        status, pieces, _ = await self._exchange(request, timed=False)
+        return status, b"".join(pieces)
+
+    async def exchange_timed(self, request: bytes) -> tuple[int, list[tuple[float, bytes]]]:
+        """Like :meth:`exchange`, with the body as ``(perf_counter at arrival, piece)`` pairs."""
+        status, pieces, times = await self._exchange(request, timed=True)
+        return status, list(zip(times, pieces, strict=True))
+
+    async def _exchange(self, request: bytes, *, timed: bool) -> tuple[int, list[bytes], list[float]]:
         conn = self._free.pop() if self._free else None
         if conn is None or conn.closed:
             conn = await self._connect()
         try:
-            answer = await conn.exchange(request)
+            answer = await conn.exchange(request, timed=timed)
         except BaseException:
             self._drop(conn)
             raise

@@ -180,12 +180,19 @@ def _streaming(d: Mapping[str, Any]) -> list[str]:
         )
     header = ["contender", "streams", "errors", "chunks", "TTFT p50", "TTFT p90", "TTFT p99", "ITL p50", "ITL p90"]
     lines += table([*header, "ITL p99"], rows)
-    added = d["added_ms"]
-    lines += [
-        "",
-        f"modelbus added: TTFT p50 {signed_ms(added['ttft_p50_ms'])} ms, p99 {signed_ms(added['ttft_p99_ms'])} ms; "
-        f"ITL p50 {signed_ms(added['itl_p50_ms'])} ms, p99 {signed_ms(added['itl_p99_ms'])} ms.",
-    ]
+    lines.append("")
+    for what, key in (
+        ("modelbus added", "added_ms"),
+        ("modelbus-http added", "http_added_ms"),
+        ("modelbus-http over modelbus (NATS)", "http_over_bus_ms"),
+    ):
+        added = d.get(key)
+        if added is None:  # a results.json from before modelbus-http was measured
+            continue
+        lines.append(
+            f"- {what}: TTFT p50 {signed_ms(added['ttft_p50_ms'])} ms, p99 {signed_ms(added['ttft_p99_ms'])} ms; "
+            f"ITL p50 {signed_ms(added['itl_p50_ms'])} ms, p99 {signed_ms(added['itl_p99_ms'])} ms."
+        )
     return lines + _error_notes(d["series"])
 
 
@@ -335,9 +342,11 @@ def _method(results: Mapping[str, Any]) -> list[str]:
         "or exception) is counted, never fatal. Each contender is warmed up first, and measurements are split "
         "into rounds whose contender order rotates, so drift of the machine hits all of them alike.",
         "- The same body for everyone: model `echo`, one short user message, to the same llm-katan. Every HTTP "
-        "contender (direct, the peer gateways of p, LiteLLM in a and b) is driven by one minimal keep-alive "
-        "HTTP/1.1 client (`bench/h1load.py`: the request encoded once, one write, answers parsed by httptools); "
-        "modelbus by `ModelbusClient` (nats-py), its protocol. The load generator's own CPU per request is "
+        "contender (direct, the peer gateways of p, LiteLLM in a and b, modelbus-http: modelbus's own HTTP "
+        "gateway in p and d) is driven by one minimal keep-alive HTTP/1.1 client (`bench/h1load.py`: the "
+        "request encoded once, one write, answers parsed by httptools; streams in d too, each piece's arrival "
+        "noted as it comes); modelbus by `ModelbusClient` (nats-py), its protocol. The load generator's own CPU "
+        "per request is "
         "reported beside each contender's in p. Until issue 13 direct and LiteLLM went through httpx, which "
         "costs the load generator about 2 ms of CPU per request here: that slowed direct, which shares the "
         "cores, and so flattered every other contender (the old README's +0.74 ms and 90% of direct).",

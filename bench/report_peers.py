@@ -25,7 +25,7 @@ def render_peers(p: Mapping[str, Any]) -> list[str]:
     body = []
     for name in order:
         row = rows[name]
-        title = f"**{row['title']}**" if name == "modelbus" else row["title"]
+        title = f"**{row['title']}**" if row["family"] == "modelbus" else row["title"]
         version = f" {row['version']}" if row.get("version") and row["version"] not in row["title"] else ""
         share = row["c32_percent_of_direct"]
         body.append(
@@ -53,10 +53,11 @@ def render_peers(p: Mapping[str, Any]) -> list[str]:
     lines += [
         "",
         f"Median CPU per request of the Rust gateways: {_cpu(median)} ms. "
-        "Gateway CPU is the utime+stime of the contender's whole process tree (modelbus: nats-server, "
-        "router, provider worker, config, secrets, supervisor) over every measured request, c=1 and c=32; "
-        "the load generator's is this process's own, in the same windows. modelbus is driven by nats-py "
-        "(its protocol), the rest by the same minimal HTTP/1.1 client.",
+        "Gateway CPU is the utime+stime of the contender's whole process tree (modelbus and modelbus-http, "
+        "one stack: nats-server, router, provider worker, HTTP gateway, config, secrets, supervisor) over "
+        "every measured request, c=1 and c=32; the load generator's is this process's own, in the same "
+        "windows. modelbus is driven by nats-py (its protocol), the rest (modelbus-http: the same stack "
+        "through its HTTP gateway) by the same minimal HTTP/1.1 client.",
     ]
     skipped = p.get("not_selected") or []
     if skipped:

@@ -111,6 +111,10 @@ class ModelbusStack:
     tracing: bool
     processes: dict[str, int] = field(default_factory=dict)
     """Label (``services.router``, ``nats-server``, ...) to pid, for memory sampling."""
+    http_url: str | None = None
+    """Where its HTTP gateway serves (``http=`` of the ready line, kept in ``run.json``)."""
+    api_key: str | None = field(default=None, repr=False)
+    """The gateway's default key (``gateway.key`` in the data dir); never printed or written out."""
 
     def describe(self) -> str:
         """One line for the report: its routers, provider workers and tracing."""
@@ -121,12 +125,31 @@ class ModelbusStack:
 
 
 SUPERVISOR = "services.cli up (supervisor)"
+GATEWAY = "services.gateway"
+"""The label of the HTTP gateway's process in :attr:`ModelbusStack.processes`."""
 
 
 def stack_directory(supervisor: int) -> Path:
     """The temporary directory ``running_stack`` made: the parent of ``up``'s ``--data-dir``."""
     argv = procs.command_line(supervisor)
     return Path(argv[argv.index("--data-dir") + 1]).parent
+
+
+def stack_gateway(supervisor: int) -> tuple[str | None, str | None]:
+    """The HTTP gateway's URL and default key, from the data dir ``up`` was given.
+
+    ``up`` records the URL in ``run.json`` and keeps the key in ``gateway.key``
+    (both 0600). Without a client identity (the bench's stacks run on their own
+    nats-server, without broker identities) no ``client.json`` is written, so
+    these two files are where the URL and key are."""
+    argv = procs.command_line(supervisor)
+    data_dir = Path(argv[argv.index("--data-dir") + 1])
+    try:
+        url = json.loads((data_dir / "run.json").read_text()).get("http_url") or None
+        key = (data_dir / "gateway.key").read_text().strip() or None
+    except (OSError, ValueError):
+        return None, None
+    return url, key
 
 
 def stack_processes(url: str) -> dict[str, int]:
@@ -304,7 +327,8 @@ class Lab:
         url = exits.enter_context(running_stack(*args, env=env, prefix=f"modelbus-bench-{name}-"))
         processes = stack_processes(url)
         leftovers.append(stack_directory(processes[SUPERVISOR]))
-        return ModelbusStack(url, routers, traced, processes)
+        http_url, api_key = stack_gateway(processes[SUPERVISOR])
+        return ModelbusStack(url, routers, traced, processes, http_url, api_key)
 
     def litellm(self) -> LiteLLMProxy:
         """The LiteLLM proxy in front of the plain llm-katan (installed into its venv once)."""

@@ -21,6 +21,10 @@ CPU_VS_RUST_MAX = 2.0
 BUS_ONLY_MIN_RPS = 8000.0
 SWAP_P99_MAX_MS = 20.0
 RSS_MAX_MB = 120.0
+HTTP_OVER_BUS_MAX_MS = 1.0
+"""Issue 15: the HTTP gateway may add at most this much to modelbus's NATS path at p50."""
+HTTP_STREAM_TTFT_OVER_BUS_MAX_MS = 2.0
+"""Issue 15: streaming through the gateway may add at most this much to the NATS stream's TTFT."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +62,42 @@ def _modelbus(s: Mapping[str, Any]) -> Mapping[str, Any]:
     return rows["modelbus"]  # type: ignore[no-any-return]
 
 
+def _contender(s: Mapping[str, Any], name: str, title: str) -> Mapping[str, Any]:
+    """Scenario p's row of ``name``; not measured (with the reason the run gave) when it is absent."""
+    p = _section(s, "p")
+    row = p["contenders"].get(name)
+    if row is None:
+        why = (p.get("unavailable") or {}).get(name, "not selected")
+        raise _NotMeasured(f"{title} not measured ({why})")
+    return row  # type: ignore[no-any-return]
+
+
 def _versus_tensorzero(s: Mapping[str, Any]) -> tuple[bool, str]:
     ours = _number(_modelbus(s)["added_p50_ms"], "modelbus added p50")
-    tz = _section(s, "p")["contenders"].get("tensorzero")
-    if tz is None:
-        why = (_section(s, "p").get("unavailable") or {}).get("tensorzero", "not selected")
-        raise _NotMeasured(f"TensorZero not measured ({why})")
-    theirs = _number(tz["added_p50_ms"], "TensorZero added p50")
+    theirs = _number(_contender(s, "tensorzero", "TensorZero")["added_p50_ms"], "TensorZero added p50")
     return ours <= theirs, f"{ours:+.2f} vs {theirs:+.2f} ms"
+
+
+def _http_versus_bus(s: Mapping[str, Any]) -> tuple[bool, str]:
+    http = _number(_contender(s, "modelbus-http", "modelbus-http")["added_p50_ms"], "modelbus-http added p50")
+    bus = _number(_modelbus(s)["added_p50_ms"], "modelbus added p50")
+    over = http - bus
+    return over <= HTTP_OVER_BUS_MAX_MS, f"{http:+.2f} vs {bus:+.2f} ms = {over:+.2f} ms over NATS"
+
+
+def _http_versus(peer: str, title: str) -> Callable[[Mapping[str, Any]], tuple[bool, str]]:
+    def check(s: Mapping[str, Any]) -> tuple[bool, str]:
+        http = _number(_contender(s, "modelbus-http", "modelbus-http")["added_p50_ms"], "modelbus-http added p50")
+        theirs = _number(_contender(s, peer, title)["added_p50_ms"], f"{title} added p50")
+        return http < theirs, f"{http:+.2f} vs {theirs:+.2f} ms"
+
+    return check
+
+
+def _http_stream_ttft(s: Mapping[str, Any]) -> tuple[bool, str]:
+    over = (_section(s, "d").get("http_over_bus_ms") or {}).get("ttft_p50_ms")
+    added = _number(over, "modelbus-http TTFT over modelbus's")
+    return added <= HTTP_STREAM_TTFT_OVER_BUS_MAX_MS, f"{added:+.2f} ms at p50"
 
 
 def _p99_over_direct(s: Mapping[str, Any]) -> tuple[bool, str]:
@@ -115,7 +147,19 @@ CHECKS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], tuple[bool, str]]], 
     ("p", f"modelbus added p99 (concurrency 1) ≤ direct's p99 + {P99_OVER_DIRECT_MAX_MS:.0f} ms", _p99_over_direct),
     ("p", f"throughput at concurrency 32 ≥ {THROUGHPUT_SHARE_MIN:.0f}% of direct", _throughput_share),
     ("p", f"CPU per request, all modelbus processes ≤ {CPU_VS_RUST_MAX:.0f}x the Rust median", _cpu_versus_rust),
+    (
+        "p",
+        f"modelbus-http added p50 (concurrency 1) ≤ modelbus (NATS) added p50 + {HTTP_OVER_BUS_MAX_MS:.0f} ms",
+        _http_versus_bus,
+    ),
+    ("p", "modelbus-http added p50 (concurrency 1) < TensorZero's", _http_versus("tensorzero", "TensorZero")),
+    ("p", "modelbus-http added p50 (concurrency 1) < Portkey's", _http_versus("portkey", "Portkey")),
     ("c", f"bus-only throughput ≥ {BUS_ONLY_MIN_RPS:,.0f} req/s (best level)", _bus_only),
+    (
+        "d",
+        f"modelbus-http stream TTFT p50 ≤ modelbus (NATS) stream TTFT p50 + {HTTP_STREAM_TTFT_OVER_BUS_MAX_MS:.0f} ms",
+        _http_stream_ttft,
+    ),
     ("e", f"hot swap p99 ≤ {SWAP_P99_MAX_MS:.0f} ms with 0 failed requests", _hot_swap),
     ("f", f"RSS ≤ {RSS_MAX_MB:.0f} MB per modelbus process under load", _rss),
 )

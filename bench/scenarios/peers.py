@@ -1,9 +1,13 @@
 """Scenario p: modelbus against the fastest gateways, in one run, on one upstream, with one client.
 
-Every HTTP contender (direct llm-katan, each peer gateway) is driven by the
-same minimal keep-alive HTTP/1.1 client (:mod:`bench.h1load`); modelbus by
-nats-py (:class:`shared.client.ModelbusClient`), its native protocol. All send
-the same body to the same llm-katan. The protocol, per contender:
+Every HTTP contender (direct llm-katan, each peer gateway, and modelbus's own
+HTTP gateway as **modelbus-http**) is driven by the same minimal keep-alive
+HTTP/1.1 client (:mod:`bench.h1load`); modelbus by nats-py
+(:class:`shared.client.ModelbusClient`), its native protocol. All send the
+same body to the same llm-katan. modelbus-http is the same stack as modelbus
+(``modelbus up`` starts the gateway beside the routers), reached on the
+gateway's port with its default key as ``Authorization: Bearer``: gateway →
+NATS → router → provider worker → llm-katan. The protocol, per contender:
 
 * a warm-up (connections, caches, lazy imports), not measured;
 * ``peer_c1_rounds`` rounds of ``peer_c1_requests`` requests at concurrency 1,
@@ -11,8 +15,9 @@ the same body to the same llm-katan. The protocol, per contender:
   in each round every contender runs once, and the order rotates by one each
   round, so drift of the machine lands on all alike;
 * around every measured run, the CPU time (utime + stime from ``/proc``) of
-  the contender's whole process tree (for modelbus: nats-server, router,
-  provider worker, config, secrets and their supervisor), and the load
+  the contender's whole process tree (for modelbus and modelbus-http alike:
+  nats-server, router, provider worker, gateway, config, secrets and their
+  supervisor, so each carries the other's idle processes), and the load
   generator's own CPU time (``time.process_time`` of this process, which runs
   nothing else meanwhile). Each is divided by the successful requests.
 
@@ -29,6 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvloop
 
@@ -36,12 +42,13 @@ from bench import procs, progress, servers
 from bench.contenders import bus_sender, chat_body
 from bench.h1load import H1Client, h1_sender
 from bench.load import LoadResult, Send, closed_loop, difference, distribution, rotated, warm_up
-from bench.peers import Peer, PeerUnavailable, Running, Upstream, registry
+from bench.peers import CHAT_PATH, Peer, PeerUnavailable, Running, Upstream, registry
 from bench.settings import Settings
 from shared.client import ModelbusClient
 
 DIRECT = "direct"
 MODELBUS = "modelbus"
+MODELBUS_HTTP = "modelbus-http"
 UNAVAILABLE_ELSEWHERE = {
     "bifrost": "Bifrost (Go): its npm package is a launcher that downloads the Go binary at run time, "
     "and this machine reaches no download host but the package registries",
@@ -147,6 +154,23 @@ def section(contenders: Sequence[Contender], tallies: dict[str, Tally], unavaila
     }
 
 
+def gateway_client(stack: servers.ModelbusStack) -> H1Client:
+    """The load generator's client for the stack's HTTP gateway; ``RuntimeError`` if it has none."""
+    if stack.http_url is None:
+        raise RuntimeError("the modelbus stack announced no HTTP gateway (no http_url in its run.json)")
+    parts = urlsplit(stack.http_url)
+    if parts.hostname is None or parts.port is None:
+        raise RuntimeError(f"the gateway's URL names no host and port: {stack.http_url!r}")
+    return H1Client(parts.hostname, parts.port)
+
+
+def gateway_auth(stack: servers.ModelbusStack) -> dict[str, str]:
+    """The gateway's ``Authorization`` header with the stack's default key."""
+    if not stack.api_key:
+        raise RuntimeError("the modelbus stack has no gateway key (no gateway.key in its data dir)")
+    return {"Authorization": f"Bearer {stack.api_key}"}
+
+
 def run_peers(lab: servers.Lab, settings: Settings, peers: Sequence[Peer]) -> dict[str, Any]:
     """Install and start every peer, measure all contenders together, stop every peer."""
     katan = lab.katan()
@@ -198,6 +222,18 @@ async def _measure_all(
     pids = tree(stack_root) + ((nats_pid,) if nats_pid else ())
     contenders.append(
         Contender(MODELBUS, f"modelbus ({stack.describe()})", "modelbus", bus_sender(bus, body), pids, None)
+    )
+    gateway = gateway_client(stack)
+    clients.append(gateway)
+    contenders.append(
+        Contender(
+            MODELBUS_HTTP,
+            f"modelbus-http (HTTP gateway → {stack.describe()})",
+            "modelbus",
+            h1_sender(gateway, CHAT_PATH, body, gateway_auth(stack)),
+            pids,
+            None,
+        )
     )
     for peer, running in started:
         client = H1Client(running.host, running.port)

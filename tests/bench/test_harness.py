@@ -28,7 +28,7 @@ SCENARIO_KEYS = {
     "a": {"series", "added_ms", "ratio_vs_litellm", "litellm", "headline_series"},
     "b": {"levels", "modelbus_vs_direct", "contenders"},
     "c": {"levels", "best"},
-    "d": {"series", "added_ms", "upstream"},
+    "d": {"series", "added_ms", "http_added_ms", "http_over_bus_ms", "upstream"},
     "e": {"propagation_ms", "requests", "failed", "missed", "routers"},
     "f": {"processes", "largest_modelbus_process", "load_samples"},
     "g": {"tracing_on", "tracing_off", "cost_ms", "spans"},
@@ -78,6 +78,11 @@ def test_a_quick_run_writes_the_json_markdown_and_plots(
     assert results["machine"]["cores"] >= 1
     raw = json.loads((out / "raw_latencies.json").read_text())
     assert set(raw["a"]) == {"direct", "modelbus", "modelbus+tracing"}
+    # modelbus's HTTP gateway is a contender beside the peers and in the streams.
+    http = results["scenarios"]["p"]["contenders"]["modelbus-http"]
+    assert http["family"] == "modelbus" and http["c1"]["requests"] > 0 and http["c1"]["errors"] == 0
+    assert set(results["scenarios"]["d"]["series"]) == {"direct", "modelbus", "modelbus-http"}
+    assert any("modelbus-http" in target["target"] for target in results["targets"])
     markdown = (out / "results.md").read_text()
     for heading in ("## Targets", "## a. ", "## b. ", "## c. ", "## d. ", "## e. ", "## f. ", "## g. "):
         assert heading in markdown

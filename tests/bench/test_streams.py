@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.contenders import chat_body, sse_content, stream_timing
+from bench.contenders import chat_body, sse_content, sse_content_times, stream_timing
 from bench.load import RequestFailed
 
 
@@ -47,3 +47,18 @@ def test_every_contender_sends_the_same_short_body() -> None:
     assert [m["role"] for m in body["messages"]] == ["user"]
     assert "stream" not in body
     assert json.loads(chat_body("echo", stream=True))["stream"] is True
+
+
+def test_content_times_come_from_the_piece_that_completes_each_line() -> None:
+    first, second = _line({"role": "assistant"}), _line({"content": "[ech"})
+    third = _line({"content": "o]"})
+    body = f"{first}\n\n{second}\r\n\r\n{third}\n\ndata: [DONE]\n\n".encode()
+    split_at = body.index(b"[ech") + 2  # the second event is cut in two
+    later_cut = body.index(b"o]") + 1
+    pieces = [(1.0, body[:split_at]), (2.0, body[split_at:later_cut]), (3.0, body[later_cut:])]
+    assert sse_content_times(pieces) == [2.0, 3.0]
+
+
+def test_a_last_content_line_without_its_newline_still_counts() -> None:
+    assert sse_content_times([(1.0, _line({"content": "x"}).encode())]) == [1.0]
+    assert sse_content_times([]) == []
