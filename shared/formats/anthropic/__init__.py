@@ -82,9 +82,16 @@ The rule for native fields with no internal counterpart:
   ``cache_control`` everywhere (a cost hint), ``citations`` on text blocks,
   ``thinking`` and ``redacted_thinking`` blocks of earlier assistant turns (Anthropic
   itself ignores them when thinking is off), ``thinking: {type: disabled}``,
-  ``service_tier``, and ``is_error`` on a tool result (its text still reaches the model);
+  ``thinking: {type: adaptive}`` (adaptive thinking lets the model choose not to
+  think, which is what an upstream without thinking does; ``output_config.effort``
+  still maps to ``reasoning_effort``), ``context_management`` (its edits clear
+  earlier thinking blocks, which translation drops anyway), ``service_tier``, and
+  ``is_error`` on a tool result (its text still reaches the model);
+- **kept in place**: a ``system`` turn between the others (Claude Code sends the
+  environment that way) becomes a system message at that position; it may hold
+  text blocks only;
 - **refused** with a 400 naming the field otherwise: ``top_k``, ``thinking``
-  enabled or adaptive, ``container``, ``inference_geo``, another ``effort``,
+  enabled (a thinking budget is a promise), ``container``, ``inference_geo``, another ``effort``,
   ``document`` blocks, ``file`` image sources, images or documents inside a
   tool result, a block in the wrong turn, and (by the decoder) any top-level
   field or block type not modelled in :mod:`~shared.formats.anthropic.wire`.

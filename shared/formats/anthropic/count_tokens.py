@@ -39,7 +39,7 @@ tokens), which no rule outside Anthropic can know.
 
 from __future__ import annotations
 
-from typing import Annotated, assert_never
+from typing import Annotated, Any, assert_never
 
 import msgspec
 from msgspec import Meta
@@ -92,6 +92,7 @@ class CountTokensRequest(msgspec.Struct, kw_only=True, frozen=True, omit_default
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
     cache_control: CacheControl | None = None
+    context_management: dict[str, Any] | None = None
 
 
 class TokenCount(msgspec.Struct, kw_only=True, frozen=True):

@@ -118,7 +118,7 @@ def _refuse_unmapped(native: MessagesRequest) -> None:
     """Fields that would change the answer, or a promise, and have no internal counterpart."""
     if native.top_k is not None:
         raise unsupported("top_k", "modelbus has no top-k sampling; use top_p or temperature")
-    if native.thinking is not None and native.thinking.type != "disabled":
+    if native.thinking is not None and native.thinking.type not in ("disabled", "adaptive"):
         raise unsupported("thinking", "extended thinking returns blocks modelbus cannot carry back")
     if native.container is not None:
         raise unsupported("container", "modelbus offers no code-execution containers")
@@ -135,12 +135,26 @@ def _map_system(system: str | list[TextBlock] | None) -> list[InternalMessage]:
 
 
 def _map_turn(turn: MessageParam, where: str) -> list[InternalMessage]:
+    if turn.role == "system":
+        return [SystemMessage(content=_system_text(turn.content, where))]
     if isinstance(turn.content, str):
         text = turn.content
         return [UserMessage(content=text) if turn.role == "user" else AssistantMessage(content=text)]
     if turn.role == "user":
         return _map_user_blocks(turn.content, where)
     return _map_assistant_blocks(turn.content, where)
+
+
+def _system_text(content: str | list[ContentBlockParam], where: str) -> str | list[TextPart]:
+    """A ``system`` turn between the others (Claude Code sends them): text only, kept in place."""
+    if isinstance(content, str):
+        return content
+    parts: list[TextPart] = []
+    for j, block in enumerate(content):
+        if not isinstance(block, TextBlock):
+            raise unsupported(f"{where}[{j}]", "a system turn carries only text blocks")
+        parts.append(TextPart(text=block.text))
+    return parts
 
 
 def _map_user_blocks(blocks: list[ContentBlockParam], where: str) -> list[InternalMessage]:

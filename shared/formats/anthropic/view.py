@@ -8,8 +8,8 @@ this code was written all pass. :func:`request_view` reads only what routing
 uses, ignoring everything else, and checks the fields Anthropic requires:
 
 - ``model`` (a string), ``max_tokens`` (an integer of at least 1) and
-  ``messages`` (a non-empty list of turns with ``role`` ``user`` or
-  ``assistant`` and a string or a list of blocks as ``content``);
+  ``messages`` (a non-empty list of turns with ``role`` ``user``,
+  ``assistant`` or ``system`` and a string or a list of blocks as ``content``);
 - ``system``: a string or a list of blocks; ``tools``: a list of objects
   with a ``name``; ``tool_choice``: an object with a ``type``; ``stream``: a
   boolean.
@@ -62,7 +62,7 @@ class _Block(Struct, frozen=True):
 
 
 class _Turn(Struct, frozen=True):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | list[_Block]
 
 
@@ -111,7 +111,9 @@ def request_view(body: bytes, *, count: bool = False) -> ChatCompletionRequest:
         else:
             parts = [TextPart(text=_text_of(turn.content))]
             parts += [_IMAGE for block in turn.content if block.type == "image"]
-        if turn.role == "assistant":
+        if turn.role == "system":  # Claude Code sends system turns between the others
+            messages.append(SystemMessage(content=[p for p in parts if isinstance(p, TextPart)]))
+        elif turn.role == "assistant":
             messages.append(AssistantMessage(content=[p for p in parts if isinstance(p, TextPart)]))
         else:
             messages.append(UserMessage(content=parts))

@@ -177,9 +177,9 @@ ContentBlockParam = (
 
 
 class MessageParam(_Wire, frozen=True):
-    """One turn of the conversation."""
+    """One turn of the conversation (Claude Code also sends ``system`` turns between them)."""
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlockParam]
 
 
@@ -253,6 +253,7 @@ class MessagesRequest(_Wire, forbid_unknown_fields=True, frozen=True):
     cache_control: CacheControl | None = None
     container: str | None = None
     inference_geo: str | None = None
+    context_management: dict[str, Any] | None = None
     stream: bool = False
 
 
