@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit install lint docs clean latency bench bench-peers-test chaos chaos-short
+.PHONY: run test test-unit install lint docs clean latency bench bench-peers-test chaos chaos-short e2e
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m scripts.gen_asyncapi
+
+# Claude Code (npm, pinned) in print mode against real stacks, answered by the mock
+# and by llm-katan (tests/e2e). Needs node and npm besides python3; not part of
+# `make test`. The install into .e2e/ happens once (a stamp file there).
+e2e: $(STAMP)
+	bash scripts/install_claude_code.sh .e2e
+	$(BIN)/python -m pytest -m e2e tests/e2e
 
 latency: $(STAMP)
 	$(BIN)/python scripts/latency.py
