@@ -21,8 +21,10 @@ Two rules shape the table:
 The HTTP gateway (``gateway``) has one identity, not two: it answers no NATS
 request, so no requester chooses a subject it publishes to. It is a requester
 like an application (``llm.v1.chat.completions``, replies on ``_INBOX_gateway``,
-which routers and providers may answer on) and reads the config stream the way
-``router-state`` does (for ``GET /v1/models``): nothing else, no KV, no secrets.
+which routers and providers may answer on), reads the config stream the way
+``router-state`` does (for ``GET /v1/models``) and reads and watches the API-key
+bucket (hashes only): never writes, deletes or purges it, no other KV, no secrets.
+Only ``config-state`` writes the key bucket; no other identity may read it.
 (The one message its client library answers by itself is a JetStream
 flow-control request on its consumer's deliver subject: a random inbox of its
 own, which nobody else can subscribe to.)
@@ -64,12 +66,17 @@ from shared.subjects import (
     CONFIG_EVENTS,
     CONFIG_GET,
     CONFIG_HISTORY,
+    CONFIG_KEYS_CREATE,
+    CONFIG_KEYS_DELETE,
+    CONFIG_KEYS_LIST,
+    CONFIG_KEYS_SUBJECTS,
     CONFIG_LOG,
     CONFIG_RESOURCES,
     CONFIG_ROLLBACK,
     CONFIG_ROUTERS,
     CONFIG_STREAM,
     CONFIG_WAIT,
+    GATEWAY_KEYS_BUCKET,
     PROVIDER_PREFIX,
     ROUTER_REVISIONS,
     ROUTER_STATUS,
@@ -233,7 +240,9 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
         # A requester (its own inbox only, so it cannot hear the routers' queue) that reads the
         # routing configuration like a router: never a provider, secrets or config admin subject.
         return {
-            "publish": {"allow": [CHAT_COMPLETIONS, *_stream_reader(CONFIG_STREAM)]},
+            "publish": {
+                "allow": [CHAT_COMPLETIONS, *_stream_reader(CONFIG_STREAM), *_stream_reader(_kv(GATEWAY_KEYS_BUCKET))]
+            },
             "subscribe": {"allow": [own_inbox]},
         }
     if role == "admin":
@@ -251,6 +260,9 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     CONFIG_WAIT,
                     CONFIG_ROUTERS,
                     AUDIT_VERIFY,
+                    CONFIG_KEYS_CREATE,
+                    CONFIG_KEYS_LIST,
+                    CONFIG_KEYS_DELETE,
                     SECRETS_LIST,
                     CHAT_COMPLETIONS,
                 ]
@@ -313,6 +325,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
             "subscribe": {
                 "allow": [
                     "modelbus.v1.config.*",
+                    CONFIG_KEYS_SUBJECTS,
                     AUDIT_VERIFY,
                     ROUTER_REVISIONS,
                     own_inbox,
@@ -329,6 +342,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     *_stream_owner(CONFIG_STREAM, CONFIG_LOG, update=True),
                     *_stream_owner(AUDIT_STREAM, AUDIT_SUBJECT, update=True),
                     *_kv_rw(RUNS_BUCKET, update=True),
+                    *_kv_rw(GATEWAY_KEYS_BUCKET, update=True),
                     *_replica_migration(_kv(BREAKERS_BUCKET)),
                     *_replica_migration(_kv(BUDGETS_BUCKET)),
                 ]

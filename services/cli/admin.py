@@ -13,6 +13,7 @@ import yaml
 from nats.aio.client import Client
 
 from services.cli.clients_cmd import cmd_create_client
+from services.cli.keys_cmd import KEY_KINDS, add_create_parser, cmd_delete_key, cmd_get_keys
 from services.cli.rpc import actor, call
 from services.cli.secrets_cmd import SECRET_KINDS, cmd_create_secret, cmd_get_secrets
 from shared.admin import (
@@ -126,6 +127,8 @@ def as_document(r: StoredResource) -> dict[str, Any]:
 async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
     if args.kind.lower() in SECRET_KINDS:
         return await cmd_get_secrets(nc, args)
+    if args.kind.lower() in KEY_KINDS:
+        return await cmd_get_keys(nc, args)
     if args.kind.lower() in ("router", "routers"):
         routers = await call(nc, CONFIG_ROUTERS, None, RouterList)
         if args.output == "json":
@@ -173,6 +176,8 @@ async def cmd_describe(nc: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_delete(nc: Client, args: argparse.Namespace) -> int:
+    if args.kind.lower() in KEY_KINDS:
+        return await cmd_delete_key(nc, args)
     if args.kind.lower() in SECRET_KINDS:
         # Through the config service, which refuses while an endpoint still uses it and audits it.
         request = DeleteRequest(kind=SECRET_KIND, name=args.name, actor=actor())
@@ -237,7 +242,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     apply.add_argument("--wait-timeout", type=float, default=10.0, help="seconds (default 10)")
     apply.set_defaults(admin=cmd_apply)
 
-    get = sub.add_parser("get", help=f"list resources ({kinds}, all), routers, secrets or clients")
+    get = sub.add_parser("get", help=f"list resources ({kinds}, all), routers, secrets, clients or keys")
     get.add_argument("kind")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
@@ -248,7 +253,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     describe.add_argument("name")
     describe.set_defaults(admin=cmd_describe)
 
-    delete = sub.add_parser("delete", help="delete one resource, a stored secret, or an application's identity")
+    delete = sub.add_parser(
+        "delete", help="delete one resource, a stored secret, an application's identity or a gateway API key"
+    )
     delete.add_argument("kind")
     delete.add_argument("name")
     delete.set_defaults(admin=cmd_delete)
@@ -278,7 +285,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     endpoint.add_argument("-o", "--output", choices=("text", "json"), default="text")
     endpoint.set_defaults(admin=cmd_test_endpoint)
 
-    create = sub.add_parser("create", help="store a secret, or issue an application its own identity")
+    create = sub.add_parser("create", help="store a secret, issue an application its own identity, or make an API key")
     create_sub = create.add_subparsers(dest="create_what", required=True)
     secret = create_sub.add_parser(
         "secret",
@@ -301,3 +308,4 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     client.add_argument("name", help="1 to 32 characters: lower-case letters, digits and '-'")
     client.set_defaults(local=cmd_create_client, admin=None)
+    add_create_parser(create_sub)

@@ -10,7 +10,7 @@ Layout (everything 0600, every folder 0700)::
       client.json     the default client's credentials file   (refused likewise)
                       (NATS identity, and the HTTP gateway's URL and default key)
       gateway.key     the HTTP gateway's default API key       (refused likewise)
-      gateway-keys.json  the keys the gateway accepts, as sha256 hashes only
+      gateway-keys.json  written by earlier versions (hashes only); no longer read, see docs/http.md
       clients/NAME.json  each application's credentials file  (refused likewise)
       clients.json    the applications' registry (bcrypt hashes only)
       clients.applied hash of the registry the running nats-server has loaded
@@ -30,8 +30,6 @@ mistake (``--data-dir ~``) is not rewritten.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import hashlib
 import json
 import os
 import secrets
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import identities
+from shared.gateway_keys import new_key
 from shared.keyfile import (
     ADMIN_TOKEN_ENV,
     ADMIN_TOKEN_FILE_ENV,
@@ -68,11 +67,12 @@ ROUTE_PASSWORD_FILE = "cluster-route.key"
 GATEWAY_KEY_FILE = "gateway.key"
 """The HTTP gateway's default API key, in plain text: the quick start's (also in ``client.json``)."""
 GATEWAY_KEYS_FILE = "gateway-keys.json"
-"""The keys the HTTP gateway accepts, as sha256 hashes only (what ``MODELBUS_GATEWAY_KEYS`` names)."""
+"""The hash file earlier versions handed the gateway; the default key now lives in the JetStream key
+store, so it is no longer written or read (still narrowed on start: it may exist)."""
 GATEWAY_KEYS_ENV = "MODELBUS_GATEWAY_KEYS"
-"""Path of the gateway's keys file; an operator who sets it supplies the keys, and none is generated."""
+"""Path of an operator's extra key file for the gateway; with it set, no default key is generated."""
 DEFAULT_KEY_NAME = "default"
-"""Name of the generated key in :data:`GATEWAY_KEYS_FILE`."""
+"""Name of the generated key in the gateway's key store."""
 CLIENTS_APPLIED = "clients.applied"
 """SHA-256 of the ``clients.json`` the running nats-server has loaded (written by ``modelbus up``)."""
 DEFAULT_HOME = Path.home() / ".local" / "share" / "modelbus"
@@ -239,67 +239,39 @@ def ensure_route_password(data_dir: Path) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewayKeys:
-    """What ``modelbus up`` hands the HTTP gateway: its keys file, and the default key for ``client.json``."""
+class GatewayKey:
+    """The HTTP gateway's default API key, which ``modelbus up`` stores (its hash) in the key store."""
 
-    keys_file: Path
-    """The file of sha256 hashes the gateway reads (``MODELBUS_GATEWAY_KEYS``)."""
     api_key: str
-    """The default key itself; it goes into ``client.json``, never into a child's environment or argv."""
+    """The key itself; it goes into ``client.json``, never into a child's environment or argv."""
+    created: bool
+    """Made on this run (first run, or ``gateway.key`` was deleted): it replaces any stored ``default``."""
 
 
 def new_gateway_key() -> str:
     """A new HTTP API key: ``mb-`` and 32 random bytes, url-safe base64."""
-    return "mb-" + secrets.token_urlsafe(32)
+    return new_key()
 
 
-def key_digest(key: str) -> str:
-    """The hex sha256 of a key, which is all the gateway's keys file holds."""
-    return hashlib.sha256(key.encode()).hexdigest()
+def ensure_gateway_key(data_dir: Path) -> GatewayKey | None:
+    """The HTTP gateway's default key, generated (0600, ``gateway.key``) on first run and kept after.
 
-
-def _key_entries(path: Path) -> list[dict[str, Any]]:
-    """The entries of a gateway keys file (none when it is absent); :class:`DataDirError` when malformed."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise DataDirError(f"{path} is not a gateway keys file ({exc}); fix it or delete it") from None
-    keys = raw.get("keys") if isinstance(raw, dict) else None
-    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
-        raise DataDirError(f'{path} is not a gateway keys file (expected {{"keys": [...]}}); fix it or delete it')
-    return keys
-
-
-def ensure_gateway_keys(data_dir: Path) -> GatewayKeys | None:
-    """The HTTP gateway's default key and keys file, generated (0600) on first run and kept after.
-
-    ``None`` when the operator supplies the keys file (``MODELBUS_GATEWAY_KEYS``).
-    The key is written to ``gateway.key``; ``gateway-keys.json`` holds its sha256
-    as the entry ``default`` next to any other entries, which are kept. Deleting
-    ``gateway.key`` replaces the default key on the next run (the old one's entry
-    goes with it). Raises :class:`DataDirError` for a malformed keys file.
+    ``None`` when the operator supplies a key file (``MODELBUS_GATEWAY_KEYS``).
+    Deleting ``gateway.key`` makes a new default key on the next run, which
+    replaces the stored one. Raises :class:`DataDirError` for an empty file.
     """
     if os.environ.get(GATEWAY_KEYS_ENV):
         return None
-    key_path, keys_path = data_dir / GATEWAY_KEY_FILE, data_dir / GATEWAY_KEYS_FILE
-    entries = _key_entries(keys_path)
+    key_path = data_dir / GATEWAY_KEY_FILE
     created = not key_path.exists()
     if created:
         write_new_private_file(key_path, new_gateway_key().encode() + b"\n")
     key = key_path.read_text().strip()
     if not key:
         raise DataDirError(f"{key_path} is empty; delete it and a new default key is generated")
-    digest = key_digest(key)
-    if not any(e.get("name") == DEFAULT_KEY_NAME and e.get("sha256") == digest for e in entries):
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        entries = [e for e in entries if e.get("name") != DEFAULT_KEY_NAME]
-        entries.append({"name": DEFAULT_KEY_NAME, "sha256": digest, "created": stamp})
-        write_private_file(keys_path, json.dumps({"keys": entries}, indent=2).encode() + b"\n")
     if created:
         print(f"[modelbus] generated the HTTP gateway's default API key {key_path} (mode 0600)", flush=True)
-    return GatewayKeys(keys_file=keys_path, api_key=key)
+    return GatewayKey(api_key=key, created=created)
 
 
 # ---------------------------------------------------------------- the running stack

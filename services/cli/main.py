@@ -6,6 +6,7 @@
 ``modelbus apply|get|describe|delete|history|rollback|audit|test``  administration
 ``modelbus create|delete client NAME``, ``get clients``  per-application identities
 ``modelbus create|delete secret NAME``, ``get secrets``  stored secrets
+``modelbus create|delete key NAME``, ``get keys``  the HTTP gateway's API keys (:mod:`services.cli.keys_cmd`)
 
 How a command finds the stack and its credentials: :mod:`services.cli.connection`.
 

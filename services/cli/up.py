@@ -16,10 +16,16 @@ own ports and store, and tells the services to keep three replicas of every
 stream and bucket (``MODELBUS_JS_REPLICAS``).
 
 The HTTP gateway (OpenAI and Anthropic APIs over HTTP, ``services.gateway``)
-starts last, once the routers serve, on ``127.0.0.1:--http-port``. It gets the
-path of ``gateway-keys.json`` (sha256 hashes only); the default key itself
-(``gateway.key``) goes into ``client.json`` as ``api_key``, never into a child's
-environment or argv.
+starts last, once the routers serve, on ``127.0.0.1:--http-port``. Its keys are
+in the JetStream key store. Once the config service is ready, ``up`` stores the
+default key's hash there as ``default`` (as the admin identity, like ``modelbus
+create key``): on the run that generates ``gateway.key`` (the first, or after
+it was deleted) it replaces any stored ``default``; on later runs only if none
+was ever stored, so ``modelbus delete key default`` stays in force across
+restarts. The key itself (``gateway.key``, 0600) goes into ``client.json`` as
+``api_key`` while it is the stored ``default``, never into a child's
+environment or argv. With ``MODELBUS_GATEWAY_KEYS`` set, the operator supplies
+an extra key file, the gateway alone is told it, and no default key is made.
 
 Each child gets only its own secrets: its broker identities
 (:func:`shared.identities.connection_env`), and the master key (secrets), the
@@ -50,6 +56,7 @@ from services.cli.datadir import (
     CLIENTS_APPLIED,
     DEFAULT_HOME,
     GATEWAY_KEYS_ENV,
+    GATEWAY_KEYS_FILE,
     NATS_DIR,
     NATS_LOG,
     PROCESSES_FILE,
@@ -57,7 +64,7 @@ from services.cli.datadir import (
     RunInfo,
     ensure_admin_token,
     ensure_audit_key,
-    ensure_gateway_keys,
+    ensure_gateway_key,
     ensure_master_key,
     ensure_route_password,
     prepare,
@@ -65,6 +72,7 @@ from services.cli.datadir import (
     run_file,
     write_run_info,
 )
+from services.cli.keys_cmd import store_default_key_at
 from services.cli.processes import NatsProcess, ServiceProcess, StartInterrupted, Supervised
 from services.cli.registry import registry_digest, registry_state, render_authorization, watch_clients
 from services.cli.supervise import Supervisor
@@ -143,7 +151,6 @@ def build_children(
     *,
     passwords: dict[str, str] | None = None,
     audit_key_file: Path | None = None,
-    gateway_keys_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> Children:
     """Every child with its whole environment: the supervisor's, without any key or identity meant
@@ -167,8 +174,6 @@ def build_children(
             env[AUDIT_KEY_FILE_ENV] = str(audit_key_file)
         if service == "gateway":
             env[HTTP_ENV] = f"{HTTP_HOST}:{args.http_port}"
-            if gateway_keys_file is not None:
-                env[GATEWAY_KEYS_ENV] = str(gateway_keys_file)
         env["OTEL_SERVICE_NAME"] = f"modelbus-{service}"
         if passwords is not None:
             env.update(identities.connection_env(service, passwords))
@@ -285,10 +290,17 @@ async def run_up(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
-        gateway_keys = ensure_gateway_keys(data_dir)
+        gateway_key = ensure_gateway_key(data_dir)
     except DataDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if gateway_key is not None and (data_dir / GATEWAY_KEYS_FILE).exists():
+        print(
+            f"[modelbus] note: {data_dir / GATEWAY_KEYS_FILE} is no longer read: the gateway's keys are in "
+            f"JetStream (`modelbus get keys`); to keep other keys it lists, set {GATEWAY_KEYS_ENV} to it",
+            flush=True,
+        )
+    api_key: str | None = None
     server: EmbeddedNats | EmbeddedCluster | None = None
     nats_procs: list[NatsProcess] = []
     passwords: dict[str, str] | None = None
@@ -329,7 +341,6 @@ async def run_up(args: argparse.Namespace) -> int:
         ensure_admin_token(data_dir),
         passwords=passwords,
         audit_key_file=ensure_audit_key(data_dir),
-        gateway_keys_file=gateway_keys.keys_file if gateway_keys else None,
         extra_env=extra_env,
     )
     first, rest, edge = children.first, children.rest, children.edge
@@ -347,6 +358,8 @@ async def run_up(args: argparse.Namespace) -> int:
         for child in first:
             await sup.start(child)
             await sup.wait_ready([child], ready_timeout, stop=stop)
+        if gateway_key is not None:  # before the gateway starts, so its first load holds it
+            api_key = await store_default_key_at(nats_url, passwords, gateway_key)
         for c in rest:
             await sup.start(c)
         await sup.wait_ready(rest, ready_timeout, stop=stop)
@@ -374,7 +387,6 @@ async def run_up(args: argparse.Namespace) -> int:
         names = ",".join(c.name for c in children.all)
         creds = ""
         if passwords is not None:
-            api_key = gateway_keys.api_key if gateway_keys else None
             path = identities.write_client_file(data_dir, nats_url, passwords, http_url=http_url, api_key=api_key)
             creds = f" creds={path}"
         admin_part = f" admin={admin_url}" if admin_url else ""

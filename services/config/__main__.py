@@ -3,7 +3,7 @@
 Two broker connections (see docs/security.md): the FastStream broker, as the
 ``config`` identity, serves the admin subjects and makes the service's own
 requests (secrets, router status, the probe); a second one, as ``config-state``,
-does all JetStream work (config log, audit stream, runs bucket) and publishes
+does all JetStream work (config log, audit stream, runs and gateway-key buckets) and publishes
 the change events. Without identities (``--insecure``) both are one connection.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from services.config.audit import AuditLog, AuditVerifier
 from services.config.audit_key import AuditKeyError, load_audit_key
+from services.config.gateway_keys import GatewayKeyStore, ensure_keys_bucket
 from services.config.http_api import (
     AdminHttpError,
     AdminHttpServer,
@@ -63,6 +64,7 @@ async def _main(config_path: str | None) -> None:
         config_log = ConfigLog(js)
         await config_log.ensure()
         await ensure_runs_bucket(state_nc)
+        keys_kv, _ = await ensure_keys_bucket(state_nc)
         audit = AuditLog(js, audit_key)
         await audit.ensure_stream()
         await audit.seal_legacy()
@@ -78,6 +80,7 @@ async def _main(config_path: str | None) -> None:
             log.error("invalid configuration: %s", exc)
             raise SystemExit(2) from None
         holder["manager"] = manager
+        holder["keys"] = GatewayKeyStore(keys_kv, lambda: manager.head.routing if manager.head else None, audit)
         if listener is not None:
             http.append(await start_admin_http(listener, manager, nc, verifier, env))
 

@@ -28,6 +28,7 @@ from services.config.audit import AuditLog, AuditVerifier
 from services.config.boot_env import endpoints_from_env
 from services.config.documents import Parsed, load_documents
 from services.config.formats import aurora_env_documents, byo_documents, convert
+from services.config.gateway_keys import GatewayKeyStore, ensure_keys_bucket
 from services.config.manager import ConfigManager
 from services.config.resources import SecretValue, parse_native
 from services.config.store import ConfigLog
@@ -47,6 +48,7 @@ from shared.admin import (
 )
 from shared.bus import ReplyGuard
 from shared.errors import ConfigError, DeadlineExceeded, InvalidRequest, ModelbusError, NoRouteAvailable
+from shared.gateway_keys import KeyCreateRequest, KeyDeleteRequest, KeyListRequest
 from shared.jetstream import Ensured, StateKeeper, ensure_kv, ensure_replicas
 from shared.routing import routing_encoder
 from shared.subjects import (
@@ -57,6 +59,9 @@ from shared.subjects import (
     CONFIG_DELETE,
     CONFIG_GET,
     CONFIG_HISTORY,
+    CONFIG_KEYS_CREATE,
+    CONFIG_KEYS_DELETE,
+    CONFIG_KEYS_LIST,
     CONFIG_QUEUE,
     CONFIG_RESOURCES,
     CONFIG_ROLLBACK,
@@ -148,7 +153,7 @@ async def ensure_runs_bucket(nc: Client) -> Ensured:
 def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> StateKeeper:
     """Keeps the config service's streams in place after reconnects and lost servers.
 
-    The config log, the audit stream and the run-pin bucket are re-created if
+    The config log, the audit stream, the run-pin and gateway-key buckets are re-created if
     missing (an error is logged: on file storage with enough replicas this
     means the JetStream store was lost), and every one of them, the routers'
     breakers and budgets buckets included, is brought to ``MODELBUS_JS_REPLICAS``
@@ -162,6 +167,7 @@ def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> S
             ("config log", await config_log.ensure()),
             ("audit stream", await audit.ensure_stream(recheck=True)),
             ("run-pin bucket", await ensure_runs_bucket(nc)),
+            ("gateway key bucket", (await ensure_keys_bucket(nc))[1]),
         ):
             if ensured is not None and ensured.created:
                 log.error(
@@ -360,6 +366,27 @@ def register(broker: NatsBroker, holder: dict[str, Any]) -> ReplyGuard:
             return RouterList(items=await gather_routers(broker.connection))
 
         return await _serve(msg.body, None, run)
+
+    def keys() -> GatewayKeyStore:
+        store: GatewayKeyStore | None = holder.get("keys")
+        if store is None:
+            raise NoRouteAvailable("the config service is still starting")
+        return store
+
+    @subscriber(CONFIG_KEYS_CREATE)
+    async def create_key(msg: NatsMessage) -> NatsResponse:
+        """Store a gateway API key's hash (the key itself never reaches the service)."""
+        return await _serve(msg.body, msgspec.json.Decoder(KeyCreateRequest), lambda r: keys().create(r))
+
+    @subscriber(CONFIG_KEYS_LIST)
+    async def list_keys(msg: NatsMessage) -> NatsResponse:
+        """The gateway keys: names, bindings, times and status, never a hash."""
+        return await _serve(msg.body, msgspec.json.Decoder(KeyListRequest), lambda r: keys().list(r))
+
+    @subscriber(CONFIG_KEYS_DELETE)
+    async def delete_key(msg: NatsMessage) -> NatsResponse:
+        """Revoke a gateway API key."""
+        return await _serve(msg.body, msgspec.json.Decoder(KeyDeleteRequest), lambda r: keys().delete(r))
 
     @subscriber(AUDIT_VERIFY)
     async def audit_verify(msg: NatsMessage) -> NatsResponse:

@@ -1,11 +1,12 @@
 """Entry point: ``modelbus-gateway`` (or ``python -m services.gateway``).
 
-Start-up, in order: read the settings and the key file (a setting that cannot
-work exits with status 2 and one line naming the variable), bind the socket,
-connect to NATS (``NATS_URL``, ``NATS_USER``/``NATS_PASSWORD``,
+Start-up, in order: read the settings and the key file when one is set (a
+setting that cannot work exits with status 2 and one line naming the variable),
+bind the socket, connect to NATS (``NATS_URL``, ``NATS_USER``/``NATS_PASSWORD``,
 ``MODELBUS_INBOX_PREFIX``: the ``gateway`` identity under ``modelbus up``),
-follow the configuration, serve HTTP (uvicorn, httptools, on the uvloop of
-:func:`shared.bus.run`), then the ready line ``gateway http=http://HOST:PORT``.
+load and follow the key store and the configuration, serve HTTP (uvicorn,
+httptools, on the uvloop of :func:`shared.bus.run`), then the ready line
+``gateway http=http://HOST:PORT``.
 SIGINT and SIGTERM stop it: no new connections, requests in flight get a few
 seconds to finish, then the NATS connection drains.
 """
@@ -27,7 +28,7 @@ from nats.aio.client import Client
 from services.gateway.app import Gateway
 from services.gateway.config_follower import ConfigFollower
 from services.gateway.core import Core
-from services.gateway.keys import KeyRing
+from services.gateway.keys import KeyRing, StoreKeys
 from services.gateway.settings import GatewaySetupError, Settings, bind, load_settings, url_of
 from services.gateway.upstream import Upstream
 from shared.bus import MAX_OUTSTANDING_PINGS, PING_INTERVAL_S, RECONNECT_WAIT_S, connect, run
@@ -37,6 +38,9 @@ from shared.telemetry import setup_tracing, shutdown_tracing
 CONFIG_WAIT_S = 10.0
 """How long start-up waits for the first configuration revision before announcing ready anyway
 (``/readyz`` answers 503 until one is known; chat requests do not need it)."""
+KEYS_WAIT_S = 10.0
+"""How long start-up waits for the key store's content before announcing ready anyway (its keys
+are answered 503 ``key_store_unavailable`` until it is known)."""
 STOP_GRACE_S = 5
 """Seconds requests in flight get to finish when the gateway stops."""
 
@@ -84,7 +88,7 @@ async def _connect() -> Client:
     )
 
 
-async def _serve(log: logging.Logger, settings: Settings, keys: KeyRing, sock: socket.socket) -> None:
+async def _serve(log: logging.Logger, settings: Settings, keys: KeyRing | None, sock: socket.socket) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,11 +97,16 @@ async def _serve(log: logging.Logger, settings: Settings, keys: KeyRing, sock: s
     nc = await _connect()
     upstream = Upstream(nc)
     follower = ConfigFollower(nc)
-    server = _uvicorn(Gateway(Core(upstream=upstream, follower=follower, keys=keys, max_body=settings.max_body)))
+    store = StoreKeys(nc)
+    core = Core(upstream=upstream, follower=follower, keys=keys, max_body=settings.max_body, store=store)
+    server = _uvicorn(Gateway(core))
     serving: asyncio.Task[None] | None = None
     try:
         await upstream.start()
+        store.start()
         follower.start()
+        if not await store.wait_loaded(KEYS_WAIT_S):
+            log.warning("the key store did not answer within %gs; its keys are refused until it does", KEYS_WAIT_S)
         if not await follower.wait_first(CONFIG_WAIT_S):
             log.warning("no routing configuration after %gs; /readyz answers 503 until one arrives", CONFIG_WAIT_S)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
@@ -108,7 +117,13 @@ async def _serve(log: logging.Logger, settings: Settings, keys: KeyRing, sock: s
             await asyncio.sleep(0.005)
         await nc.flush()
         url = url_of(sock)
-        log.info("serving http on %s (%d key(s), body limit %d bytes)", url, len(keys.names), settings.max_body)
+        log.info(
+            "serving http on %s (%d stored key(s), %d from the key file, body limit %d bytes)",
+            url,
+            len(store.names),
+            len(keys.names) if keys is not None else 0,
+            settings.max_body,
+        )
         announce_ready(log, f"gateway http={url}")
         await stop.wait()
         log.info("stopping")
@@ -120,6 +135,7 @@ async def _serve(log: logging.Logger, settings: Settings, keys: KeyRing, sock: s
             except TimeoutError:
                 log.warning("requests in flight did not finish within %ss", STOP_GRACE_S)
         sock.close()
+        await store.stop()
         await follower.stop()
         await upstream.stop()
         try:
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     log = setup_logging("gateway")
     try:
         settings = load_settings(os.environ)
-        keys = KeyRing(settings.keys_path)
+        keys = KeyRing(settings.keys_path) if settings.keys_path else None
         sock = bind(settings.host, settings.port)
     except GatewaySetupError as exc:
         log.error("cannot start: %s", exc)

@@ -48,11 +48,12 @@ async def _models(core: Core, scope: Scope, receive: Receive, send: Send, header
     request_id = request_id_of(headers)
     try:
         # OpenAI clients send Bearer, Anthropic clients x-api-key: either lists the models.
-        core.authorize(anthropic_key(headers), "Authorization: Bearer <key>")
+        grant = core.authorize(anthropic_key(headers), "Authorization: Bearer <key>")
     except ModelbusError as err:
         await openai_api.send_error(send, err, request_id)
         return
-    await respond(send, 200, [JSON, (b"x-request-id", request_id.encode())], core.follower.models)
+    body = core.follower.models_for(grant.agent, grant.namespace)  # built once per revision and binding
+    await respond(send, 200, [JSON, (b"x-request-id", request_id.encode())], body)
 
 
 async def _healthz(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
@@ -65,6 +66,8 @@ async def _readyz(core: Core, scope: Scope, receive: Receive, send: Send, header
         health = _Health(status="unavailable", revision=revision, reason="not connected to NATS")
     elif revision is None:
         health = _Health(status="unavailable", reason="no routing configuration known yet")
+    elif core.store is not None and not core.store.trusted:
+        health = _Health(status="unavailable", revision=revision, reason="the key store's copy is not current")
     else:
         await respond(send, 200, [JSON], _encoder.encode(_Health(status="ready", revision=revision)))
         return

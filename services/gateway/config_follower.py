@@ -1,5 +1,9 @@
 """Follow the routing configuration, for ``GET /v1/models`` and the default deadline.
 
+``GET /v1/models`` lists what the caller's key may use: everything (aliases,
+endpoints with a default model, agents) for an unbound key, its agent for an
+agent-bound key, its namespace's agents for a namespace-bound one.
+
 The gateway holds no routing logic; it reads the configuration only to say what
 may be asked for and how long a request may take by default. It follows the
 JetStream stream :data:`shared.subjects.CONFIG_STREAM` exactly as a router does,
@@ -32,6 +36,8 @@ from shared.subjects import CONFIG_STREAM
 
 log = logging.getLogger("modelbus.gateway")
 
+MAX_SCOPED = 4096
+"""Bound keys' model lists kept per revision (beyond it, built per request: still no I/O)."""
 LOOK_EVERY_S = 0.25
 """How often the gateway looks for a config stream that does not exist yet."""
 
@@ -71,9 +77,18 @@ def model_ids(routing: RoutingConfig) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def models_body(routing: RoutingConfig, created: int) -> bytes:
-    """The body of ``GET /v1/models`` for one revision."""
-    return _encoder.encode(_ModelList(data=[_Model(id=i, created=created) for i in model_ids(routing)]))
+def scoped_ids(routing: RoutingConfig, agent: str | None, namespace: str | None) -> list[str]:
+    """What a bound key may use: its agent (when config knows it), else its namespace's agents, sorted."""
+    if agent is not None:
+        return [agent] if agent in routing.agents else []
+    prefix = f"{namespace}/"
+    return sorted(name for name in routing.agents if name.startswith(prefix))
+
+
+def models_body(routing: RoutingConfig, created: int, ids: list[str] | None = None) -> bytes:
+    """The body of ``GET /v1/models`` for one revision (``ids``: a bound key's, else everything)."""
+    listed = model_ids(routing) if ids is None else ids
+    return _encoder.encode(_ModelList(data=[_Model(id=i, created=created) for i in listed]))
 
 
 def _epoch(rfc3339: str) -> int:
@@ -84,7 +99,8 @@ def _epoch(rfc3339: str) -> int:
 
 
 class ConfigFollower:
-    """The newest routing configuration, and the model list built from it once per revision."""
+    """The newest routing configuration, and the model lists built from it: the whole one once per
+    revision, a bound key's once per revision and binding (:meth:`models_for`)."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
@@ -92,6 +108,9 @@ class ConfigFollower:
         """The newest configuration (``None`` until one is known)."""
         self.models: bytes = models_body(RoutingConfig(revision=0, endpoints={}, aliases={}), 0)
         """The ``GET /v1/models`` body of :attr:`routing`."""
+        self._created = 0
+        self._scoped: dict[tuple[str | None, str | None], bytes] = {}
+        """Bound keys' model lists of :attr:`routing`, by (agent, namespace); replaced with each revision."""
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._restart = False
@@ -143,10 +162,25 @@ class ConfigFollower:
         current = self.routing
         if current is None or record.routing.revision > current.revision or self._restart:
             self._restart = False
-            self.models = models_body(record.routing, _epoch(record.time))
+            self._created = _epoch(record.time)
+            self.models = models_body(record.routing, self._created)
+            self._scoped = {}
             self.routing = record.routing  # one assignment: readers never see a half-built state
             self._first.set()
             log.info("configuration at revision %d", record.routing.revision)
+
+    def models_for(self, agent: str | None, namespace: str | None) -> bytes:
+        """The ``GET /v1/models`` body for a key bound to ``agent`` or ``namespace`` (neither: :attr:`models`),
+        built once per revision and binding."""
+        if agent is None and namespace is None:
+            return self.models
+        found = self._scoped.get((agent, namespace))
+        if found is None:
+            routing = self.routing or RoutingConfig(revision=0, endpoints={}, aliases={})
+            found = models_body(routing, self._created, scoped_ids(routing, agent, namespace))
+            if len(self._scoped) < MAX_SCOPED:
+                self._scoped[(agent, namespace)] = found
+        return found
 
     async def stop(self) -> None:
         await self.stream.stop()

@@ -1,14 +1,24 @@
-"""What every endpoint of the gateway shares: the NATS side, the keys, the configuration, the limits."""
+"""What every endpoint of the gateway shares: the NATS side, the keys, the configuration, the limits.
+
+A key's :class:`~services.gateway.keys.Grant` decides the request's agent
+(:meth:`Core.nats_headers`): an unbound key passes ``x-modelbus-agent`` on as
+sent; an agent-bound key routes as its agent, and naming another one is 403
+``agent_not_allowed``; a namespace-bound key must name one of its namespace's
+agents (``x-modelbus-agent: X`` means ``NS/X``), anything else is 403.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 
-from services.gateway.asgi import Headers, nats_headers, timeout_ms_of, trace_headers
+from services.gateway.asgi import AGENT, Headers, nats_headers, timeout_ms_of, trace_headers
 from services.gateway.config_follower import ConfigFollower
-from services.gateway.keys import KeyRing
+from services.gateway.keys import Grant, KeyRing, StoreKeys
 from services.gateway.upstream import Upstream
-from shared.errors import AuthenticationError
+from shared import headers as H
+from shared.errors import AuthenticationError, NoRouteAvailable, PolicyDenied
 from shared.routing import RoutingDefaults
 from shared.telemetry import propagate_headers
 
@@ -35,14 +45,7 @@ def anthropic_key(headers: Headers) -> str | None:
     return bearer_key(headers)
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What a valid key allows: its name (for logs and spans) and what it is bound to."""
-
-    key: str
-    """The key's name, never its value."""
-    agent: str | None = None
-    """The agent every request of this key routes as (``x-modelbus-agent`` is then not needed)."""
+__all__ = ["Core", "Grant", "anthropic_key", "bearer_key"]
 
 
 @dataclass(slots=True)
@@ -51,26 +54,75 @@ class Core:
 
     upstream: Upstream
     follower: ConfigFollower
-    keys: KeyRing
+    keys: KeyRing | None
+    """The key file (``MODELBUS_GATEWAY_KEYS``), when one is set."""
     max_body: int
     """Largest request body accepted, in bytes."""
+    store: StoreKeys | None = None
+    """The JetStream key store (always, in the gateway process; ``None`` in unit tests of the file alone)."""
 
     def authorize(self, key: str | None, how: str) -> Grant:
         """What the caller's key allows; :class:`AuthenticationError` (401) when it has none or a
-        wrong one. ``how`` tells the caller where the key goes. The key never appears in the error."""
+        wrong or expired one, :class:`NoRouteAvailable` (503) when the store's copy is not trusted
+        and the file does not know the key. ``how`` tells the caller where the key goes. The key
+        never appears in the error."""
         if key is None:
             raise AuthenticationError(f"no API key: send it as {how}", code="missing_api_key")
-        name = self.keys.check(key)
-        if name is None:
-            raise AuthenticationError("the API key is not valid", code="invalid_api_key")
-        return Grant(key=name)
+        store = self.store
+        if store is not None and store.trusted:
+            grant = store.grants.get(hashlib.sha256(key.encode()).hexdigest())
+            if grant is not None:
+                if grant.expires_at is not None and time.time() >= grant.expires_at:
+                    raise AuthenticationError(f"the API key {grant.key!r} has expired", code="expired_api_key")
+                return grant
+            store = None  # judged: not in the store
+        name = self.keys.check(key) if self.keys is not None else None
+        if name is not None:
+            return Grant(key=name)
+        if store is not None:
+            raise NoRouteAvailable(
+                "the gateway cannot check API keys right now (its key store is not reachable); try again",
+                code="key_store_unavailable",
+            )
+        raise AuthenticationError("the API key is not valid", code="invalid_api_key")
 
     def nats_headers(self, headers: Headers, request_id: str, grant: Grant) -> tuple[dict[str, str], float]:
         """A request's NATS headers and the time it may take, in seconds: ``x-modelbus-timeout-ms``,
-        else the configuration's default deadline. ``grant`` is what :meth:`authorize` allowed."""
+        else the configuration's default deadline. ``grant`` is what :meth:`authorize` allowed;
+        :class:`PolicyDenied` (403) when the request names an agent the key may not use."""
         routing = self.follower.routing
         default_ms = routing.defaults.timeout_ms if routing is not None else DEFAULT_TIMEOUT_MS
         timeout_ms = timeout_ms_of(headers, default_ms)
         out = nats_headers(headers, request_id, timeout_ms)
+        if grant.agent is not None or grant.namespace is not None:
+            out[H.AGENT] = agent_for(grant, out.get(H.AGENT))
         propagate_headers(out, trace_headers(headers))
         return out, timeout_ms / 1000
+
+
+def agent_for(grant: Grant, asked: str | None) -> str:
+    """The agent a bound key's request routes as; :class:`PolicyDenied` naming the header otherwise."""
+    shown = AGENT.decode()
+    if grant.agent is not None:
+        if asked is not None and asked != grant.agent:
+            raise PolicyDenied(
+                f"this API key ({grant.key!r}) routes as agent {grant.agent!r}; {shown} may not name another",
+                code="agent_not_allowed",
+                param=shown,
+            )
+        return grant.agent
+    namespace = grant.namespace
+    if asked is None:
+        raise PolicyDenied(
+            f"this API key ({grant.key!r}) may use only agents of namespace {namespace!r}: name one in {shown}",
+            code="agent_required",
+            param=shown,
+        )
+    full = asked if "/" in asked else f"{namespace}/{asked}"
+    if full.split("/", 1)[0] != namespace:
+        raise PolicyDenied(
+            f"this API key ({grant.key!r}) may use only agents of namespace {namespace!r}, not {asked[:100]!r}",
+            code="agent_not_allowed",
+            param=shown,
+        )
+    return full

@@ -5,7 +5,9 @@
                             ``127.0.0.1:8787``; port ``0`` picks a free port
 ``MODELBUS_HTTP_MAX_BODY``  largest request body accepted, in bytes; default 4 MiB
                             (4194304); a larger body is answered 413
-``MODELBUS_GATEWAY_KEYS``   the key file (:mod:`services.gateway.keys`); required
+``MODELBUS_GATEWAY_KEYS``   an optional key file of extra, unbound keys
+                            (:mod:`services.gateway.keys`); the keys ``modelbus
+                            create key`` makes are in JetStream and need no setting
 =========================== =============================================================
 
 A setting that cannot work ends the process with status 2 and one line naming
@@ -44,8 +46,8 @@ class Settings:
     """Port to listen on; 0 picks a free one."""
     max_body: int
     """Largest request body, in bytes."""
-    keys_path: str
-    """The key file."""
+    keys_path: str | None
+    """The key file, when one is set."""
 
 
 def parse_address(value: str | None) -> tuple[str, int]:
@@ -72,12 +74,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     """All settings, checked; :class:`GatewaySetupError` names the first bad one."""
     host, port = parse_address(env.get(ADDRESS_ENV))
     max_body = parse_max_body(env.get(MAX_BODY_ENV))
-    keys_path = (env.get(KEYS_ENV) or "").strip()
-    if not keys_path:
-        raise GatewaySetupError(
-            f"{KEYS_ENV} is not set: name a key file "
-            '({"keys": [{"name", "sha256", "created"}]}; `modelbus up` writes one)'
-        )
+    keys_path = (env.get(KEYS_ENV) or "").strip() or None
     return Settings(host=host, port=port, max_body=max_body, keys_path=keys_path)
 
 

@@ -1,10 +1,10 @@
-"""How `modelbus up` runs the HTTP gateway: port, key files, environment, ready line, client.json, run.json.
+"""How `modelbus up` runs the HTTP gateway: port, default key, environment, ready line, client.json, run.json.
 
 The stack is real (nats-server, secrets, config, router, provider worker), but
 its gateway is a stand-in written to a temporary folder: it does only what the
 interface asks of the gateway at start (bind ``MODELBUS_HTTP``, read
-``MODELBUS_GATEWAY_KEYS``, exit 2 without it, name the bound URL in its ready
-line), so these tests check the wiring and nothing of the gateway itself
+``MODELBUS_GATEWAY_KEYS`` when it is set, exit 2 if that file is unreadable, name
+the bound URL in its ready line), so these tests check the wiring and nothing of the gateway itself
 (that is ``test_gateway*.py``). The folder is a ``services`` package whose
 ``__path__`` continues into the repository's, so ``python -m services.gateway``
 finds the stand-in and every other ``services.*`` module the real one.
@@ -23,12 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import nats
 import pytest
 
 from shared import identities
 from shared.client import ModelbusClient
 from shared.natsserver import die_with_parent
-from shared.subjects import CONFIG_STREAM
+from shared.subjects import CONFIG_STREAM, GATEWAY_KEYS_BUCKET
 from tests.conftest import ROOT, run, wait_for_line
 
 STAND_IN = '''"""Stand-in for services.gateway (tests/integration/test_cli_gateway.py)."""
@@ -41,8 +42,10 @@ import sys
 from shared.logs import READY_MARKER
 
 try:
-    with open(os.environ["MODELBUS_GATEWAY_KEYS"]) as keys_file:
-        keys = json.load(keys_file)["keys"]
+    keys = []
+    if os.environ.get("MODELBUS_GATEWAY_KEYS"):
+        with open(os.environ["MODELBUS_GATEWAY_KEYS"]) as keys_file:
+            keys = json.load(keys_file)["keys"]
 except (KeyError, OSError, ValueError) as exc:
     print(f"error: MODELBUS_GATEWAY_KEYS: {type(exc).__name__}", file=sys.stderr)
     sys.exit(2)
@@ -139,6 +142,23 @@ def _key(home: Path) -> str:
     return (home / "gateway.key").read_text().strip()
 
 
+async def _stored_keys(up: Up) -> dict[str, dict[str, str]]:
+    """The gateway key store's records, read as its owner (``config-state``)."""
+    passwords = json.loads((up.home / identities.IDENTITIES_FILE).read_text())
+    nc = await nats.connect(
+        up.nats_url, user="config-state", password=passwords["config-state"], inbox_prefix="_INBOX_config-state"
+    )
+    try:
+        kv = await nc.jetstream().key_value(GATEWAY_KEYS_BUCKET)
+        out = {}
+        for name in await kv.keys():
+            entry = await kv.get(name)
+            out[name] = json.loads(entry.value or b"{}")
+        return out
+    finally:
+        await nc.close()
+
+
 # ---------------------------------------------------------------- what it prints and records
 
 
@@ -160,14 +180,17 @@ def test_client_json_gives_the_http_url_and_the_default_key(up: Up) -> None:
     info = json.loads((up.home / identities.CLIENT_FILE).read_text())
     assert info["http_url"] == up.http_url
     assert info["api_key"] == _key(up.home) and info["api_key"].startswith("mb-")
-    keys = json.loads((up.home / "gateway-keys.json").read_text())["keys"]
-    assert [k["sha256"] for k in keys] == [hashlib.sha256(info["api_key"].encode()).hexdigest()]
+    stored = run(_stored_keys(up))
+    assert list(stored) == ["default"]
+    assert stored["default"]["sha256"] == hashlib.sha256(info["api_key"].encode()).hexdigest()
+    assert info["api_key"] not in json.dumps(stored)
+    assert not (up.home / "gateway-keys.json").exists()  # no hash file any more: the store has it
     assert {info["user"], info["inbox_prefix"]} == {"client", "_INBOX_client.default"}  # NATS fields as before
 
 
 def test_the_key_files_are_0600_and_the_key_is_in_no_argv_environment_or_ready_line(up: Up) -> None:
     key = _key(up.home)
-    for name in ("gateway.key", "gateway-keys.json", identities.CLIENT_FILE):
+    for name in ("gateway.key", identities.CLIENT_FILE):
         assert (up.home / name).stat().st_mode & 0o777 == 0o600, name
     assert key not in up.ready and key not in "".join(up.output)
     children = up.children()
@@ -177,13 +200,12 @@ def test_the_key_files_are_0600_and_the_key_is_in_no_argv_environment_or_ready_l
         assert not [v for v in env.values() if key in v], name
 
 
-def test_only_the_gateway_is_told_its_keys_file_and_address_and_it_connects_as_itself(up: Up) -> None:
+def test_only_the_gateway_is_told_its_address_no_child_a_key_file_and_it_connects_as_itself(up: Up) -> None:
     children = up.children()
     _, gateway = children["gateway"]
-    assert gateway["MODELBUS_GATEWAY_KEYS"] == str(up.home / "gateway-keys.json")
     assert gateway["MODELBUS_HTTP"] == "127.0.0.1:0"
     assert (gateway["NATS_USER"], gateway["MODELBUS_INBOX_PREFIX"]) == ("gateway", "_INBOX_gateway")
-    assert [n for n, (_, env) in children.items() if "MODELBUS_GATEWAY_KEYS" in env] == ["gateway"]
+    assert [n for n, (_, env) in children.items() if "MODELBUS_GATEWAY_KEYS" in env] == []
     for var in ("MODELBUS_MASTER_KEY_FILE", "MODELBUS_AUDIT_KEY_FILE", "MODELBUS_ADMIN_TOKEN_FILE"):
         assert var not in gateway, var
 
@@ -235,14 +257,30 @@ def test_a_later_run_reuses_the_key_and_an_older_data_dir_gains_the_gateway_iden
         assert gateway["NATS_PASSWORD"] == now["gateway"]
 
 
-def test_insecure_mode_still_hands_the_gateway_its_keys(overlay: Path, tmp_path: Path) -> None:
-    """Without broker identities the HTTP key is still required: the gateway gets its keys file."""
+def test_insecure_mode_still_stores_the_default_key(overlay: Path, tmp_path: Path) -> None:
+    """Without broker identities the HTTP key is still required: the default key is in the store."""
     with running_up(overlay, tmp_path / "home", "--insecure") as stack:
         assert stack.http_url.startswith("http://127.0.0.1:")
         _, gateway = stack.children()["gateway"]
-        assert gateway["MODELBUS_GATEWAY_KEYS"] == str(tmp_path / "home" / "gateway-keys.json")
-        assert "NATS_USER" not in gateway
+        assert "NATS_USER" not in gateway and "MODELBUS_GATEWAY_KEYS" not in gateway
         assert (tmp_path / "home" / "gateway.key").stat().st_mode & 0o777 == 0o600
+        assert "stored the default API key" in "".join(stack.output)
+
+
+def test_a_deleted_gateway_key_file_makes_a_new_default_key_that_replaces_the_stored_one(
+    overlay: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    with running_up(overlay, home):
+        pass
+    old = _key(home)
+    (home / "gateway.key").unlink()
+    with running_up(overlay, home) as again:
+        new = _key(home)
+        assert new != old
+        assert json.loads((home / identities.CLIENT_FILE).read_text())["api_key"] == new
+        stored = run(_stored_keys(again))
+        assert stored["default"]["sha256"] == hashlib.sha256(new.encode()).hexdigest()
 
 
 def test_a_taken_http_port_stops_up_before_anything_starts(overlay: Path, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ from shared.subjects import (
     CONFIG_APPLY,
     CONFIG_HISTORY,
     CONFIG_STREAM,
+    GATEWAY_KEYS_BUCKET,
     RUNS_BUCKET,
 )
 from tests.conftest import Stack, run, start_stack, stop_process
@@ -73,7 +74,14 @@ kind: AgentPolicy
 metadata: {{name: {POLICY}}}
 spec: {{max_tokens_per_run: 100000000, agents: [budgeted]}}
 """
-STREAMS = [CONFIG_STREAM, AUDIT_STREAM, f"KV_{RUNS_BUCKET}", f"KV_{BREAKERS_BUCKET}", f"KV_{BUDGETS_BUCKET}"]
+STREAMS = [
+    CONFIG_STREAM,
+    AUDIT_STREAM,
+    f"KV_{RUNS_BUCKET}",
+    f"KV_{BREAKERS_BUCKET}",
+    f"KV_{BUDGETS_BUCKET}",
+    f"KV_{GATEWAY_KEYS_BUCKET}",
+]
 """Every stream the stack keeps (the secrets bucket too when the stack has a master key)."""
 LOAD_CONCURRENCY = 8
 LOAD_TIMEOUT_MS = 8000

@@ -22,13 +22,6 @@ def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_no_key_file_setting_exits_2_naming_the_variable() -> None:
-    done = start({})
-    assert done.returncode == 2
-    assert "cannot start: MODELBUS_GATEWAY_KEYS is not set" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
 def test_a_missing_key_file_exits_2_naming_the_variable(tmp_path: Path) -> None:
     done = start({"MODELBUS_GATEWAY_KEYS": str(tmp_path / "absent.json")})
     assert done.returncode == 2

@@ -1,11 +1,9 @@
-"""What `modelbus up` prepares for the HTTP gateway: its identity, its key files, client.json and the flag."""
+"""What `modelbus up` prepares for the HTTP gateway: its identity, its default key, client.json and the flag."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from services.cli.datadir import (
     GATEWAY_KEYS_FILE,
     DataDirError,
     RunInfo,
-    ensure_gateway_keys,
+    ensure_gateway_key,
     prepare,
     read_run_info,
     write_run_info,
@@ -38,109 +36,73 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-def _entries(home: Path) -> list[dict[str, str]]:
-    entries: list[dict[str, str]] = json.loads((home / GATEWAY_KEYS_FILE).read_text())["keys"]
-    return entries
+# ---------------------------------------------------------------- the default key
 
 
-# ---------------------------------------------------------------- key files
-
-
-def test_the_first_run_creates_a_default_key_and_a_keys_file_holding_only_its_hash(tmp_path: Path) -> None:
-    keys = ensure_gateway_keys(tmp_path)
-    assert keys is not None
+def test_the_first_run_creates_a_default_key_in_a_0600_file_and_later_runs_reuse_it(tmp_path: Path) -> None:
+    first = ensure_gateway_key(tmp_path)
+    assert first is not None and first.created
     key = (tmp_path / GATEWAY_KEY_FILE).read_text().strip()
-    assert keys.api_key == key and key.startswith("mb-") and len(key) == 3 + 43  # 32 url-safe random bytes
-    assert keys.keys_file == tmp_path / GATEWAY_KEYS_FILE
-    [entry] = _entries(tmp_path)
-    assert entry["name"] == "default"
-    assert entry["sha256"] == hashlib.sha256(key.encode()).hexdigest()
-    assert entry["created"].endswith("Z") and "T" in entry["created"]
-    assert key not in (tmp_path / GATEWAY_KEYS_FILE).read_text()
-
-
-def test_both_key_files_are_0600(tmp_path: Path) -> None:
-    previous = os.umask(0o022)  # as a careless shell would have it: the files must not depend on the umask
-    try:
-        ensure_gateway_keys(tmp_path)
-    finally:
-        os.umask(previous)
+    assert first.api_key == key and key.startswith("mb-") and len(key) == 3 + 43  # 32 url-safe random bytes
     assert _mode(tmp_path / GATEWAY_KEY_FILE) == 0o600
-    assert _mode(tmp_path / GATEWAY_KEYS_FILE) == 0o600
+    again = ensure_gateway_key(tmp_path)
+    assert again is not None and again.api_key == key and not again.created
 
 
-def test_later_runs_reuse_the_key_and_leave_the_keys_file_alone(tmp_path: Path) -> None:
-    first = ensure_gateway_keys(tmp_path)
-    before = (tmp_path / GATEWAY_KEYS_FILE).read_bytes()
-    stamp = (tmp_path / GATEWAY_KEYS_FILE).stat().st_mtime_ns
-    again = ensure_gateway_keys(tmp_path)
-    assert first is not None and again is not None and again.api_key == first.api_key
-    assert (tmp_path / GATEWAY_KEYS_FILE).read_bytes() == before
-    assert (tmp_path / GATEWAY_KEYS_FILE).stat().st_mtime_ns == stamp
+def test_no_hash_file_is_written_any_more_the_store_holds_the_hash(tmp_path: Path) -> None:
+    ensure_gateway_key(tmp_path)
+    assert not (tmp_path / GATEWAY_KEYS_FILE).exists()
 
 
-def test_other_keys_in_the_keys_file_are_kept(tmp_path: Path) -> None:
-    ensure_gateway_keys(tmp_path)
-    other = {"name": "billing", "sha256": "ab" * 32, "created": "2026-01-01T00:00:00Z"}
-    (tmp_path / GATEWAY_KEYS_FILE).write_text(json.dumps({"keys": [*_entries(tmp_path), other]}))
-    ensure_gateway_keys(tmp_path)
-    assert [e["name"] for e in _entries(tmp_path)] == ["default", "billing"]
-
-
-def test_a_deleted_key_file_gets_a_new_default_key_whose_hash_replaces_the_old(tmp_path: Path) -> None:
-    old = ensure_gateway_keys(tmp_path)
+def test_a_deleted_key_file_gets_a_new_default_key_marked_new(tmp_path: Path) -> None:
+    old = ensure_gateway_key(tmp_path)
     (tmp_path / GATEWAY_KEY_FILE).unlink()
-    new = ensure_gateway_keys(tmp_path)
-    assert old is not None and new is not None and new.api_key != old.api_key
-    assert [e["sha256"] for e in _entries(tmp_path)] == [hashlib.sha256(new.api_key.encode()).hexdigest()]
+    new = ensure_gateway_key(tmp_path)
+    assert old is not None and new is not None and new.api_key != old.api_key and new.created
 
 
-def test_a_lost_keys_file_is_written_again_from_the_key(tmp_path: Path) -> None:
-    keys = ensure_gateway_keys(tmp_path)
-    (tmp_path / GATEWAY_KEYS_FILE).unlink()
-    ensure_gateway_keys(tmp_path)
-    assert keys is not None
-    assert [e["sha256"] for e in _entries(tmp_path)] == [hashlib.sha256(keys.api_key.encode()).hexdigest()]
-
-
-@pytest.mark.parametrize("content", ["not json", '{"keys": {"default": 1}}', "[]", '{"keys": ["x"]}'])
-def test_a_malformed_keys_file_is_refused_naming_it_not_overwritten(tmp_path: Path, content: str) -> None:
-    (tmp_path / GATEWAY_KEYS_FILE).write_text(content)
-    with pytest.raises(DataDirError, match=str(tmp_path / GATEWAY_KEYS_FILE)):
-        ensure_gateway_keys(tmp_path)
-    assert (tmp_path / GATEWAY_KEYS_FILE).read_text() == content
+def test_an_empty_key_file_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / GATEWAY_KEY_FILE).write_text("\n")
+    with pytest.raises(DataDirError, match=str(tmp_path / GATEWAY_KEY_FILE)):
+        ensure_gateway_key(tmp_path)
 
 
 def test_an_operators_keys_file_means_no_key_is_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELBUS_GATEWAY_KEYS", str(tmp_path / "theirs.json"))
-    assert ensure_gateway_keys(tmp_path) is None
-    assert not (tmp_path / GATEWAY_KEY_FILE).exists() and not (tmp_path / GATEWAY_KEYS_FILE).exists()
+    assert ensure_gateway_key(tmp_path) is None
+    assert not (tmp_path / GATEWAY_KEY_FILE).exists()
 
 
 def test_a_gateway_key_file_others_can_read_is_refused_at_start(tmp_path: Path) -> None:
-    ensure_gateway_keys(tmp_path)
+    ensure_gateway_key(tmp_path)
     (tmp_path / GATEWAY_KEY_FILE).chmod(0o644)
     with pytest.raises(DataDirError, match=f"chmod 600 {tmp_path / GATEWAY_KEY_FILE}"):
         prepare(tmp_path)
 
 
-def test_an_open_keys_file_of_hashes_is_narrowed_on_start(tmp_path: Path) -> None:
-    ensure_gateway_keys(tmp_path)
+def test_an_old_open_keys_file_of_hashes_is_still_narrowed_on_start(tmp_path: Path) -> None:
+    (tmp_path / GATEWAY_KEYS_FILE).write_text('{"keys": []}')
     (tmp_path / GATEWAY_KEYS_FILE).chmod(0o644)
     prepare(tmp_path)
     assert _mode(tmp_path / GATEWAY_KEYS_FILE) == 0o600
 
 
-def test_the_key_reaches_no_child_only_the_path_of_its_hash(tmp_path: Path) -> None:
-    keys = ensure_gateway_keys(tmp_path)
+def test_the_key_reaches_no_child_and_only_an_operators_key_file_reaches_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ensure_gateway_key(tmp_path)
     assert keys is not None
     passwords = {role: f"pw-{role}" for role in identities.ROLES}
     args = argparse.Namespace(config=None, routers=1, provider_workers=1, http_port=0)
-    children = build_children(args, "nats://127.0.0.1:1", passwords=passwords, gateway_keys_file=keys.keys_file)
+    children = build_children(args, "nats://127.0.0.1:1", passwords=passwords)
     for child in children.all:
         assert not [v for v in child.env.values() if keys.api_key in v], child.name
         assert not [a for a in child.argv if keys.api_key in a], child.name
         assert str(tmp_path / GATEWAY_KEY_FILE) not in child.env.values(), child.name
+        assert "MODELBUS_GATEWAY_KEYS" not in child.env, child.name
+    monkeypatch.setenv("MODELBUS_GATEWAY_KEYS", "/etc/theirs.json")
+    children = build_children(args, "nats://127.0.0.1:1", passwords=passwords)
+    assert [c.name for c in children.all if c.env.get("MODELBUS_GATEWAY_KEYS") == "/etc/theirs.json"] == ["gateway"]
 
 
 # ---------------------------------------------------------------- identities
@@ -160,11 +122,14 @@ def test_an_older_data_dir_gains_a_gateway_password_and_keeps_every_other(tmp_pa
     assert {u["user"] for u in users} == set(identities.ROLES)
 
 
-def test_the_gateway_identity_publishes_only_requests_and_config_reads_and_hears_only_its_inbox() -> None:
+def test_the_gateway_identity_publishes_only_requests_and_reads_of_config_and_keys_and_hears_only_its_inbox() -> None:
     perms = identities.permissions("gateway")
     published = perms["publish"]["allow"]
     assert published[0] == "llm.v1.chat.completions"
-    assert all(s.startswith(("$JS.API.", "$JS.FC.", "$JS.ACK.")) and "MODELBUS_CONFIG" in s for s in published[1:])
+    assert all(s.startswith(("$JS.API.", "$JS.FC.", "$JS.ACK.")) for s in published[1:])
+    assert all("MODELBUS_CONFIG" in s or "KV_modelbus_gateway_keys" in s for s in published[1:])
+    assert not [s for s in published if s.startswith(("$KV.", "$JS.API.STREAM.PURGE", "$JS.API.STREAM.DELETE"))]
+    assert not [s for s in published if s.startswith(("$JS.API.STREAM.MSG.DELETE", "$JS.API.STREAM.UPDATE"))]
     assert perms["subscribe"] == {"allow": ["_INBOX_gateway.>"]}
     assert identities.connection_env("gateway", {"gateway": "pw"}) == {
         "NATS_USER": "gateway",

@@ -30,7 +30,6 @@ KEYS = {
     "NATS_USER": "operator",
     "NATS_PASSWORD": "operator-pw",
 }
-GATEWAY_KEYS = Path("/data/gateway-keys.json")
 
 
 def _args(routers: int = 1, workers: int = 1, http_port: int = 8787) -> argparse.Namespace:
@@ -41,9 +40,7 @@ def _children(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, dict
     for key, value in KEYS.items():
         monkeypatch.setenv(key, value)
     passwords = {role: f"pw-{role}" for role in identities.ROLES}
-    children = build_children(
-        _args(), "nats://127.0.0.1:1", passwords=passwords, audit_key_file=None, gateway_keys_file=GATEWAY_KEYS
-    )
+    children = build_children(_args(), "nats://127.0.0.1:1", passwords=passwords, audit_key_file=None)
     return {c.name: c.env for c in children.all}
 
 
@@ -71,13 +68,13 @@ def test_each_child_connects_as_its_own_role_not_the_operators(monkeypatch: pyte
     assert identities.STATE_USER_ENV not in envs["gateway"]  # one identity: it answers no request
 
 
-def test_only_the_gateway_is_told_where_its_keys_file_is_and_where_to_listen(
+def test_only_the_gateway_is_told_an_operators_key_file_and_where_to_listen(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("MODELBUS_GATEWAY_KEYS", "/operator/keys.json")  # an operator's, overridden for the gateway
+    monkeypatch.setenv("MODELBUS_GATEWAY_KEYS", "/operator/keys.json")
     envs = _children(monkeypatch, tmp_path)
     assert [n for n, env in envs.items() if "MODELBUS_GATEWAY_KEYS" in env] == ["gateway"]
-    assert envs["gateway"]["MODELBUS_GATEWAY_KEYS"] == str(GATEWAY_KEYS)
+    assert envs["gateway"]["MODELBUS_GATEWAY_KEYS"] == "/operator/keys.json"
     assert envs["gateway"][HTTP_ENV] == "127.0.0.1:8787"
     assert envs["gateway"]["NATS_USER"] == "gateway"
     assert envs["gateway"][identities.INBOX_ENV] == "_INBOX_gateway"
@@ -93,7 +90,7 @@ def test_the_gateway_sees_no_other_services_key(monkeypatch: pytest.MonkeyPatch,
 
 def test_an_operators_own_gateway_keys_file_reaches_only_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELBUS_GATEWAY_KEYS", "/operator/keys.json")
-    children = build_children(_args(), "nats://127.0.0.1:1", gateway_keys_file=None)
+    children = build_children(_args(), "nats://127.0.0.1:1")
     holders = {c.name: c.env.get("MODELBUS_GATEWAY_KEYS") for c in children.all if "MODELBUS_GATEWAY_KEYS" in c.env}
     assert holders == {"gateway": "/operator/keys.json"}
 

@@ -76,3 +76,21 @@ def test_an_agent_named_like_an_alias_is_listed_once() -> None:
         agents={"coder": Agent(name="coder", model_ref="coder"), "a/reviewer": Agent(name="a/reviewer", model_ref="x")},
     )
     assert model_ids(config) == ["coder", "a/reviewer"]
+
+
+def test_a_bound_key_s_list_is_its_agent_or_its_namespace_s_agents_built_once_per_revision() -> None:
+    f = follower()
+    agents = {n: Agent(name=n, model_ref="mock") for n in ("helper", "team/coder", "team/writer", "other/spy")}
+    deliver(f, record(msgspec.structs.replace(routing(1, "fast"), agents=agents)))
+
+    def listed(body: bytes) -> list[str]:
+        return [m["id"] for m in json.loads(body)["data"]]
+
+    assert f.models_for(None, None) is f.models
+    assert listed(f.models_for("helper", None)) == ["helper"]
+    assert listed(f.models_for(None, "team")) == ["team/coder", "team/writer"]
+    assert listed(f.models_for("team/gone", None)) == []
+    assert f.models_for(None, "team") is f.models_for(None, "team")  # cached, not rebuilt per request
+    cached = f.models_for(None, "team")
+    deliver(f, record(routing(2, "fast")))
+    assert f.models_for(None, "team") is not cached and listed(f.models_for(None, "team")) == []

@@ -44,9 +44,9 @@ def test_a_bad_body_limit_is_refused_naming_the_variable(value: str) -> None:
         parse_max_body(value)
 
 
-def test_the_key_file_is_required() -> None:
-    with pytest.raises(GatewaySetupError, match=r"^MODELBUS_GATEWAY_KEYS is not set"):
-        load_settings({})
+def test_the_key_file_is_optional_since_keys_live_in_jetstream() -> None:
+    assert load_settings({}).keys_path is None
+    assert load_settings({"MODELBUS_GATEWAY_KEYS": "  "}).keys_path is None
     settings = load_settings({"MODELBUS_GATEWAY_KEYS": "/k.json", "MODELBUS_HTTP": "127.0.0.1:0"})
     assert (settings.port, settings.keys_path, settings.max_body) == (0, "/k.json", DEFAULT_MAX_BODY)
 
