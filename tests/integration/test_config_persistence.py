@@ -79,24 +79,26 @@ def test_a_tampered_audit_entry_is_detected(tmp_path: Path) -> None:
             assert _cli(home, url, "apply", "-f", str(config)).returncode == 0
         assert run(_admin(url, AUDIT_VERIFY, None, AuditReport)).ok
 
-        async def forge() -> None:
+        async def forge() -> int:
+            """Append a rewritten copy of entry 2; the stream sequence it lands at."""
             nc = await nats.connect(url)
             js = nc.jetstream()
             original = await js.get_msg(AUDIT_STREAM, seq=2)
             assert original.data is not None
             entry = json.loads(original.data)
             entry["actor"] = "someone-else"  # rewrite who did it, keep the old hash
-            await js.publish(AUDIT_SUBJECT, json.dumps(entry).encode(), stream=AUDIT_STREAM)
+            ack = await js.publish(AUDIT_SUBJECT, json.dumps(entry).encode(), stream=AUDIT_STREAM)
             await nc.close()
+            return ack.seq
 
-        run(forge())
+        forged_at = run(forge())
         report = run(_admin(url, AUDIT_VERIFY, None, AuditReport))
         assert not report.ok
-        assert report.broken_at == 4
+        assert report.broken_at == forged_at
         assert report.reason is not None
         verify = _cli(home, url, "audit", "verify")
         assert verify.returncode == 1
-        assert "BROKEN at stream sequence 4" in verify.stderr
+        assert f"BROKEN at stream sequence {forged_at}" in verify.stderr
     finally:
         stop_process(stack.proc)
         server.stop()
