@@ -68,15 +68,16 @@ class Core:
         never appears in the error."""
         if key is None:
             raise AuthenticationError(f"no API key: send it as {how}", code="missing_api_key")
+        digest = hashlib.sha256(key.encode()).hexdigest()  # once, for both sources
         store = self.store
         if store is not None and store.trusted:
-            grant = store.grants.get(hashlib.sha256(key.encode()).hexdigest())
+            grant = store.grants.get(digest)
             if grant is not None:
                 if grant.expires_at is not None and time.time() >= grant.expires_at:
                     raise AuthenticationError(f"the API key {grant.key!r} has expired", code="expired_api_key")
                 return grant
             store = None  # judged: not in the store
-        name = self.keys.check(key) if self.keys is not None else None
+        name = self.keys.check_digest(digest.encode()) if self.keys is not None else None
         if name is not None:
             return Grant(key=name)
         if store is not None:

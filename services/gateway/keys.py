@@ -153,10 +153,13 @@ class KeyRing:
 
     def check(self, key: str | None) -> str | None:
         """The name of the key ``key`` matches, or ``None`` (no key, or no match)."""
+        return self.check_digest(key_hash(key)) if key else self.check_digest(None)
+
+    def check_digest(self, digest: bytes | None) -> str | None:
+        """:meth:`check` for a key whose hex SHA-256 (:func:`key_hash`) the caller already has."""
         self._refresh()
-        if not key:
+        if not digest:
             return None
-        digest = key_hash(key)
         found: str | None = None
         for name, expected in self._entries:
             if hmac.compare_digest(digest, expected) and found is None:
