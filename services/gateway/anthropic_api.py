@@ -29,31 +29,28 @@ import logging
 
 import msgspec
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from services.gateway.asgi import (
     JSON,
-    ClientGone,
     Headers,
     Receive,
     Scope,
     Send,
     read_body,
-    request_id_of,
     respond,
     response_headers,
     start_stream,
-    trace_headers,
     watch_disconnect,
     write,
 )
 from services.gateway.core import Core, anthropic_key
+from services.gateway.exchange import ANTHROPIC, Answering
 from services.gateway.upstream import Keepalive, Pending
 from shared import headers as H
 from shared.errors import BadUpstreamResponse, InvalidRequest, ModelbusError
 from shared.formats import anthropic, openai
 from shared.formats.anthropic.view import request_view
-from shared.telemetry import hot_span, record_error, tracer
+from shared.telemetry import record_error, tracer
 
 log = logging.getLogger("modelbus.gateway")
 _tracer = tracer("modelbus.gateway")
@@ -61,51 +58,24 @@ _tracer = tracer("modelbus.gateway")
 HOW = "x-api-key: <key> (or Authorization: Bearer <key>)"
 
 
-async def send_error(
-    send: Send, err: ModelbusError, request_id: str, pending: Pending | None = None, *, status: int | None = None
-) -> None:
-    """``err`` as Anthropic's error answer, with the reply's modelbus headers when there was a reply."""
-    native_status, extra, body = anthropic.error_to_native(err, request_id=request_id)
-    headers = [JSON, *((k.encode(), v.encode()) for k, v in extra.items())]
-    headers += response_headers(pending.headers if pending is not None else {}, request_id, anthropic=True)
-    await respond(send, status or native_status, headers, body)
-
-
 async def messages(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
     """Answer one Messages request, whatever happens."""
-    request_id = request_id_of(headers)
-    pending: Pending | None = None
-    parent = trace_headers(headers)
-    with hot_span(_tracer, "POST /v1/messages", kind=SpanKind.SERVER, parent_headers=parent) as span:
-        span.set_attribute("modelbus.request_id", request_id)
-        try:
-            grant = core.authorize(anthropic_key(headers), HOW)
-            span.set_attribute("modelbus.key", grant.key)
-            body = await read_body(receive, headers, core.max_body)
-            request = request_view(body)  # checks what routing needs; the body goes on as it came
-            nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
-            nats_hdrs[H.FORMAT] = "anthropic"
-            pending = await core.upstream.send(body, nats_hdrs, timeout_s)
-            if request.stream:
-                await _stream(pending, send, receive, request_id, span)
-                return
-            answer = await pending.completion_body()
-            if pending.format != "anthropic":  # an upstream of another API: the internal answer, translated
-                answer = _translated(answer)
-            reply = response_headers(pending.headers, request_id, anthropic=True)
-            await respond(send, 200, [JSON, *reply], answer)
-        except ClientGone:
+    async with Answering(ANTHROPIC, "POST /v1/messages", send, headers) as ex:
+        grant = core.authorize(anthropic_key(headers), HOW)
+        ex.span.set_attribute("modelbus.key", grant.key)
+        body = await read_body(receive, headers, core.max_body)
+        request = request_view(body)  # checks what routing needs; the body goes on as it came
+        nats_hdrs, timeout_s = core.nats_headers(headers, ex.request_id, grant)
+        nats_hdrs[H.FORMAT] = "anthropic"
+        pending = ex.pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        if request.stream:
+            await _stream(pending, send, receive, ex.request_id, ex.span)
             return
-        except ModelbusError as err:
-            record_error(span, err, err.http_status)
-            await send_error(send, err, request_id, pending)
-        except Exception as exc:
-            log.exception("internal error on request %s", request_id)
-            record_error(span, exc, 500)
-            await send_error(send, ModelbusError("internal gateway error"), request_id, pending)
-        finally:
-            if pending is not None:
-                pending.close()
+        answer = await pending.completion_body()
+        if pending.format != "anthropic":  # an upstream of another API: the internal answer, translated
+            answer = _translated(answer)
+        reply = response_headers(pending.headers, ex.request_id, anthropic=True)
+        await respond(send, 200, [JSON, *reply], answer)
 
 
 def _translated(body: bytes) -> bytes:
@@ -198,15 +168,13 @@ async def _fail(send: Send, exc: Exception, request_id: str, span: trace.Span) -
 async def count_tokens(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
     """``{"input_tokens": N}``: the provider's own count where the route has a target that counts
     (an ``anthropic`` endpoint), else modelbus's estimate; ``x-modelbus-token-count`` says which."""
-    request_id = request_id_of(headers)
-    pending: Pending | None = None
-    try:
+    async with Answering(ANTHROPIC, "POST /v1/messages/count_tokens", send, headers) as ex:
         grant = core.authorize(anthropic_key(headers), HOW)
         body = await read_body(receive, headers, core.max_body)
-        nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
+        nats_hdrs, timeout_s = core.nats_headers(headers, ex.request_id, grant)
         nats_hdrs[H.FORMAT] = "anthropic"
         nats_hdrs[H.OPERATION] = H.COUNT_TOKENS
-        pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        pending = ex.pending = await core.upstream.send(body, nats_hdrs, timeout_s)
         try:
             answer, source = await pending.completion_body(), b"provider"
         except InvalidRequest as err:
@@ -214,15 +182,5 @@ async def count_tokens(core: Core, scope: Scope, receive: Receive, send: Send, h
                 raise
             request = anthropic.count_tokens_request_from_native(body)
             answer, source = anthropic.token_count_to_native(anthropic.estimate_input_tokens(request)), b"estimate"
-        reply = response_headers(pending.headers, request_id, anthropic=True)
+        reply = response_headers(pending.headers, ex.request_id, anthropic=True)
         await respond(send, 200, [JSON, (b"x-modelbus-token-count", source), *reply], answer)
-    except ClientGone:
-        return
-    except ModelbusError as err:
-        await send_error(send, err, request_id, pending)
-    except Exception:
-        log.exception("internal error on request %s", request_id)
-        await send_error(send, ModelbusError("internal gateway error"), request_id, pending)
-    finally:
-        if pending is not None:
-            pending.close()

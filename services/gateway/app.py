@@ -27,6 +27,7 @@ import msgspec
 from services.gateway import anthropic_api, openai_api
 from services.gateway.asgi import JSON, Headers, Receive, Scope, Send, request_headers, request_id_of, respond
 from services.gateway.core import Core, anthropic_key
+from services.gateway.exchange import ANTHROPIC, OPENAI, send_error
 from shared.errors import InvalidRequest, ModelbusError, NotFound
 
 log = logging.getLogger("modelbus.gateway")
@@ -50,7 +51,7 @@ async def _models(core: Core, scope: Scope, receive: Receive, send: Send, header
         # OpenAI clients send Bearer, Anthropic clients x-api-key: either lists the models.
         grant = core.authorize(anthropic_key(headers), "Authorization: Bearer <key>")
     except ModelbusError as err:
-        await openai_api.send_error(send, err, request_id)
+        await send_error(OPENAI, send, err, request_id)
         return
     body = core.follower.models_for(grant.agent, grant.namespace)  # built once per revision and binding
     await respond(send, 200, [JSON, (b"x-request-id", request_id.encode())], body)
@@ -110,6 +111,6 @@ class Gateway:
             status = 405
         request_id = request_id_of(headers)
         if path.startswith("/v1/messages"):
-            await anthropic_api.send_error(send, err, request_id, status=status)
+            await send_error(ANTHROPIC, send, err, request_id, status=status)
         else:
-            await openai_api.send_error(send, err, request_id, status=status)
+            await send_error(OPENAI, send, err, request_id, status=status)

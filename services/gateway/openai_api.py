@@ -19,83 +19,52 @@ from __future__ import annotations
 import logging
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from services.gateway.asgi import (
     JSON,
-    ClientGone,
     Headers,
     Receive,
     Scope,
     Send,
     read_body,
-    request_id_of,
     respond,
     response_headers,
     start_stream,
-    trace_headers,
     watch_disconnect,
     write,
 )
 from services.gateway.core import Core, bearer_key
+from services.gateway.exchange import OPENAI, Answering
 from services.gateway.upstream import Keepalive, Pending
 from shared import headers as H
 from shared.chat import ChatCompletionRequest
 from shared.errors import ModelbusError
 from shared.formats import openai
-from shared.telemetry import hot_span, record_error, tracer
+from shared.telemetry import record_error
 
 log = logging.getLogger("modelbus.gateway")
-_tracer = tracer("modelbus.gateway")
 
 SSE_KEEPALIVE = b": keepalive\n\n"
 """An SSE comment: keeps an idle connection open; every SSE client skips it."""
 HOW = "Authorization: Bearer <key>"
 
 
-async def send_error(
-    send: Send, err: ModelbusError, request_id: str, pending: Pending | None = None, *, status: int | None = None
-) -> None:
-    """``err`` as OpenAI's error answer, with the reply's modelbus headers when there was a reply."""
-    native_status, extra, body = openai.error_to_native(err)
-    headers = [JSON, *((k.encode(), v.encode()) for k, v in extra.items())]
-    headers += response_headers(pending.headers if pending is not None else {}, request_id)
-    await respond(send, status or native_status, headers, body)
-
-
 async def chat_completions(core: Core, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
     """Answer one Chat Completions request, whatever happens."""
-    request_id = request_id_of(headers)
-    pending: Pending | None = None
-    parent = trace_headers(headers)
-    with hot_span(_tracer, "POST /v1/chat/completions", kind=SpanKind.SERVER, parent_headers=parent) as span:
-        span.set_attribute("modelbus.request_id", request_id)
-        try:
-            grant = core.authorize(bearer_key(headers), HOW)
-            span.set_attribute("modelbus.key", grant.key)
-            body = await read_body(receive, headers, core.max_body)
-            request = openai.request_view(body)
-            nats_hdrs, timeout_s = core.nats_headers(headers, request_id, grant)
-            nats_hdrs[H.FORMAT] = "openai"  # the client's own body: unknown fields go on to OpenAI-format upstreams
-            pending = await core.upstream.send(body, nats_hdrs, timeout_s)
-            if request.stream:
-                await _stream(pending, request, send, receive, request_id, span)
-                return
-            # The worker's body is OpenAI's chat.completion already: relayed as it came, no re-encode.
-            answer = await pending.completion_body()
-            await respond(send, 200, [JSON, *response_headers(pending.headers, request_id)], answer)
-        except ClientGone:
+    async with Answering(OPENAI, "POST /v1/chat/completions", send, headers) as ex:
+        grant = core.authorize(bearer_key(headers), HOW)
+        ex.span.set_attribute("modelbus.key", grant.key)
+        body = await read_body(receive, headers, core.max_body)
+        request = openai.request_view(body)
+        nats_hdrs, timeout_s = core.nats_headers(headers, ex.request_id, grant)
+        nats_hdrs[H.FORMAT] = "openai"  # the client's own body: unknown fields go on to OpenAI-format upstreams
+        pending = ex.pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        if request.stream:
+            await _stream(pending, request, send, receive, ex.request_id, ex.span)
             return
-        except ModelbusError as err:
-            record_error(span, err, err.http_status)
-            await send_error(send, err, request_id, pending)
-        except Exception as exc:
-            log.exception("internal error on request %s", request_id)
-            record_error(span, exc, 500)
-            await send_error(send, ModelbusError("internal gateway error"), request_id, pending)
-        finally:
-            if pending is not None:
-                pending.close()
+        # The worker's body is OpenAI's chat.completion already: relayed as it came, no re-encode.
+        answer = await pending.completion_body()
+        await respond(send, 200, [JSON, *response_headers(pending.headers, ex.request_id)], answer)
 
 
 async def _stream(
