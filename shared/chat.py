@@ -292,6 +292,10 @@ class PromptTokensDetails(Struct, kw_only=True, frozen=True, omit_defaults=True)
     """Prompt tokens served from the provider's cache."""
     audio_tokens: int | None = None
     """Audio prompt tokens."""
+    cache_write_tokens: int | None = None
+    """Prompt tokens written to the provider's cache (Anthropic's ``cache_creation_input_tokens``);
+    modelbus's own field, kept for the usage ledger: workers drop it from what OpenAI-shaped
+    clients get (:func:`shared.usage.for_client`)."""
 
 
 class CompletionTokensDetails(Struct, kw_only=True, frozen=True, omit_defaults=True):

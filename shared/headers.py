@@ -53,8 +53,10 @@ ATTEMPTS = "Modelbus-Attempts"
 ROUTER = "Modelbus-Router"
 """Id of the router worker that answered (matches ``modelbus get routers``)."""
 USAGE = "Modelbus-Usage"
-"""``<prompt_tokens> <completion_tokens>`` on a provider's success reply or clean stream end,
-so routers can charge token budgets without decoding bodies."""
+"""``<prompt> <completion> [<cache_read> [<cache_write> [<reasoning>]]]`` (whole numbers; the
+first two include the others, trailing zeros left off) on a provider's success reply or clean stream
+end, so routers can charge token budgets and write the usage ledger without decoding bodies
+(:func:`shared.usage.usage_header`, :func:`shared.usage.parse_usage_header`)."""
 RETRY_AFTER = "Retry-After"
 """Whole seconds to wait before retrying (rounded up), on 429 and 503 replies when known."""
 RETRY_AFTER_MS = "Modelbus-Retry-After-Ms"
@@ -69,6 +71,10 @@ STREAM_END = "end"
 """The value of :data:`STREAM` on a stream's terminator."""
 
 # Internal.
+KEY = "Modelbus-Key"
+"""Gateway → router: the name (never the value) of the API key a request came with, for the usage
+ledger. Routers trust it only on a request whose reply inbox is the gateway's (``_INBOX_gateway.``),
+which the broker reserves to the gateway identity; from anyone else it is ignored."""
 CONFIG_REVISION = "Modelbus-Config-Revision"
 """Routing-config revision a router used for a request."""
 DELIVERED = "Modelbus-Delivered"

@@ -32,7 +32,10 @@ own, which nobody else can subscribe to.)
 JetStream permissions are the exact API subjects of the streams and buckets
 each state identity uses (:func:`_kv_rw`, :func:`_stream_reader`); no
 identity may delete or purge the config, audit or secrets streams, and only
-``config-state`` may append to the config log and the audit stream. Only
+``config-state`` may append to the config log and the audit stream.
+The usage ledger (``MODELBUS_USAGE``) is appended to by ``router-state`` alone,
+read by ``admin`` alone, created and reconfigured by ``config-state`` alone
+(which may neither read nor append to it), and deleted or purged by nobody. Only
 ``config-state`` and ``secrets-state`` may update streams (to migrate settings
 and the replica count): each its own, and ``config-state`` the routers' two
 buckets too, so that ``router-state`` may reconfigure nothing.
@@ -88,6 +91,8 @@ from shared.subjects import (
     SECRETS_GET,
     SECRETS_LIST,
     SECRETS_PUT,
+    USAGE_RECORDS,
+    USAGE_STREAM,
 )
 
 SERVICE_ROLES = ("config", "router", "providers", "secrets", "gateway")
@@ -228,6 +233,12 @@ def _replica_migration(stream: str) -> list[str]:
     return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
 
 
+def _stream_creator(stream: str) -> list[str]:
+    """Create a stream and change its settings (retention, replicas), and nothing else: not read,
+    append to, delete or purge it. ``config-state``'s part in the usage ledger."""
+    return [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
+
+
 def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, Any]:
     """The nats-server ``permissions`` object of one role (``client_name`` for applications)."""
     own_inbox = f"{inbox_prefix(role)}.>"
@@ -265,6 +276,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     CONFIG_KEYS_DELETE,
                     SECRETS_LIST,
                     CHAT_COMPLETIONS,
+                    *_stream_reader(USAGE_STREAM),  # `modelbus usage`: read only, never append
                 ]
             },
             "subscribe": {"allow": [own_inbox]},
@@ -288,6 +300,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
             "publish": {
                 "allow": [
                     ROUTER_REVISIONS,
+                    USAGE_RECORDS,  # append to the usage ledger (core publish, no ack); never read it
                     *_stream_reader(CONFIG_STREAM),
                     *_kv_rw(BREAKERS_BUCKET),
                     *_kv_rw(BUDGETS_BUCKET),
@@ -345,6 +358,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     *_kv_rw(GATEWAY_KEYS_BUCKET, update=True),
                     *_replica_migration(_kv(BREAKERS_BUCKET)),
                     *_replica_migration(_kv(BUDGETS_BUCKET)),
+                    *_stream_creator(USAGE_STREAM),
                 ]
             },
             "subscribe": {"allow": [own_inbox]},

@@ -114,6 +114,13 @@ AUDIT_STREAM = "MODELBUS_AUDIT"
 AUDIT_SUBJECT = "modelbus.v1.audit.entries"
 """Subject of :data:`AUDIT_STREAM`; only the config service appends to it."""
 
+USAGE_STREAM = "MODELBUS_USAGE"
+"""JetStream stream (file storage) of the usage ledger: one :class:`shared.usage.UsageRecord` per
+final answer. Bounded by age and size (``MODELBUS_USAGE_MAX_AGE``, ``MODELBUS_USAGE_MAX_BYTES``), the
+oldest records dropped first; created only by ``config-state``, never deleted or purged."""
+USAGE_RECORDS = "modelbus.v1.usage.records"
+"""Subject of :data:`USAGE_STREAM`; only routers (``router-state``) publish to it, without waiting for an ack."""
+
 SPAN_NAMES: dict[str, str] = {
     CHAT_COMPLETIONS: "route chat.completions",
     SECRETS_GET: "secrets.get",

@@ -30,6 +30,7 @@ from services.cli.connection import CliError, connect, data_dir_of, no_stack_mes
 from services.cli.datadir import default_data_dir, read_processes, read_run_info
 from services.cli.secrets_cmd import add_parser as add_secrets_parser
 from services.cli.up import DEFAULT_HTTP_PORT, cluster_problem, run_up
+from services.cli.usage_cmd import add_parser as add_usage_parser
 from shared.client import CREDS_ENV
 
 CLIENT_KINDS = ("client", "clients")
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_parsers(sub)
     add_secrets_parser(sub)
+    add_usage_parser(sub)
     parser.add_argument("--nats-url", dest="nats_url_global", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--creds",

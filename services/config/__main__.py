@@ -3,7 +3,8 @@
 Two broker connections (see docs/security.md): the FastStream broker, as the
 ``config`` identity, serves the admin subjects and makes the service's own
 requests (secrets, router status, the probe); a second one, as ``config-state``,
-does all JetStream work (config log, audit stream, runs and gateway-key buckets) and publishes
+does all JetStream work (config log, audit stream, runs and gateway-key buckets, the usage
+ledger's stream) and publishes
 the change events. Without identities (``--insecure``) both are one connection.
 """
 
@@ -26,12 +27,14 @@ from services.config.http_api import (
 from services.config.manager import ConfigManager
 from services.config.service import boot, config_state_keeper, ensure_runs_bucket, register, service_env
 from services.config.store import ConfigLog
+from services.config.usage_stream import ensure_usage_stream
 from shared.bus import close_state, connect_state, make_broker, run
 from shared.errors import ConfigError
 from shared.jetstream import StateKeeper
 from shared.logs import setup_logging
 from shared.runtime import serve
 from shared.telemetry import setup_tracing
+from shared.usage import InvalidRetention
 
 
 async def _main(config_path: str | None) -> None:
@@ -65,6 +68,11 @@ async def _main(config_path: str | None) -> None:
         await config_log.ensure()
         await ensure_runs_bucket(state_nc)
         keys_kv, _ = await ensure_keys_bucket(state_nc)
+        try:
+            await ensure_usage_stream(state_nc)
+        except InvalidRetention as exc:
+            log.error("invalid usage ledger retention: %s", exc)
+            raise SystemExit(2) from None
         audit = AuditLog(js, audit_key)
         await audit.ensure_stream()
         await audit.seal_legacy()

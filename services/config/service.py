@@ -32,6 +32,7 @@ from services.config.gateway_keys import GatewayKeyStore, ensure_keys_bucket
 from services.config.manager import ConfigManager
 from services.config.resources import SecretValue, parse_native
 from services.config.store import ConfigLog
+from services.config.usage_stream import ensure_usage_stream
 from shared import headers as H
 from shared import identities
 from shared.admin import (
@@ -153,7 +154,7 @@ async def ensure_runs_bucket(nc: Client) -> Ensured:
 def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> StateKeeper:
     """Keeps the config service's streams in place after reconnects and lost servers.
 
-    The config log, the audit stream, the run-pin and gateway-key buckets are re-created if
+    The config log, the audit stream, the run-pin and gateway-key buckets and the usage ledger are re-created if
     missing (an error is logged: on file storage with enough replicas this
     means the JetStream store was lost), and every one of them, the routers'
     breakers and budgets buckets included, is brought to ``MODELBUS_JS_REPLICAS``
@@ -168,6 +169,7 @@ def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> S
             ("audit stream", await audit.ensure_stream(recheck=True)),
             ("run-pin bucket", await ensure_runs_bucket(nc)),
             ("gateway key bucket", (await ensure_keys_bucket(nc))[1]),
+            ("usage ledger", await ensure_usage_stream(nc)),
         ):
             if ensured is not None and ensured.created:
                 log.error(

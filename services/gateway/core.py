@@ -95,6 +95,7 @@ class Core:
         default_ms = routing.defaults.timeout_ms if routing is not None else DEFAULT_TIMEOUT_MS
         timeout_ms = timeout_ms_of(headers, default_ms)
         out = nats_headers(headers, request_id, timeout_ms)
+        out[H.KEY] = grant.key  # the key's name, for the usage ledger (routers trust it from the gateway only)
         if grant.agent is not None or grant.namespace is not None:
             out[H.AGENT] = agent_for(grant, out.get(H.AGENT))
         propagate_headers(out, trace_headers(headers))

@@ -39,6 +39,7 @@ from shared.chat import ChatCompletionChunk, ChatCompletionRequest, encoder
 from shared.errors import ModelbusError, UpstreamTimeout, WorkerLost
 from shared.mux import Signal
 from shared.replies import FENCE_AFTER_S, LOST_AFTER_S, chunk_headers, stream_end
+from shared.usage import for_client, usage_header
 
 
 @dataclass
@@ -256,13 +257,16 @@ async def stream_to_client(
     usage = usage_chunk.usage if usage_chunk is not None else None
     outcome = {H.STATUS: "200", H.PROVIDER: endpoint.provider, H.MODEL: response_model}
     relay_usage = usage_chunk is not None and request.include_usage and fmt != "anthropic"
-    body = encoder.encode(usage_chunk) if relay_usage else b""
+    body = b""
+    if relay_usage and usage_chunk is not None:
+        shown = for_client(usage) if usage is not None else None
+        body = encoder.encode(usage_chunk if shown is usage else msgspec.structs.replace(usage_chunk, usage=shown))
     end = {**d.deliver_headers, **outcome}
     if fmt is not None:
         end[H.FORMAT] = fmt
     await d.to_client(body, stream_end(seq, end))
     if usage is not None:
-        outcome[H.USAGE] = f"{usage.prompt_tokens} {usage.completion_tokens}"
+        outcome[H.USAGE] = usage_header(usage)
     await d.to_router(b"", {**outcome, H.DELIVERED: "1"})
     return StreamResult(response_model, last.id if last else None, usage_chunk, finish_reasons)
 

@@ -15,7 +15,13 @@ demos:
                     one value per failure, in order (the last one repeats)
 ``fail_times``      fail only the first N calls (per worker), then answer
 ``fail_after_chunks`` stream this many chunks, then fail with ``fail_status``
+``cached_tokens``   report this many of the prompt tokens as read from the cache
+``cache_write_tokens`` report this many of the prompt tokens as written to the cache
+``reasoning_tokens`` report this many extra completion tokens as reasoning
 =================== ======================================================
+
+The cache counts are parts of ``prompt_tokens``, which becomes at least their sum,
+as a provider's would be; reasoning tokens are added to ``completion_tokens``.
 
 An endpoint with ``auth`` has its credential fetched from the secrets service
 on every uncached call, exactly as a real adapter would, though the value is
@@ -40,11 +46,13 @@ from shared.chat import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    CompletionTokensDetails,
     Delta,
     FinishReason,
     FunctionCall,
     FunctionCallDelta,
     Message,
+    PromptTokensDetails,
     ResponseMessage,
     TextPart,
     ToolCall,
@@ -111,14 +119,24 @@ class MockAdapter:
         digest = hashlib.sha256(model.encode() + _encoder.encode(request.messages)).hexdigest()
         return f"chatcmpl-mock-{digest[:24]}"
 
-    @staticmethod
-    def _map_usage(request: ChatCompletionRequest, text: str | None, tool: ToolCall | None) -> Usage:
+    def _map_usage(self, request: ChatCompletionRequest, text: str | None, tool: ToolCall | None) -> Usage:
         prompt_tokens = sum(_word_count(m) for m in request.messages)
         completion_tokens = len(text.split()) if text else (len(tool.function.arguments.split()) if tool else 0)
+        cached = int(self.options.get("cached_tokens") or 0)
+        written = int(self.options.get("cache_write_tokens") or 0)
+        reasoning = int(self.options.get("reasoning_tokens") or 0)
+        prompt_tokens = max(prompt_tokens, cached + written)
+        completion_tokens += reasoning
         return Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=(
+                PromptTokensDetails(cached_tokens=cached, cache_write_tokens=written or None)
+                if cached or written
+                else None
+            ),
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning) if reasoning else None,
         )
 
     # ------------------------------------------------------------ adapter API

@@ -51,6 +51,7 @@ from shared.replies import time_left_s
 from shared.routing import endpoint_decoder
 from shared.subjects import provider_queue, provider_subject
 from shared.telemetry import extract_context, record_error, tracer
+from shared.usage import for_client, usage_header
 
 log = logging.getLogger("modelbus.providers")
 _tracer = tracer("modelbus.providers")
@@ -297,9 +298,13 @@ class ProviderWorker:
         headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: completion.model}
         if native is not None:
             headers[H.FORMAT] = native[0]
-        body = raw if raw is not None else encoder.encode(completion)
         usage = completion.usage
-        await _deliver(d, body, headers, f"{usage.prompt_tokens} {usage.completion_tokens}" if usage else None)
+        if raw is None:
+            shown = for_client(usage) if usage is not None else None
+            body = encoder.encode(completion if shown is usage else msgspec.structs.replace(completion, usage=shown))
+        else:
+            body = raw
+        await _deliver(d, body, headers, usage_header(usage) if usage else None)
 
     async def _count(
         self, d: Delivery, adapter: ChatAdapter, body: bytes, model: str, timeout_s: float, provider_type: str

@@ -48,6 +48,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
 from services.router.breakers import Decision
+from services.router.ledger import Outcome
 from services.router.table import ResolvedTarget, Route
 from shared import headers as H
 from shared.bus import RECONNECT_WAIT_S, error_headers, reply_error, retry_after_from
@@ -74,6 +75,7 @@ from shared.replies import (
 from shared.routing import Policy, RoutingDefaults
 from shared.subjects import outcome_subject_of
 from shared.telemetry import hot_span, propagate_headers, record_error, tracer
+from shared.usage import parse_usage_header
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
@@ -120,6 +122,8 @@ class Call:
     credential: str | None = None
     run_id: str | None = None
     tried: list[str] = field(default_factory=list)
+    outcome: Outcome = field(default_factory=lambda: Outcome(asyncio.get_running_loop().time()))
+    """What the final answer was, for the usage ledger (:mod:`services.router.ledger`)."""
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -222,6 +226,7 @@ class Forwarder:
         extra = {H.ATTEMPTS: str(attempts)}
         if call.streaming:
             extra = stream_end(0, extra)
+        call.outcome.answered(last.http_status, last.code)
         await reply_error(self.nc, call.reply, last, request_id=call.request_id, extra=extra)
 
     # ------------------------------------------------------------ one attempt
@@ -278,14 +283,10 @@ class Forwarder:
     async def _charge(self, call: Call, provider_headers: Mapping[str, str]) -> None:
         if call.run_id is None or not any(p.max_tokens_per_run for p in call.route.policies):
             return
-        usage = provider_headers.get(H.USAGE)
-        if not usage:
+        tokens = parse_usage_header(provider_headers.get(H.USAGE))
+        if tokens is None:
             return
-        try:
-            tokens = sum(int(part) for part in usage.split())
-        except ValueError:
-            return
-        await self.budgets.charge(call.run_id, call.route.policies, tokens)
+        await self.budgets.charge(call.run_id, call.route.policies, tokens.total)
 
     async def _attempt(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> bool | None:
         """Dispatch one attempt and follow it to its outcome.
@@ -301,6 +302,9 @@ class Forwarder:
         waiter = self.mux.open(LOST_AFTER_S)
         body, hdrs = self._provider_call(call, target, attempt)
         timing = _Timing(self.stats, key, call.streaming, loop.time())
+        outcome = call.outcome
+        outcome.endpoint, outcome.provider, outcome.model = target.endpoint.name, target.endpoint.provider, target.model
+        outcome.attempts = attempt
         self.stats.start(key)
         self.beats.held.discard(call.signal)  # the worker sends the keepalives now
         lost = False
@@ -316,7 +320,7 @@ class Forwarder:
                     recovered = await self._ask(target, waiter)
                     if recovered is not None and H.HEARTBEAT in (recovered.headers or {}):
                         if isinstance(quiet, Silence):  # still in flight: keep waiting
-                            self._resume(waiter, recovered, timing)
+                            self._resume(waiter, recovered, timing, call.outcome)
                             continue
                         recovered = None
                     if recovered is None:
@@ -347,6 +351,7 @@ class Forwarder:
                 committed = h.get(H.COMMITTED)
                 if committed is not None:
                     timing.committed = loop.time()
+                    outcome.committed(timing.committed)
                     if committed.isdigit():
                         waiter.delivered = max(waiter.delivered, int(committed))
                     continue
@@ -360,12 +365,14 @@ class Forwarder:
                     return None
                 if h.get(H.DELIVERED) == "1":  # the client has its answer from the worker
                     timing.finish(None if status == 200 else status or 502)
+                    outcome.delivered(status or 502, h, msg.data)
                     if status == 200:
                         await self._charge(call, h)
                     return status == 200
                 if status == 200 and not call.streaming:  # a fenced worker's completion: relay it
                     timing.finish(None)
                     await self.nc.publish(call.reply, msg.data, headers=self._success_headers(call, target, h, attempt))
+                    outcome.delivered(200, h, b"")
                     await self._charge(call, h)
                     return True
                 timing.finish(status or 502)
@@ -388,7 +395,7 @@ class Forwarder:
             return None
 
     @staticmethod
-    def _resume(waiter: Waiter, beat: Msg, timing: _Timing) -> None:
+    def _resume(waiter: Waiter, beat: Msg, timing: _Timing, outcome: Outcome) -> None:
         """The worker answered that the attempt is still in flight: wait again from now."""
         h = beat.headers or {}
         waiter.resume(asyncio.get_running_loop().time())
@@ -398,12 +405,14 @@ class Forwarder:
         committed = h.get(H.COMMITTED)
         if committed is not None and timing.committed is None:
             timing.committed = asyncio.get_running_loop().time()
+            outcome.committed(timing.committed)
             if committed.isdigit():
                 waiter.delivered = max(waiter.delivered, int(committed))
 
     async def _terminate(self, call: Call, err: ModelbusError, seq: int, attempt: int) -> None:
         """End a stream the worker can no longer end: the error terminator at ``seq``."""
         hdrs = error_headers(err, call.request_id)
+        call.outcome.answered(err.http_status, err.code)
         await self.nc.publish(call.reply, err.to_json(), headers=stream_end(seq, {**hdrs, H.ATTEMPTS: str(attempt)}))
 
 

@@ -28,6 +28,7 @@ from services.router.byo import byo_route, check_enabled, parse_env_header
 from services.router.filters import needs_of, select_targets, tool_names
 from services.router.follower import TableFollower
 from services.router.forward import Call, Forwarder
+from services.router.ledger import Outcome, UsageLedger, ledger_enabled
 from services.router.pins import RunPins
 from services.router.stats import TargetStats
 from services.router.strategies import Rotation, order_targets
@@ -84,6 +85,8 @@ class Router:
             nc, self.router_id, lambda: self._server.in_flight, health=self.health, state_nc=state
         )
         self.pins = RunPins(state)
+        self.ledger = UsageLedger(state, self.router_id, enabled=ledger_enabled())
+        """One usage record per final answer, published in the background on the state connection."""
 
     @property
     def table(self) -> RoutingTable | None:
@@ -119,11 +122,13 @@ class Router:
         await self.follower.start(config_timeout_s)
         await self.mux.start()
         self.beats.start()
+        self.ledger.start()
         await self._server.start()
 
     async def stop(self) -> None:
         """Stop taking requests and let those in flight finish."""
         await self._server.stop()
+        await self.ledger.stop()
         await self.beats.stop()
         await self.mux.stop()
         await self.follower.stop()
@@ -157,7 +162,9 @@ class Router:
             return
         streaming = wants_stream(msg.data)
         keepalive = streaming or in_headers.get(H.KEEPALIVE) == "1"
-        signal = Signal(None, reply, keepalive, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        signal = Signal(None, reply, keepalive, now)
+        outcome = Outcome(now, stream=streaming)
         self.beats.held.add(signal)  # keepalives while this router holds the request
         with hot_span(_tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers) as span:
             span.set_attribute("modelbus.request_id", request_id)
@@ -173,21 +180,26 @@ class Router:
                 fmt = check_format(in_headers.get(H.FORMAT))
                 operation = check_operation(in_headers.get(H.OPERATION), fmt)
                 request = request_view(fmt, msg.data, count=operation is not None)
-                streaming = request.stream
+                streaming = outcome.stream = request.stream
+                outcome.model_requested = request.model
                 call = await self._build_call(
                     msg, reply, request_id, request, in_headers, table, deadline, signal, operation=operation
                 )
                 call.format = fmt
+                call.outcome = outcome
+                outcome.route = call.route.name
                 span.set_attribute("modelbus.model_requested", request.model or "")
                 span.set_attribute("modelbus.config_revision", call.revision)
                 await self.forwarder.forward(call)
             except ModelbusError as err:
                 record_error(span, err, err.http_status)
                 end = stream_end(0) if streaming else None
+                outcome.answered(err.http_status, err.code)
                 await reply_error(self.nc, reply, err, request_id=request_id, extra=end)
             except Exception as exc:
                 log.exception("internal error on request %s", request_id)
                 record_error(span, exc, 500)
+                outcome.answered(500, "internal_error")
                 await reply_error(
                     self.nc,
                     reply,
@@ -197,6 +209,8 @@ class Router:
                 )
             finally:
                 self.beats.held.discard(signal)
+                # The answer is out (or the request was cancelled): record it, without waiting.
+                self.ledger.record(outcome, request_id=request_id, reply=reply, headers=in_headers)
 
     async def _build_call(
         self,

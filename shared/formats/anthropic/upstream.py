@@ -283,15 +283,21 @@ def map_finish_reason(stop_reason: str | None) -> FinishReason | None:
 
 
 def map_usage(usage: wire.Usage) -> InternalUsage:
-    """Both cache counts are prompt tokens (Anthropic's ``input_tokens`` excludes them)."""
+    """Both cache counts are prompt tokens (Anthropic's ``input_tokens`` excludes them); the cache
+    writes are also kept apart in ``cache_write_tokens``, which OpenAI-shaped clients never see."""
     cached = usage.cache_read_input_tokens
+    written = usage.cache_creation_input_tokens or None  # kept apart for the ledger (shared.usage)
     prompt = (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (cached or 0)
     completion = usage.output_tokens or 0
     return InternalUsage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached) if cached is not None else None,
+        prompt_tokens_details=(
+            PromptTokensDetails(cached_tokens=cached, cache_write_tokens=written)
+            if cached is not None or written is not None
+            else None
+        ),
     )
 
 
