@@ -10,6 +10,7 @@ appear only as references, never as values.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, Literal
 
 import msgspec
@@ -118,6 +119,8 @@ class RoutingDefaults(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Longest silence tolerated between two chunks of a stream."""
     byo_enabled: bool = True
     """Whether requests may bring their own endpoint (``Modelbus-Env``)."""
+    default_prices: bool = True
+    """Whether the shipped price table (``shared/data/prices.json``) prices models no ModelPrice covers."""
 
 
 class Agent(Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -145,6 +148,49 @@ class Policy(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Tool names a request under this policy may not offer."""
 
 
+PriceOrigin = Literal["config", "default"]
+
+
+class Price(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What requests to one endpoint and model, or to models matching a pattern, cost.
+
+    Rates are in ``currency`` per million tokens of each kind (see :mod:`shared.pricing` for
+    what each kind counts); the config service fills in every rate, so none is missing here.
+    Exactly one of ``endpoint`` (with ``model``) or ``model_pattern`` is set.
+    """
+
+    name: str
+    """The ModelPrice's full name, or ``default:<vendor>/<entry>`` for a shipped price."""
+    input: Decimal
+    """Prompt tokens neither read from nor written to the provider's cache."""
+    output: Decimal
+    """Completion tokens other than reasoning."""
+    cache_read: Decimal
+    """Prompt tokens read from the provider's cache."""
+    cache_write: Decimal
+    """Prompt tokens written to the provider's cache."""
+    reasoning: Decimal
+    """Completion tokens spent on reasoning."""
+    per_request: Decimal = Decimal(0)
+    """A flat charge per answered request."""
+    currency: str = "USD"
+    """ISO 4217 code of every rate."""
+    endpoint: str | None = None
+    """Endpoint name, for a price of one endpoint and model."""
+    model: str | None = None
+    """Upstream model name at ``endpoint``."""
+    model_pattern: str | None = None
+    """Case-sensitive glob (``fnmatch``: ``*``, ``?``, ``[seq]``) over upstream model names."""
+    provider: str | None = None
+    """Provider type the pattern is limited to; ``None`` for every provider."""
+    origin: PriceOrigin = "config"
+    """``config`` for a ModelPrice, ``default`` for the shipped table."""
+    source: str | None = None
+    """Where the figures come from (the vendor's pricing page, for shipped prices)."""
+    as_of: str | None = None
+    """Date the figures were read (``YYYY-MM-DD``), for shipped prices."""
+
+
 class RoutingConfig(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Everything a router needs, at one revision."""
 
@@ -160,6 +206,9 @@ class RoutingConfig(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Agents by full name."""
     policies: dict[str, Policy] = {}
     """Policies by full name."""
+    prices: list[Price] = []
+    """Every price routers may apply: the ModelPrices, then (unless ``defaults.default_prices`` is
+    off) the shipped table; :class:`shared.pricing.PriceTable` decides which one applies."""
 
 
 routing_encoder = msgspec.json.Encoder()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,14 @@ from shared.admin import (
     WaitRequest,
     canonical_kind,
 )
+from shared.pricing import PriceTable
 from shared.probe import probe_endpoint
+from shared.routing import Price, RoutingConfig
 from shared.subjects import (
     AUDIT_VERIFY,
     CONFIG_APPLY,
     CONFIG_DELETE,
+    CONFIG_GET,
     CONFIG_HISTORY,
     CONFIG_RESOURCES,
     CONFIG_ROLLBACK,
@@ -105,6 +109,11 @@ def _summary(r: StoredResource) -> str:
         return ", ".join(f"{t['endpoint']}/{t.get('model', '*')}" for t in s.get("targets", []))
     if r.kind == "Agent":
         return " -> ".join([s.get("model_ref", ""), *s.get("fallback_model_refs", [])])
+    if r.kind == "ModelPrice":
+        target = f"{s['endpoint']}/{s['model']}" if s.get("endpoint") else f"{s.get('model_pattern')}"
+        if s.get("provider"):
+            target += f" ({s['provider']})"
+        return f"{target} in={s.get('input')} out={s.get('output')} {s.get('currency', 'USD')}/M"
     if r.kind == "AgentPolicy":
         parts = []
         if s.get("allowed_models") is not None:
@@ -129,6 +138,8 @@ async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
         return await cmd_get_secrets(nc, args)
     if args.kind.lower() in KEY_KINDS:
         return await cmd_get_keys(nc, args)
+    if args.kind.lower() in PRICE_KINDS:
+        return await cmd_get_prices(nc, args)
     if args.kind.lower() in ("router", "routers"):
         routers = await call(nc, CONFIG_ROUTERS, None, RouterList)
         if args.output == "json":
@@ -159,6 +170,80 @@ async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
         print(yaml.safe_dump_all([as_document(r) for r in listing.items], sort_keys=False).rstrip())
     else:
         print(_table(listing.items))
+    return 0
+
+
+PRICE_KINDS = ("price", "prices")
+"""``modelbus get prices``: the prices routers apply (ModelPrices and the shipped table)."""
+
+
+def _price_target(p: Price) -> str:
+    if p.endpoint is not None:
+        return f"{p.endpoint}/{p.model}"
+    return f"{p.model_pattern}" + (f" [{p.provider}]" if p.provider else "")
+
+
+def _price_row(p: Price) -> dict[str, Any]:
+    # Every field, defaults included, so a reader need not know them; rates as exact text.
+    row: dict[str, Any] = {k: str(v) if isinstance(v, Decimal) else v for k, v in msgspec.structs.asdict(p).items()}
+    row["target"] = _price_target(p)
+    return row
+
+
+def prices_report(config: RoutingConfig) -> dict[str, Any]:
+    """What applies at one revision: each alias target and endpoint default model with the price
+    that applies to it (``None``: unknown), and every price in precedence order."""
+    table = PriceTable(config.prices)
+    seen: set[tuple[str, str]] = set()
+    applies: list[dict[str, Any]] = []
+    pairs = [(t.endpoint, t.model) for a in config.aliases.values() for t in a.targets]
+    pairs += [(name, ep.default_model) for name, ep in config.endpoints.items() if ep.default_model]
+    for endpoint_name, model in pairs:
+        if (endpoint_name, model) in seen or endpoint_name not in config.endpoints:
+            continue
+        seen.add((endpoint_name, model))
+        provider = config.endpoints[endpoint_name].provider
+        price = table.lookup(endpoint_name, provider, model)
+        applies.append(
+            {"endpoint": endpoint_name, "provider": provider, "model": model, "price": price.name if price else None}
+        )
+    return {
+        "revision": config.revision,
+        "default_prices": config.defaults.default_prices,
+        "applies": sorted(applies, key=lambda r: (r["endpoint"], r["model"])),
+        "prices": [_price_row(p) for p in table.prices],
+    }
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+async def cmd_get_prices(nc: Client, args: argparse.Namespace) -> int:
+    msg = await call(nc, CONFIG_GET, None, RoutingConfig)
+    report = prices_report(msg)
+    if args.output == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.output == "yaml":
+        print(yaml.safe_dump(report, sort_keys=False).rstrip())
+        return 0
+    shipped = "on" if report["default_prices"] else "off (RoutingDefaults default_prices: false)"
+    print(f"revision {report['revision']}; shipped default prices {shipped}")
+    if report["applies"]:
+        applies: list[tuple[str, ...]] = [("ENDPOINT/MODEL", "PROVIDER", "PRICE")]
+        for a in report["applies"]:
+            applies.append((f"{a['endpoint']}/{a['model']}", a["provider"], a["price"] or "unknown (no price)"))
+        print("\n" + _columns(applies))
+    header = "PRICE TARGET CURRENCY INPUT CACHE-READ CACHE-WRITE OUTPUT REASONING PER-REQUEST SOURCE"
+    rows: list[tuple[str, ...]] = [tuple(header.split())]
+    for p in report["prices"]:
+        rates = tuple(str(p[k]) for k in ("input", "cache_read", "cache_write", "output", "reasoning"))
+        source = f"{p['source']} ({p['as_of']})" if p.get("source") else "ModelPrice"
+        rows.append((p["name"], p["target"], p["currency"], *rates, p["per_request"], source))
+    print("\nper million tokens; first match wins: endpoint/model, then patterns (longest first), then shipped")
+    print(_columns(rows))
     return 0
 
 
@@ -242,7 +327,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     apply.add_argument("--wait-timeout", type=float, default=10.0, help="seconds (default 10)")
     apply.set_defaults(admin=cmd_apply)
 
-    get = sub.add_parser("get", help=f"list resources ({kinds}, all), routers, secrets, clients or keys")
+    get = sub.add_parser("get", help=f"list resources ({kinds}, all), routers, prices, secrets, clients or keys")
     get.add_argument("kind")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Literal
 from urllib.parse import urlsplit
 
-from services.config.resources import AgentSpec, AliasSpec, DefaultsSpec, EndpointSpec, PolicySpec, Resource
+from services.config.resources import (
+    AgentSpec,
+    AliasSpec,
+    DefaultsSpec,
+    EndpointSpec,
+    PolicySpec,
+    PriceSpec,
+    Resource,
+)
 from shared.errors import ConfigError
+from shared.pricing import default_prices, price_from_rates
 from shared.routing import (
     LOCAL_PROVIDER_TYPES,
     Agent,
     Alias,
     Endpoint,
     Policy,
+    Price,
     RoutingConfig,
     RoutingDefaults,
     Target,
@@ -182,11 +193,61 @@ def compile_config(resources: Iterable[Resource], *, revision: int = 0) -> Routi
             ns = _namespace(pname)
             if not any(c in agent_res for c in ([f"{ns}/{agent_ref}", agent_ref] if ns else [agent_ref])):
                 errors.append(f"AgentPolicy {pname}: spec.agents[{i}]: no agent named {agent_ref!r}")
+    prices = _prices(by_kind.get("ModelPrice", {}), refs, errors)
+    if defaults.default_prices:
+        prices.extend(default_prices())
     if errors:
         raise ConfigError("; ".join(errors))
     return RoutingConfig(
-        revision=revision, endpoints=endpoints, aliases=aliases, defaults=defaults, agents=agents, policies=policies
+        revision=revision,
+        endpoints=endpoints,
+        aliases=aliases,
+        defaults=defaults,
+        agents=agents,
+        policies=policies,
+        prices=prices,
     )
+
+
+def _prices(resources: dict[str, Resource], refs: _Refs, errors: list[str]) -> list[Price]:
+    """ModelPrices as compiled prices; two for the same target are an error (no silent winner)."""
+    prices: list[Price] = []
+    targets: dict[tuple[str, str, str], str] = {}
+    for name, res in sorted(resources.items()):
+        spec: PriceSpec = res.spec
+        target: dict[str, str | None]
+        if spec.endpoint is not None:
+            endpoint = refs.endpoint(spec.endpoint, _namespace(name))
+            if endpoint is None:
+                errors.append(f"ModelPrice {name}: spec.endpoint: no endpoint named {spec.endpoint!r}")
+                continue
+            key = ("endpoint", endpoint, spec.model or "")
+            target = {"endpoint": endpoint, "model": spec.model}
+            what = f"endpoint {endpoint!r} and model {spec.model!r}"
+        else:
+            key = ("pattern", spec.model_pattern or "", spec.provider or "")
+            target = {"model_pattern": spec.model_pattern, "provider": spec.provider}
+            what = f"model_pattern {spec.model_pattern!r}" + (
+                f" for provider {spec.provider!r}" if spec.provider else ""
+            )
+        if key in targets:
+            errors.append(f"ModelPrice {name}: prices {what} like ModelPrice {targets[key]}; keep one")
+            continue
+        targets[key] = name
+        prices.append(
+            price_from_rates(
+                name=name,
+                input=spec.input,
+                output=spec.output,
+                cache_read=spec.cache_read,
+                cache_write=spec.cache_write,
+                reasoning=spec.reasoning,
+                per_request=spec.per_request if spec.per_request is not None else Decimal(0),
+                currency=spec.currency,
+                **target,
+            )
+        )
+    return prices
 
 
 def _policy_applies(policy: str, targets: list[str] | None, agent: str) -> bool:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from shared.routing import PROVIDER_TYPES, Strategy
 
@@ -124,6 +134,77 @@ class DefaultsSpec(_Strict):
     breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3600)
     stream_idle_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
     byo_enabled: bool = True
+    default_prices: bool = True
+    """Whether the shipped price table prices models no ModelPrice covers."""
+
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_RATE = Field(default=None, ge=0, max_digits=24, decimal_places=12)
+
+
+class PriceSpec(_Strict):
+    """``ModelPrice.spec``: what requests cost, per million tokens of each kind (and per request).
+
+    Target: ``endpoint`` with ``model`` (one model at one endpoint), or ``model_pattern``
+    (a case-sensitive glob over upstream model names), optionally with ``provider``.
+    """
+
+    endpoint: str | None = Field(default=None, min_length=1)
+    """Endpoint name (resolved in the price's namespace first); needs ``model``."""
+    model: str | None = Field(default=None, min_length=1)
+    """Upstream model at ``endpoint``."""
+    model_pattern: str | None = Field(default=None, min_length=1, max_length=200)
+    """Glob over model names: ``*``, ``?``, ``[seq]``, ``[!seq]`` (``fnmatch``, case-sensitive)."""
+    provider: str | None = None
+    """Limit ``model_pattern`` to endpoints of this provider type."""
+    input: Decimal = Field(ge=0, max_digits=24, decimal_places=12)
+    """Prompt tokens not read from or written to the cache."""
+    output: Decimal = Field(ge=0, max_digits=24, decimal_places=12)
+    """Completion tokens other than reasoning."""
+    cache_read: Decimal | None = _RATE
+    """Prompt tokens read from the cache; defaults to ``input``."""
+    cache_write: Decimal | None = _RATE
+    """Prompt tokens written to the cache; defaults to ``input``."""
+    reasoning: Decimal | None = _RATE
+    """Reasoning tokens; defaults to ``output``."""
+    per_request: Decimal | None = _RATE
+    """A flat charge per answered request; none when absent."""
+    currency: str = "USD"
+    """ISO 4217 code (three capital letters) of every rate."""
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str | None) -> str | None:
+        if value is not None and value not in PROVIDER_TYPES:
+            raise ValueError(f"unknown provider {value!r}; expected one of {', '.join(PROVIDER_TYPES)}")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_code(cls, value: str) -> str:
+        if not _CURRENCY.fullmatch(value):
+            raise ValueError(f"{value!r} is not an ISO 4217 code like USD or EUR")
+        return value
+
+    @field_serializer("input", "output", "cache_read", "cache_write", "reasoning", "per_request")
+    def _exact_text(self, value: Decimal | None) -> str | None:
+        # Stored as text: a float would round the rate, and text compares equal after a round trip
+        # through the config log (so re-applying the same price is no change).
+        return None if value is None else str(value)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PriceSpec:
+        if self.endpoint is not None and self.model_pattern is not None:
+            raise ValueError("give endpoint (with model) or model_pattern, not both")
+        if self.endpoint is None and self.model_pattern is None:
+            raise ValueError("no target: give endpoint and model, or model_pattern")
+        if self.endpoint is not None and self.model is None:
+            raise ValueError("endpoint needs model (for every model of a kind, use model_pattern)")
+        if self.model is not None and self.endpoint is None:
+            raise ValueError("model needs endpoint (for a model at any endpoint, use model_pattern)")
+        if self.provider is not None and self.endpoint is not None:
+            raise ValueError("provider applies to model_pattern only (an endpoint has its own provider)")
+        return self
 
 
 class AgentLimits(_Strict):
@@ -195,6 +276,7 @@ SPECS: dict[str, type[_Strict]] = {
     "Agent": AgentSpec,
     "AgentPolicy": PolicySpec,
     "RoutingDefaults": DefaultsSpec,
+    "ModelPrice": PriceSpec,
     "Secret": SecretSpec,
 }
 """Native kinds; ``Secret`` is accepted but never stored in the configuration."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import msgspec
 
 from shared.errors import NotFound
-from shared.routing import Endpoint, Policy, RoutingConfig, RoutingDefaults, Strategy, routing_encoder
+from shared.pricing import PriceTable
+from shared.routing import Endpoint, Policy, Price, RoutingConfig, RoutingDefaults, Strategy, routing_encoder
 from shared.subjects import provider_subject
 
 DEFAULT_ALIAS = "default"
@@ -63,6 +64,7 @@ class RoutingTable:
         "_endpoint_raw",
         "_endpoints",
         "_policies",
+        "_prices",
         "config_hash",
         "defaults",
         "revision",
@@ -77,6 +79,7 @@ class RoutingTable:
         self._policies = dict(config.policies)
         self._endpoints = dict(config.endpoints)
         self._endpoint_raw = {name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()}
+        self._prices = PriceTable(config.prices)
         self._aliases: dict[str, Route] = {}
         for name, alias in config.aliases.items():
             targets = tuple(
@@ -112,6 +115,11 @@ class RoutingTable:
             context_window=context_window,
             max_output_tokens=max_output_tokens,
         )
+
+    def price_for(self, endpoint_name: str, provider: str, model: str) -> Price | None:
+        """The price of ``model`` at ``endpoint_name`` (of type ``provider``) at this revision, or
+        ``None`` when nothing prices it (cost unknown, never 0); precedence in :mod:`shared.pricing`."""
+        return self._prices.lookup(endpoint_name, provider, model)
 
     @property
     def alias_names(self) -> list[str]:
