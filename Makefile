@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit install lint docs clean latency bench bench-peers-test chaos chaos-short e2e
+.PHONY: run test test-unit install lint docs clean latency bench bench-peers-test bench-governance chaos chaos-short e2e
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench: $(STAMP)
 # front of llm-katan (slow: every install is minutes the first time).
 bench-peers-test: $(STAMP)
 	$(BIN)/python -m pytest -m peers tests/bench
+
+# Governance on versus off on the mock path (ledger, metrics, prices, and the budgets or
+# rate limits of GOV_EXTRA), interleaved rounds in one run: docs/perf/runs/<date>-governance.md
+GOV_ARGS ?= --rounds 3 --requests 500
+bench-governance: $(STAMP)
+	$(BIN)/python -m bench.scenarios.governance $(GOV_ARGS) $(if $(GOV_EXTRA),--on-extra $(GOV_EXTRA))
 
 # Fault injection under load, counted at the wire (docs/reliability.md): every
 # scenario in under 5 minutes; e.g. make chaos CHAOS_ARGS="--scenario nats-restart"

@@ -11,6 +11,7 @@ attributes only, never on message text::
     ├── AuthenticationError           401 authentication_error
     ├── PolicyDenied                  403 permission_error
     │   └── PrivateAddressRefused     403                       services/providers/ssrf.py
+    ├── BudgetExceeded                429 insufficient_quota    (not retryable: the budget stays spent)
     ├── NotFound                      404 not_found_error
     ├── DeadlineExceeded              408 timeout_error
     ├── Conflict                      409 conflict_error
@@ -57,6 +58,7 @@ __all__ = [
     "AuthenticationError",
     "BadUpstreamRequest",
     "BadUpstreamResponse",
+    "BudgetExceeded",
     "ConfigError",
     "Conflict",
     "DeadlineExceeded",
@@ -174,6 +176,16 @@ class PolicyDenied(ModelbusError):
     status = 403
     type = "permission_error"
     default_code = "policy_denied"
+
+
+class BudgetExceeded(ModelbusError):
+    """A Budget's limit is reached (429 ``budget_exceeded``): the message names the budget, its
+    limit, its spend and what is reserved. Not retryable: trying again, here or on another
+    router, meets the same budget until its period ends or an operator raises it."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = "budget_exceeded"
 
 
 class NotFound(ModelbusError):
@@ -348,6 +360,7 @@ _BY_CODE: dict[str, type[ModelbusError]] = {
         ConfigError,
         NoRouteAvailable,
         PolicyDenied,
+        BudgetExceeded,
         DeadlineExceeded,
         PayloadTooLarge,
         NotFound,

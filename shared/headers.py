@@ -61,6 +61,11 @@ RETRY_AFTER = "Retry-After"
 """Whole seconds to wait before retrying (rounded up), on 429 and 503 replies when known."""
 RETRY_AFTER_MS = "Modelbus-Retry-After-Ms"
 """The same hint in milliseconds, exact; routers read this one."""
+OVERHEAD_MS = "Modelbus-Overhead-Ms"
+"""On every answer (a completion, an error, a stream's first chunk and terminator): milliseconds
+modelbus spent on the request, excluding the upstream, summed over the hops that each measured
+their own time (:mod:`shared.overhead`). Also gateway → router and router → provider (in the
+delivery headers): the sum so far."""
 
 # Streaming.
 SEQ = "Modelbus-Seq"

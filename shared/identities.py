@@ -35,7 +35,8 @@ identity may delete or purge the config, audit or secrets streams, and only
 ``config-state`` may append to the config log and the audit stream.
 The usage ledger (``MODELBUS_USAGE``) is appended to by ``router-state`` alone,
 read by ``admin`` alone, created and reconfigured by ``config-state`` alone
-(which may neither read nor append to it), and deleted or purged by nobody. Only
+(which may neither read nor append to it), and deleted or purged by nobody.
+``admin`` reads the budgets bucket (``modelbus get budgets``) and may not write it. Only
 ``config-state`` and ``secrets-state`` may update streams (to migrate settings
 and the replica count): each its own, and ``config-state`` the routers' two
 buckets too, so that ``router-state`` may reconfigure nothing.
@@ -52,7 +53,7 @@ import datetime as dt
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ from shared.subjects import (
     CONFIG_WAIT,
     GATEWAY_KEYS_BUCKET,
     PROVIDER_PREFIX,
+    RATE_LIMITS_BUCKET,
     ROUTER_REVISIONS,
     ROUTER_STATUS,
     RUNS_BUCKET,
@@ -277,6 +279,8 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     SECRETS_LIST,
                     CHAT_COMPLETIONS,
                     *_stream_reader(USAGE_STREAM),  # `modelbus usage`: read only, never append
+                    *_stream_reader(_kv(BUDGETS_BUCKET)),  # `modelbus get budgets`: read only, never write
+                    *_stream_reader(_kv(RATE_LIMITS_BUCKET)),  # current counts: read only
                 ]
             },
             "subscribe": {"allow": [own_inbox]},
@@ -304,6 +308,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     *_stream_reader(CONFIG_STREAM),
                     *_kv_rw(BREAKERS_BUCKET),
                     *_kv_rw(BUDGETS_BUCKET),
+                    *_kv_rw(RATE_LIMITS_BUCKET),
                     *_stream_reader(_kv(RUNS_BUCKET)),
                     f"$KV.{RUNS_BUCKET}.>",
                 ]
@@ -358,6 +363,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     *_kv_rw(GATEWAY_KEYS_BUCKET, update=True),
                     *_replica_migration(_kv(BREAKERS_BUCKET)),
                     *_replica_migration(_kv(BUDGETS_BUCKET)),
+                    *_replica_migration(_kv(RATE_LIMITS_BUCKET)),
                     *_stream_creator(USAGE_STREAM),
                 ]
             },
@@ -421,6 +427,7 @@ def write_client_file(
     *,
     http_url: str | None = None,
     api_key: str | None = None,
+    metrics_urls: Sequence[str] = (),
 ) -> Path:
     """``client.json`` (0600): how any program connects as the default client identity, over NATS
     and, with ``http_url`` and ``api_key`` (the gateway's default key), over HTTP.
@@ -433,6 +440,8 @@ def write_client_file(
         info["http_url"] = http_url
     if api_key:
         info["api_key"] = api_key
+    if metrics_urls:  # every service's Prometheus endpoint, comma-separated
+        info["metrics_urls"] = ",".join(metrics_urls)
     return write_private_file(data_dir / CLIENT_FILE, json.dumps(info, indent=2).encode())
 
 

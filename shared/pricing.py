@@ -32,7 +32,9 @@ Money. Rates and costs are :class:`decimal.Decimal`, computed in a private
 context of 50 digits: vendors publish rates like ``$0.075`` or ``$0.0028`` per
 million tokens, which binary floats cannot hold, and a ledger's totals must add
 up exactly to its records. A cost is exact (``tokens * rate / 10**6`` needs no
-rounding); round only for display. A model without a price costs ``None``
+rounding); round only for display. The usage ledger's :meth:`PriceTable.cost_text`
+gets the same number in integers (each price's rates scaled to whole numbers of one
+unit once per table), as plain decimal text. A model without a price costs ``None``
 (unknown), never 0.
 
 Precedence (:class:`PriceTable`), first match wins:
@@ -179,7 +181,7 @@ class PriceTable:
     scan runs once per ``(provider, model)`` and is remembered.
     """
 
-    __slots__ = ("_exact", "_memo", "_patterns", "prices")
+    __slots__ = ("_exact", "_memo", "_patterns", "_units", "prices")
 
     def __init__(self, prices: Iterable[Price]) -> None:
         self.prices: tuple[Price, ...] = tuple(prices)
@@ -197,6 +199,16 @@ class PriceTable:
             (re.compile(translate(p.model_pattern or "")), p.provider, p) for p in patterns
         )
         self._memo: dict[tuple[str, str], Price | None] = {}
+        self._units: dict[int, _Units] = {id(p): _Units.of(p) for p in self.prices}
+        """Each price's rates as whole numbers, for :meth:`cost_text` (by identity: the table holds them)."""
+
+    def cost_text(self, price: Price, counts: TokenCounts) -> str:
+        """``cost_of(price, tokens_from_counts(counts))`` as exact plain decimal text (``0.0004275``),
+        in integer arithmetic: what the usage ledger records for every answer, so it stays cheap."""
+        units = self._units.get(id(price))
+        if units is None or units.price is not price:  # a price this table did not hand out
+            units = _Units.of(price)
+        return units.cost_text(counts)
 
     def lookup(self, endpoint: str, provider: str, model: str) -> Price | None:
         """The price that applies to ``model`` at ``endpoint`` (of type ``provider``), or ``None``."""
@@ -217,6 +229,38 @@ class PriceTable:
             self._memo.clear()
         self._memo[key] = found
         return found
+
+
+class _Units:
+    """One price's rates as integers ``n`` with ``rate == n * 10**exponent`` (one exponent for all)."""
+
+    __slots__ = ("cache_read", "cache_write", "exponent", "input", "output", "per_request", "price", "reasoning")
+
+    def __init__(self, price: Price, exponent: int, n: list[int]) -> None:
+        self.price = price
+        self.exponent = exponent
+        self.input, self.output, self.cache_read, self.cache_write, self.reasoning, per_request = n
+        self.per_request = per_request * PER_MILLION  # in the per-token unit, 10**(exponent - 6)
+
+    @classmethod
+    def of(cls, price: Price) -> _Units:
+        rates = (price.input, price.output, price.cache_read, price.cache_write, price.reasoning, price.per_request)
+        exponent = min(0, *(int(r.as_tuple().exponent) for r in rates))
+        return cls(price, exponent, [int(r.scaleb(-exponent, _MONEY)) for r in rates])
+
+    def cost_text(self, counts: TokenCounts) -> str:
+        k = tokens_from_counts(counts)
+        total = (
+            k.input * self.input
+            + k.output * self.output
+            + k.cache_read * self.cache_read
+            + k.cache_write * self.cache_write
+            + k.reasoning * self.reasoning
+            + self.per_request
+        )
+        places = 6 - self.exponent  # digits after the point: 10**(exponent - 6) per unit
+        digits = str(total).rjust(places + 1, "0")
+        return f"{digits[:-places]}.{digits[-places:]}"
 
 
 # ------------------------------------------------------------------ the shipped table

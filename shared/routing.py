@@ -60,6 +60,10 @@ class Endpoint(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Upstream timeout for one attempt."""
     locality: Locality = "remote"
     """Whether data stays on the host (``local``) or leaves it (``remote``)."""
+    rpm: int | None = None
+    """The provider's quota in requests per minute; routers shape traffic to it (``services.router.quotas``)."""
+    tpm: int | None = None
+    """The provider's quota in tokens per minute; routers shape traffic to it."""
 
 
 class Target(Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -191,6 +195,54 @@ class Price(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Date the figures were read (``YYYY-MM-DD``), for shipped prices."""
 
 
+RateLimitScope = Literal["key", "agent", "namespace"]
+
+
+class RateLimit(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Requests and/or tokens per minute for one caller key, agent or namespace (``services.router.ratelimits``)."""
+
+    name: str
+    """The RateLimit's full name."""
+    scope: RateLimitScope
+    """What is counted: the gateway key (or broker identity), the agent, or the agent's namespace."""
+    match: str | None = None
+    """The one value limited; ``None``: every value of the scope gets its own count."""
+    rpm: int | None = None
+    """Requests admitted per minute."""
+    tpm: int | None = None
+    """Tokens admitted per minute (estimate reserved at admission, corrected to actual usage)."""
+
+
+BudgetScope = Literal["key", "agent", "namespace", "run"]
+BudgetPeriod = Literal["run", "day", "month"]
+UnknownPrice = Literal["refuse", "count_tokens"]
+
+
+class Budget(Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A cap on tokens and/or cost per key, agent, namespace or run, over a period
+    (``services.router.budgets``; the state lives in :mod:`shared.budgets`)."""
+
+    name: str
+    """The Budget's full name, or ``<policy>:max_tokens_per_run`` for an AgentPolicy's."""
+    scope: BudgetScope
+    """What is counted: the gateway key (or broker identity), the agent, its namespace, or the run."""
+    period: BudgetPeriod
+    """``run`` (scope run only), or the UTC ``day`` or ``month``."""
+    match: str | None = None
+    """The one value budgeted; ``None``: every value of the scope gets its own budget."""
+    max_tokens: int | None = None
+    """Tokens (input plus output) per period; refused at ``>=``."""
+    max_cost: Decimal | None = None
+    """Cost in USD per period, priced by the answering target's price; refused at ``>=``."""
+    estimate_tokens: int = 0
+    """Output tokens reserved for a request that sets no ``max_tokens``."""
+    unknown_price: UnknownPrice = "refuse"
+    """With ``max_cost``: a request that may reach an unpriced target is refused (``refuse``), or
+    counted in tokens only (``count_tokens``)."""
+    policy: str | None = None
+    """Only requests under this AgentPolicy (set for a policy's ``max_tokens_per_run``)."""
+
+
 class RoutingConfig(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Everything a router needs, at one revision."""
 
@@ -209,6 +261,10 @@ class RoutingConfig(Struct, kw_only=True, frozen=True, omit_defaults=True):
     prices: list[Price] = []
     """Every price routers may apply: the ModelPrices, then (unless ``defaults.default_prices`` is
     off) the shipped table; :class:`shared.pricing.PriceTable` decides which one applies."""
+    budgets: list[Budget] = []
+    """Every Budget, and one per AgentPolicy ``max_tokens_per_run``, by name."""
+    rate_limits: list[RateLimit] = []
+    """Every RateLimit, by name."""
 
 
 routing_encoder = msgspec.json.Encoder()

@@ -17,6 +17,7 @@ from faststream.nats import NatsBroker
 from nats.errors import ConnectionReconnectingError
 
 from shared.logs import announce_ready
+from shared.metrics import start_metrics_server, with_metrics_url
 from shared.telemetry import shutdown_tracing
 
 Hook = Callable[[], Awaitable[None]]
@@ -43,7 +44,8 @@ async def serve(
         if on_start is not None:
             await on_start()
         await broker.connection.flush()
-        announce_ready(log, ready_detail)
+        start_metrics_server(log.name.rsplit(".", 1)[-1])  # its URL goes in the ready line (MODELBUS_METRICS=off: none)
+        announce_ready(log, with_metrics_url(ready_detail))
         await stop.wait()
         log.info("stopping")
     finally:

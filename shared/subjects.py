@@ -106,6 +106,9 @@ BREAKERS_BUCKET = "modelbus_breakers"
 """JetStream KV bucket: open circuit breakers shared by all routers (entries expire with their cooldown)."""
 BUDGETS_BUCKET = "modelbus_budgets"
 """JetStream KV bucket: tokens used per (policy, run), updated with compare-and-swap by every router."""
+RATE_LIMITS_BUCKET = "modelbus_rate_limits"
+"""JetStream KV bucket: requests and tokens per (RateLimit or endpoint quota, value, minute), updated with
+compare-and-swap by every router (``services.router.ratelimits``); entries expire after a few minutes."""
 RUNS_BUCKET = "modelbus_runs"
 """JetStream KV bucket: run id → the revision its first request was routed at (run pinning)."""
 

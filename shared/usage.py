@@ -102,8 +102,12 @@ class UsageRecord(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """From the router receiving the request to the final answer."""
     ttft_ms: float | None = None
     """Streams: from the router receiving the request to the first content reaching the client."""
-    cost: float | None = None
-    """Cost in USD; ``None`` = unknown (no price for the model), never 0 for unknown."""
+    cost: str | None = None
+    """Cost in ``currency``, an exact decimal string (``"0.0000375"``, never a float, so sums are
+    exact); ``None`` = unknown (no price for the model, or a success without usage), never 0 for
+    unknown; ``"0"`` for an answer nothing was billed for (see ``services/router/ledger.py``)."""
+    currency: str | None = None
+    """ISO 4217 code of ``cost``; ``None`` when the cost is unknown or no price was involved."""
 
 
 usage_record_encoder = msgspec.json.Encoder()

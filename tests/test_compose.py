@@ -255,3 +255,56 @@ def test_the_docker_build_context_keeps_what_pip_install_needs() -> None:
     needed = {"pyproject.toml", "shared", "services", pyproject["project"]["readme"]}
     assert not needed & ignored
     assert ".venv" in ignored and ".git" in ignored
+
+
+# ---------------------------------------------------------------- metrics: Prometheus and Grafana
+
+METRICS_PORT = 9464
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path → host path of a service's bind mounts (``:ro`` dropped)."""
+    out = {}
+    for entry in service.get("volumes", []):
+        host, container, *_ = str(entry).split(":")
+        out[container] = host
+    return out
+
+
+def test_every_modelbus_service_serves_metrics_on_one_port_inside_the_compose_network(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in MODELBUS_SERVICES:
+        env = _environment(services[name])
+        assert env.get("MODELBUS_METRICS_PORT") == str(METRICS_PORT), name
+        assert env.get("MODELBUS_METRICS_ADDR") == "0.0.0.0", name  # reachable by Prometheus's container
+        assert METRICS_PORT not in _container_ports(services[name]), name  # never published to the host
+
+
+def test_prometheus_scrapes_every_modelbus_service_and_each_router_replica(services: dict[str, dict[str, Any]]) -> None:
+    mounted = _mounts(services["prometheus"])
+    config = yaml.safe_load((ROOT / mounted["/etc/prometheus/prometheus.yml"]).read_text(encoding="utf-8"))
+    discovered = {
+        (name, sd["port"])
+        for job in config["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+    }
+    # DNS service discovery (type A) finds every replica of a service, not one of them at random.
+    assert {(name, METRICS_PORT) for name in MODELBUS_SERVICES} <= discovered
+    assert _published(services["prometheus"]) == ["127.0.0.1:9090:9090"]
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_repositorys_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    mounted = _mounts(grafana)
+    provisioning = ROOT / mounted["/etc/grafana/provisioning"]
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text(encoding="utf-8"))
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "modelbus.yml").read_text(encoding="utf-8"))
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert (ROOT / mounted[dashboards] / "modelbus.json").is_file()
+    assert _published(grafana) == ["127.0.0.1:3000:3000"]
+    assert "prometheus" in _depends_on(grafana)

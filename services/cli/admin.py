@@ -13,8 +13,10 @@ import msgspec
 import yaml
 from nats.aio.client import Client
 
+from services.cli.budgets_cmd import BUDGET_KINDS, cmd_get_budgets
 from services.cli.clients_cmd import cmd_create_client
 from services.cli.keys_cmd import KEY_KINDS, add_create_parser, cmd_delete_key, cmd_get_keys
+from services.cli.ratelimits_cmd import RATE_LIMIT_KINDS, cmd_get_ratelimits
 from services.cli.rpc import actor, call
 from services.cli.secrets_cmd import SECRET_KINDS, cmd_create_secret, cmd_get_secrets
 from shared.admin import (
@@ -109,6 +111,10 @@ def _summary(r: StoredResource) -> str:
         return ", ".join(f"{t['endpoint']}/{t.get('model', '*')}" for t in s.get("targets", []))
     if r.kind == "Agent":
         return " -> ".join([s.get("model_ref", ""), *s.get("fallback_model_refs", [])])
+    if r.kind == "Budget":
+        limits = [f"{s['max_tokens']} tokens"] if s.get("max_tokens") else []
+        limits += [f"${s['max_cost']}"] if s.get("max_cost") else []
+        return f"{s['scope']}={s.get('match') or '*'} per {s['period']}: {' and '.join(limits)}"
     if r.kind == "ModelPrice":
         target = f"{s['endpoint']}/{s['model']}" if s.get("endpoint") else f"{s.get('model_pattern')}"
         if s.get("provider"):
@@ -140,6 +146,10 @@ async def cmd_get(nc: Client, args: argparse.Namespace) -> int:
         return await cmd_get_keys(nc, args)
     if args.kind.lower() in PRICE_KINDS:
         return await cmd_get_prices(nc, args)
+    if args.kind.lower() in RATE_LIMIT_KINDS:
+        return await cmd_get_ratelimits(nc, args)
+    if args.kind.lower() in BUDGET_KINDS:
+        return await cmd_get_budgets(nc, args)
     if args.kind.lower() in ("router", "routers"):
         routers = await call(nc, CONFIG_ROUTERS, None, RouterList)
         if args.output == "json":
@@ -327,7 +337,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     apply.add_argument("--wait-timeout", type=float, default=10.0, help="seconds (default 10)")
     apply.set_defaults(admin=cmd_apply)
 
-    get = sub.add_parser("get", help=f"list resources ({kinds}, all), routers, prices, secrets, clients or keys")
+    get = sub.add_parser(
+        "get", help=f"list resources ({kinds}, all), routers, prices, budgets, ratelimits, secrets, clients or keys"
+    )
     get.add_argument("kind")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")

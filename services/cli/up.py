@@ -97,6 +97,7 @@ MAX_CLUSTER_NODES = 9
 CLUSTER_START_TIMEOUT_S = 60.0
 _ADMIN_URL_RE = re.compile(r"\badmin=(https?://\S+)")
 _HTTP_URL_RE = re.compile(r"\bhttp=(https?://\S+)")
+_METRICS_URL_RE = re.compile(r"\bmetrics=(https?://\S+)")
 HTTP_ENV = "MODELBUS_HTTP"
 """``host:port`` the HTTP gateway listens on (read by ``services.gateway``)."""
 HTTP_HOST = "127.0.0.1"
@@ -205,6 +206,12 @@ def http_port_problem(port: int) -> str | None:
             "stop it or pass another --http-port (0 picks a free one)"
         )
     return None
+
+
+def metrics_url_of(ready_line: str) -> str | None:
+    """The Prometheus endpoint a service's ready line names (``metrics=URL``), or ``None``."""
+    found = _METRICS_URL_RE.search(ready_line)
+    return found.group(1) if found else None
 
 
 def http_url_of(ready_line: str) -> str | None:
@@ -385,13 +392,17 @@ async def run_up(args: argparse.Namespace) -> int:
         if server is not None and passwords is not None:
             watcher = asyncio.create_task(watch_clients(server, data_dir, passwords, stamp))
         names = ",".join(c.name for c in children.all)
+        metrics = [url for c in children.all if (url := metrics_url_of(c.ready_line))]
         creds = ""
         if passwords is not None:
-            path = identities.write_client_file(data_dir, nats_url, passwords, http_url=http_url, api_key=api_key)
+            path = identities.write_client_file(
+                data_dir, nats_url, passwords, http_url=http_url, api_key=api_key, metrics_urls=metrics
+            )
             creds = f" creds={path}"
         admin_part = f" admin={admin_url}" if admin_url else ""
         http_part = f" http={http_url}" if http_url else ""
-        print(f"ready nats={nats_url}{creds}{admin_part}{http_part} services={names}", flush=True)
+        metrics_part = f" metrics={','.join(metrics)}" if metrics else ""
+        print(f"ready nats={nats_url}{creds}{admin_part}{http_part}{metrics_part} services={names}", flush=True)
         if args.demo:
             await _demo(nats_url, identities.connection_env("client", passwords) if passwords else {}, data_dir)
         status = await sup.run(stop)

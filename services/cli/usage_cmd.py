@@ -5,9 +5,12 @@ identity, with an ordered consumer from the start of the window (``--since``,
 by the stream's own storage time; records are then also filtered by their
 ``time_ms``), and adds up every record once: requests, errors, tokens by kind
 and cost. The groups' totals add up exactly to the total row, which adds up
-exactly to the records read. A record whose cost is unknown (no price for its
-model) adds nothing to the cost and is counted apart: a cost total over such
-records says so (``12.34 + unknown (3)``), never pretends to be complete.
+exactly to the records read. Costs are summed as :class:`~decimal.Decimal` from the
+records' exact strings, per currency, and shown unrounded (``-o json`` keeps them
+as strings), so a total is exactly the sum of its records. A record whose cost is
+unknown (no price for its model) adds nothing to the cost and is counted apart: a
+cost total over such records says so (``12.34 USD + unknown (3)``), never pretends
+to be complete.
 
 Gaps: every router numbers its records 1, 2, 3, ... A number missing between
 the first and the last record of a router in the window is a lost record, and
@@ -23,6 +26,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -48,6 +52,8 @@ TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_writ
 IDLE_S = 0.25
 """How long to wait for the next record before asking the consumer whether any are left."""
 READ_TIMEOUT_S = 60.0
+_SUM = Context(prec=80)
+"""Sums in 80 digits: far beyond any ledger's total, so no addition ever rounds."""
 
 
 @dataclass
@@ -57,10 +63,10 @@ class Totals:
     requests: int = 0
     errors: int = 0
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
-    cost: float = 0.0
-    """Sum of the known costs."""
+    costs: dict[str, Decimal] = field(default_factory=dict)
+    """Sum of the known costs per currency (exact); a cost of 0 with no currency adds nothing."""
     cost_unknown: int = 0
-    """Records whose cost is unknown."""
+    """Records whose cost is unknown (or not a decimal: counted as unknown, never as 0)."""
 
     def add(self, record: UsageRecord) -> None:
         self.requests += 1
@@ -70,25 +76,51 @@ class Totals:
             self.tokens[kind] += getattr(record, kind)
         if record.cost is None:
             self.cost_unknown += 1
-        else:
-            self.cost += record.cost
+            return
+        try:
+            cost = Decimal(record.cost)
+        except InvalidOperation:
+            self.cost_unknown += 1
+            return
+        if not cost.is_finite():
+            self.cost_unknown += 1
+        elif record.currency is not None:
+            self.costs[record.currency] = _SUM.add(self.costs.get(record.currency, Decimal(0)), cost)
+        elif cost:  # an amount without a currency (not what routers write): USD, the default
+            self.costs["USD"] = _SUM.add(self.costs.get("USD", Decimal(0)), cost)
+
+    @property
+    def cost(self) -> Decimal | None:
+        """The known costs' sum when there is one currency (0 with none); ``None`` for several."""
+        if len(self.costs) > 1:
+            return None
+        return next(iter(self.costs.values()), Decimal(0))
 
     def cost_text(self) -> str:
-        if self.cost_unknown == 0:
-            return f"{self.cost:.6f}"
-        if self.cost_unknown == self.requests:
+        if self.requests and self.cost_unknown == self.requests:
             return "unknown"
-        return f"{self.cost:.6f} + unknown ({self.cost_unknown})"
+        known = " + ".join(f"{_money(v)} {c}" for c, v in sorted(self.costs.items())) or "0"
+        return known if self.cost_unknown == 0 else f"{known} + unknown ({self.cost_unknown})"
 
     def as_json(self) -> dict[str, Any]:
+        only = next(iter(self.costs)) if len(self.costs) == 1 else None
+        total = self.cost
+        all_unknown = self.requests > 0 and self.cost_unknown == self.requests
         return {
             "requests": self.requests,
             "errors": self.errors,
             "tokens": dict(self.tokens),
-            "cost": None if self.cost_unknown == self.requests and self.requests else round(self.cost, 9),
+            "cost": None if all_unknown or total is None else _money(total),
+            "currency": only,
+            "costs": {c: _money(v) for c, v in sorted(self.costs.items())},
             "cost_complete": self.cost_unknown == 0,
             "cost_unknown_requests": self.cost_unknown,
         }
+
+
+def _money(amount: Decimal) -> str:
+    """An exact amount as plain decimal text, never in exponent form (``0.000000375``, ``0``)."""
+    return format(amount, "f")
 
 
 @dataclass
@@ -234,7 +266,7 @@ async def read_report(nc: Client, since_s: int, by: str | None, *, timeout_s: fl
 
 def print_table(report: Report) -> None:
     """The report as an aligned table, then the gaps."""
-    header = ("REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_READ", "CACHE_WRITE", "REASONING", "COST_USD")
+    header = ("REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_READ", "CACHE_WRITE", "REASONING", "COST")
     rows: list[tuple[str, ...]] = []
     if report.by is not None:
         rows.append((report.by.upper(), *header))
@@ -255,6 +287,11 @@ def print_table(report: Report) -> None:
     if not report.routers:
         print(f"no usage records in the last {_since_text(report.since_s)}")
         return
+    if report.total.cost_unknown:
+        print(
+            f"cost: {report.total.cost_unknown} record(s) with unknown cost (no price for the model, or no usage "
+            "reported), not counted as 0"
+        )
     if report.gaps == 0:
         print(f"gaps: none ({len(report.routers)} router(s), every record numbered without a hole)")
     for router, s in sorted(report.routers.items()):

@@ -16,10 +16,12 @@ from urllib.parse import urlsplit
 from services.config.resources import (
     AgentSpec,
     AliasSpec,
+    BudgetSpec,
     DefaultsSpec,
     EndpointSpec,
     PolicySpec,
     PriceSpec,
+    RateLimitSpec,
     Resource,
 )
 from shared.errors import ConfigError
@@ -28,9 +30,11 @@ from shared.routing import (
     LOCAL_PROVIDER_TYPES,
     Agent,
     Alias,
+    Budget,
     Endpoint,
     Policy,
     Price,
+    RateLimit,
     RoutingConfig,
     RoutingDefaults,
     Target,
@@ -103,6 +107,8 @@ def _endpoint(name: str, spec: EndpointSpec) -> Endpoint:
         allow_private=allow_private,
         timeout_ms=spec.timeout_ms,
         locality=spec.locality or derive_locality(spec.provider, spec.base_url),
+        rpm=spec.rpm,
+        tpm=spec.tpm,
     )
 
 
@@ -196,6 +202,8 @@ def compile_config(resources: Iterable[Resource], *, revision: int = 0) -> Routi
     prices = _prices(by_kind.get("ModelPrice", {}), refs, errors)
     if defaults.default_prices:
         prices.extend(default_prices())
+    rate_limits = _rate_limits(by_kind.get("RateLimit", {}), errors)
+    budgets = _budgets(by_kind.get("Budget", {}), policies, errors)
     if errors:
         raise ConfigError("; ".join(errors))
     return RoutingConfig(
@@ -206,7 +214,61 @@ def compile_config(resources: Iterable[Resource], *, revision: int = 0) -> Routi
         agents=agents,
         policies=policies,
         prices=prices,
+        rate_limits=rate_limits,
+        budgets=budgets,
     )
+
+
+POLICY_BUDGET_SUFFIX = ":max_tokens_per_run"
+"""An AgentPolicy's ``max_tokens_per_run`` is the Budget ``<policy>:max_tokens_per_run``."""
+
+
+def _budgets(resources: dict[str, Resource], policies: dict[str, Policy], errors: list[str]) -> list[Budget]:
+    """Budgets by name, then one per AgentPolicy ``max_tokens_per_run`` (scope and period ``run``,
+    only for requests under that policy, reserving the prompt estimate and ``max_tokens`` only, as
+    the policy always did)."""
+    budgets: list[Budget] = []
+    for name, res in sorted(resources.items()):
+        spec: BudgetSpec = res.spec
+        if spec.scope == "namespace" and spec.match is not None and "/" in spec.match:
+            errors.append(f"Budget {name}: spec.match: a namespace has no '/' ({spec.match!r} could never match)")
+            continue
+        budgets.append(
+            Budget(
+                name=name,
+                scope=spec.scope,
+                period=spec.period,
+                match=spec.match,
+                max_tokens=spec.max_tokens,
+                max_cost=spec.max_cost,
+                estimate_tokens=spec.estimate_tokens,
+                unknown_price=spec.unknown_price,
+            )
+        )
+    for pname, policy in sorted(policies.items()):
+        if policy.max_tokens_per_run is not None:
+            budgets.append(
+                Budget(
+                    name=pname + POLICY_BUDGET_SUFFIX,
+                    scope="run",
+                    period="run",
+                    max_tokens=policy.max_tokens_per_run,
+                    policy=pname,
+                )
+            )
+    return budgets
+
+
+def _rate_limits(resources: dict[str, Resource], errors: list[str]) -> list[RateLimit]:
+    """RateLimits by name; a namespace has no ``/`` in it, so a ``match`` with one could never apply."""
+    limits: list[RateLimit] = []
+    for name, res in sorted(resources.items()):
+        spec: RateLimitSpec = res.spec
+        if spec.scope == "namespace" and spec.match is not None and "/" in spec.match:
+            errors.append(f"RateLimit {name}: spec.match: a namespace has no '/' ({spec.match!r} could never match)")
+            continue
+        limits.append(RateLimit(name=name, scope=spec.scope, match=spec.match, rpm=spec.rpm, tpm=spec.tpm))
+    return limits
 
 
 def _prices(resources: dict[str, Resource], refs: _Refs, errors: list[str]) -> list[Price]:

@@ -73,6 +73,10 @@ class EndpointSpec(_Strict):
     """Upstream timeout per attempt."""
     locality: Literal["local", "remote"] | None = None
     """Override the derived locality."""
+    rpm: int | None = Field(default=None, ge=1, le=100_000_000)
+    """The provider's quota in requests per minute: routers pick another target or wait instead of sending more."""
+    tpm: int | None = Field(default=None, ge=1, le=100_000_000_000)
+    """The provider's quota in tokens per minute (estimate reserved per attempt, corrected to actual usage)."""
 
     @field_validator("provider")
     @classmethod
@@ -207,6 +211,62 @@ class PriceSpec(_Strict):
         return self
 
 
+class RateLimitSpec(_Strict):
+    """``RateLimit.spec``: requests and/or tokens per minute per caller key, agent or namespace."""
+
+    scope: Literal["key", "agent", "namespace"]
+    """``key``: the gateway key name (else the broker identity); ``agent``; ``namespace``: the agent's namespace."""
+    match: str | None = Field(default=None, min_length=1, max_length=256)
+    """The one key, agent or namespace limited; absent: every value gets a limit of its own."""
+    rpm: int | None = Field(default=None, ge=1, le=100_000_000)
+    """Requests per minute."""
+    tpm: int | None = Field(default=None, ge=1, le=100_000_000_000)
+    """Tokens per minute (prompt estimate plus ``max_tokens`` reserved at admission, corrected after)."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitSpec:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("no limit: give rpm, tpm or both")
+        return self
+
+
+DEFAULT_ESTIMATE_TOKENS = 1024
+"""Output tokens a Budget reserves for a request that sets no ``max_tokens``, unless it says otherwise."""
+
+
+class BudgetSpec(_Strict):
+    """``Budget.spec``: tokens and/or cost per key, agent, namespace or run, over a period (UTC)."""
+
+    scope: Literal["key", "agent", "namespace", "run"]
+    """``key``: the gateway key name (else the broker identity); ``agent``; ``namespace``: the
+    agent's namespace; ``run``: ``Modelbus-Run-Id``."""
+    match: str | None = Field(default=None, min_length=1, max_length=256)
+    """The one key, agent, namespace or run budgeted; absent: every value gets a budget of its own."""
+    period: Literal["run", "day", "month"]
+    """``run`` (only with scope ``run``), or the UTC calendar ``day`` or ``month``."""
+    max_tokens: int | None = Field(default=None, ge=1, le=10**15)
+    """Tokens (input plus output) per period."""
+    max_cost: Decimal | None = Field(default=None, gt=0, max_digits=24, decimal_places=12)
+    """USD per period, priced with the answering target's ModelPrice (or the shipped table)."""
+    estimate_tokens: int = Field(default=DEFAULT_ESTIMATE_TOKENS, ge=0, le=10**9)
+    """Output tokens reserved for a request without ``max_tokens`` (on top of its prompt estimate)."""
+    unknown_price: Literal["refuse", "count_tokens"] = "refuse"
+    """With ``max_cost``: refuse a request that may reach a target with no price (``refuse``), or
+    count such a request in tokens only (``count_tokens``)."""
+
+    @field_serializer("max_cost")
+    def _exact_cost(self, value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> BudgetSpec:
+        if self.max_tokens is None and self.max_cost is None:
+            raise ValueError("no limit: give max_tokens, max_cost or both")
+        if self.period == "run" and self.scope != "run":
+            raise ValueError(f"period 'run' needs scope 'run' (a {self.scope} has no runs; use day or month)")
+        return self
+
+
 class AgentLimits(_Strict):
     """Orloj ``Agent.spec.limits``; kept with the agent."""
 
@@ -277,6 +337,8 @@ SPECS: dict[str, type[_Strict]] = {
     "AgentPolicy": PolicySpec,
     "RoutingDefaults": DefaultsSpec,
     "ModelPrice": PriceSpec,
+    "Budget": BudgetSpec,
+    "RateLimit": RateLimitSpec,
     "Secret": SecretSpec,
 }
 """Native kinds; ``Secret`` is accepted but never stored in the configuration."""

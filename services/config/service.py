@@ -68,6 +68,7 @@ from shared.subjects import (
     CONFIG_ROLLBACK,
     CONFIG_ROUTERS,
     CONFIG_WAIT,
+    RATE_LIMITS_BUCKET,
     ROUTER_REVISIONS,
     ROUTER_STATUS,
     RUNS_BUCKET,
@@ -179,7 +180,7 @@ def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> S
                     ensured.info.config.name,
                     reason,
                 )
-        for bucket in (BREAKERS_BUCKET, BUDGETS_BUCKET):
+        for bucket in (BREAKERS_BUCKET, BUDGETS_BUCKET, RATE_LIMITS_BUCKET):
             await ensure_replicas(js, f"KV_{bucket}")
 
     return StateKeeper(nc, "config-state", repair)

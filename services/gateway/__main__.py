@@ -33,6 +33,7 @@ from services.gateway.settings import GatewaySetupError, Settings, bind, load_se
 from services.gateway.upstream import Upstream
 from shared.bus import MAX_OUTSTANDING_PINGS, PING_INTERVAL_S, RECONNECT_WAIT_S, connect, run
 from shared.logs import announce_ready, setup_logging
+from shared.metrics import in_flight_gauge, metrics_enabled, start_metrics_server, with_metrics_url
 from shared.telemetry import setup_tracing, shutdown_tracing
 
 CONFIG_WAIT_S = 10.0
@@ -124,7 +125,10 @@ async def _serve(log: logging.Logger, settings: Settings, keys: KeyRing | None, 
             len(keys.names) if keys is not None else 0,
             settings.max_body,
         )
-        announce_ready(log, f"gateway http={url}")
+        if metrics_enabled():
+            start_metrics_server("gateway")
+            in_flight_gauge(lambda: upstream.in_flight)
+        announce_ready(log, with_metrics_url(f"gateway http={url}"))
         await stop.wait()
         log.info("stopping")
     finally:

@@ -67,7 +67,7 @@ async def messages(core: Core, scope: Scope, receive: Receive, send: Send, heade
         request = request_view(body)  # checks what routing needs; the body goes on as it came
         nats_hdrs, timeout_s = core.nats_headers(headers, ex.request_id, grant)
         nats_hdrs[H.FORMAT] = "anthropic"
-        pending = ex.pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        pending = await ex.ask(core.upstream, body, nats_hdrs, timeout_s)
         if request.stream:
             await _stream(pending, send, receive, ex.request_id, ex.span)
             return
@@ -174,7 +174,7 @@ async def count_tokens(core: Core, scope: Scope, receive: Receive, send: Send, h
         nats_hdrs, timeout_s = core.nats_headers(headers, ex.request_id, grant)
         nats_hdrs[H.FORMAT] = "anthropic"
         nats_hdrs[H.OPERATION] = H.COUNT_TOKENS
-        pending = ex.pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        pending = await ex.ask(core.upstream, body, nats_hdrs, timeout_s)
         try:
             answer, source = await pending.completion_body(), b"provider"
         except InvalidRequest as err:

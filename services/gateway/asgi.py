@@ -44,6 +44,7 @@ _REPLIED: tuple[tuple[str, bytes], ...] = (
     (H.ENDPOINT, b"x-modelbus-endpoint"),
     (H.MODEL, b"x-modelbus-model"),
     (H.ATTEMPTS, b"x-modelbus-attempts"),
+    (H.OVERHEAD_MS, b"modelbus-overhead-ms"),
 )
 """Reply header → HTTP response header."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -58,7 +58,7 @@ async def chat_completions(core: Core, scope: Scope, receive: Receive, send: Sen
         request = openai.request_view(body)
         nats_hdrs, timeout_s = core.nats_headers(headers, ex.request_id, grant)
         nats_hdrs[H.FORMAT] = "openai"  # the client's own body: unknown fields go on to OpenAI-format upstreams
-        pending = ex.pending = await core.upstream.send(body, nats_hdrs, timeout_s)
+        pending = await ex.ask(core.upstream, body, nats_hdrs, timeout_s)
         if request.stream:
             await _stream(pending, request, send, receive, ex.request_id, ex.span)
             return

@@ -89,13 +89,26 @@ class Upstream:
             self._mux.close(waiter)
             raise
         until = asyncio.get_running_loop().time() + timeout_s + CLIENT_GRACE_S
-        return Pending(self, waiter, until, timeout_s)
+        pending = Pending(self, waiter, until, timeout_s)
+        pending.sent_overhead = headers.get(H.OVERHEAD_MS, "0.000")
+        return pending
 
 
 class Pending:
     """The replies of one request, in order."""
 
-    __slots__ = ("_seq", "_timeout_s", "_until", "_upstream", "_waiter", "format", "headers", "tail", "usage")
+    __slots__ = (
+        "_seq",
+        "_timeout_s",
+        "_until",
+        "_upstream",
+        "_waiter",
+        "format",
+        "headers",
+        "sent_overhead",
+        "tail",
+        "usage",
+    )
 
     def __init__(self, upstream: Upstream, waiter: Waiter, until: float, timeout_s: float) -> None:
         self._upstream = upstream
@@ -103,6 +116,8 @@ class Pending:
         self._until = until
         self._timeout_s = timeout_s
         self._seq = 0
+        self.sent_overhead = "0.000"
+        """``Modelbus-Overhead-Ms`` the request went out with: the gateway's time before sending."""
         self.headers: Mapping[str, str] = {}
         """The headers of the last reply read (the final one once the request is over)."""
         self.usage: ChatCompletionChunk | None = None

@@ -38,6 +38,7 @@ from shared.bus import error_headers
 from shared.chat import ChatCompletionChunk, ChatCompletionRequest, encoder
 from shared.errors import ModelbusError, UpstreamTimeout, WorkerLost
 from shared.mux import Signal
+from shared.overhead import overhead_value, prior_ms
 from shared.replies import FENCE_AFTER_S, LOST_AFTER_S, chunk_headers, stream_end
 from shared.usage import for_client, usage_header
 
@@ -60,6 +61,12 @@ class Delivery:
     (:mod:`services.providers.outcomes`)."""
     done: bool = False
     """The call has ended: :attr:`last` is its outcome."""
+    arrived: float = 0.0
+    """``time.perf_counter()`` when the call arrived (``loop.time()`` may tick in whole milliseconds)."""
+    upstream_s: float = 0.0
+    """Time spent waiting on the upstream (a stream's: until its first content)."""
+    overhead: str | None = None
+    """``Modelbus-Overhead-Ms`` once the answer's first message was sent (the terminator repeats it)."""
 
     @classmethod
     def open(
@@ -79,7 +86,16 @@ class Delivery:
         sig.last_client = now
         d = cls(nc, reply, deliver_to, deliver_headers, sig, headers.get(H.REQUEST_ID), nc.stats["reconnects"])
         d.fenced = age > FENCE_AFTER_S
+        d.arrived = time.perf_counter()
         return d
+
+    def overhead_ms(self) -> str:
+        """``Modelbus-Overhead-Ms`` of the answer: the router's sum plus this worker's own time so far
+        (fixed at the first call, so a stream's chunk 0 and terminator agree)."""
+        if self.overhead is None:
+            own = time.perf_counter() - self.arrived - self.upstream_s
+            self.overhead = overhead_value(prior_ms(self.deliver_headers), own)
+        return self.overhead
 
     @property
     def stale(self) -> bool:
@@ -184,6 +200,7 @@ async def stream_to_client(
         pieces = adapter.stream_native(native[1], model, timeout_s=timeout_s).__aiter__()  # type: ignore[attr-defined]
     else:
         pieces = _translated(adapter.stream(request, model, timeout_s=timeout_s)).__aiter__()
+    upstream_from = time.perf_counter()
     try:
         while True:
             left = deadline - loop.time()
@@ -201,6 +218,8 @@ async def stream_to_client(
                         f"stream from {endpoint.name!r} did not finish within {timeout_s:g}s"
                     ) from None
                 raise UpstreamTimeout(f"stream from {endpoint.name!r} stalled for {idle_s:g}s") from None
+            if not committed:
+                d.upstream_s = time.perf_counter() - upstream_from
             content = False
             for chunk in chunks:
                 if chunk.usage is not None:
@@ -261,7 +280,7 @@ async def stream_to_client(
     if relay_usage and usage_chunk is not None:
         shown = for_client(usage) if usage is not None else None
         body = encoder.encode(usage_chunk if shown is usage else msgspec.structs.replace(usage_chunk, usage=shown))
-    end = {**d.deliver_headers, **outcome}
+    end = {**d.deliver_headers, **outcome, H.OVERHEAD_MS: d.overhead_ms()}
     if fmt is not None:
         end[H.FORMAT] = fmt
     await d.to_client(body, stream_end(seq, end))
@@ -295,6 +314,7 @@ def _chunk_headers(d: Delivery, seq: int, provider: str, model: str, fmt: str | 
     if seq:
         return chunk_headers(seq)
     out = {**d.deliver_headers, H.PROVIDER: provider, H.MODEL: model, **chunk_headers(seq)}
+    out[H.OVERHEAD_MS] = d.overhead_ms()
     if fmt is not None:
         out[H.FORMAT] = fmt
     return out
@@ -306,6 +326,7 @@ async def _end_with_error(d: Delivery, err: ModelbusError, seq: int) -> None:
         await _fence(d, seq, "the upstream", err)
         return
     hdrs = error_headers(err, d.request_id)
+    hdrs[H.OVERHEAD_MS] = d.overhead_ms()
     attempts = d.deliver_headers.get(H.ATTEMPTS)
     end = stream_end(seq, {**hdrs, H.ATTEMPTS: attempts} if attempts else hdrs)  # like the router's own errors
     await d.to_client(err.to_json(), end)

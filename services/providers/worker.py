@@ -36,11 +36,13 @@ from opentelemetry.trace import Span, SpanKind
 from services.providers.base import ChatAdapter, EndpointConnection, call_credential, call_secrets
 from services.providers.credentials import CredentialCache
 from services.providers.delivery import Delivery, stream_to_client
+from services.providers.metrics import ProviderMetrics
 from services.providers.outcomes import Outcomes
 from services.providers.registry import ADAPTERS
 from services.providers.scrub import CredentialScrubber
 from shared import headers as H
 from shared import identities
+from shared import metrics as M
 from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest, Usage, encoder
 from shared.envelopes import provider_call_decoder
@@ -87,6 +89,8 @@ class ProviderWorker:
         """Calls in flight and just ended, for a router that missed their outcome and asks."""
         self.ignored_deliveries = 0
         self._last_delivery_warning = -WARN_EVERY_S
+        self.metrics = ProviderMetrics(lambda: len(self.beats.held)) if M.metrics_enabled() else None
+        """Prometheus metrics per call (``None``: MODELBUS_METRICS=off, no work at all)."""
         self._servers = [
             RequestServer(
                 nc,
@@ -183,6 +187,7 @@ class ProviderWorker:
         in_headers = msg.headers or {}
         request_id = in_headers.get(H.REQUEST_ID)
         delivery: Delivery | None = None
+        status = 500
         with _tracer.start_as_current_span("chat", context=extract_context(in_headers), kind=SpanKind.CLIENT) as span:
             span.set_attribute("gen_ai.operation.name", "chat")
             adapter: ChatAdapter | None = None
@@ -236,7 +241,9 @@ class ProviderWorker:
                 else:
                     own = (fmt, body) if native and fmt is not None else None
                     await self._complete(delivery, adapter, request, call.model, timeout_s, span, provider_type, own)
+                status = 200
             except ModelbusError as err:
+                status = err.http_status
                 _sanitize(err, adapter, used)
                 record_error(span, err, err.http_status)
                 await self._failed(reply, delivery, err, request_id)
@@ -251,6 +258,15 @@ class ProviderWorker:
                 if delivery is not None:
                     self.beats.held.discard(delivery.signal)
                     self.outcomes.end(delivery)
+                    if self.metrics is not None and adapter is not None:
+                        self.metrics.observe(
+                            provider_type,
+                            adapter.connection.endpoint.name,
+                            call.model,
+                            status,
+                            time.perf_counter() - delivery.arrived,
+                            delivery.overhead,
+                        )
 
     async def _failed(self, reply: str, delivery: Delivery | None, err: ModelbusError, request_id: str | None) -> None:
         """The call's error outcome to the router (kept with the delivery once there is one)."""
@@ -278,6 +294,7 @@ class ProviderWorker:
         the upstream's answer as it came, marked with ``Modelbus-Format``.
         """
         raw: bytes | None = None
+        before = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
                 if native is not None:
@@ -288,6 +305,7 @@ class ProviderWorker:
             raise UpstreamTimeout(
                 f"{adapter.connection.endpoint.name!r} did not answer within {timeout_s:g}s", provider=provider_type
             ) from None
+        d.upstream_s = time.perf_counter() - before
         _describe_response(
             span,
             completion.model,
@@ -310,6 +328,7 @@ class ProviderWorker:
         self, d: Delivery, adapter: ChatAdapter, body: bytes, model: str, timeout_s: float, provider_type: str
     ) -> None:
         """A token count from the upstream (``Modelbus-Operation: count_tokens``), delivered as a completion is."""
+        before = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
                 answer = await adapter.count_tokens_native(body, model, timeout_s=timeout_s)  # type: ignore[attr-defined]
@@ -317,6 +336,7 @@ class ProviderWorker:
             raise UpstreamTimeout(
                 f"{adapter.connection.endpoint.name!r} did not count within {timeout_s:g}s", provider=provider_type
             ) from None
+        d.upstream_s = time.perf_counter() - before
         headers = {H.STATUS: "200", H.PROVIDER: provider_type, H.MODEL: model, H.FORMAT: "anthropic"}
         await _deliver(d, answer, headers, None)
 
@@ -361,7 +381,7 @@ async def _deliver(d: Delivery, body: bytes, headers: dict[str, str], usage: str
     if d.direct():
         # Straight to the client; the router gets a notice for its statistics,
         # breakers and budgets. Both go out in one flush.
-        await d.to_client(body, {**d.deliver_headers, **headers})
+        await d.to_client(body, {**d.deliver_headers, **headers, H.OVERHEAD_MS: d.overhead_ms()})
         body = b""
         headers[H.DELIVERED] = "1"
     if usage is not None:

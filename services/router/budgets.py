@@ -1,223 +1,329 @@
-"""Token budgets per run (``max_tokens_per_run``), shared by every router.
+"""Budgets in tokens and cost, shared by every router: reserve before the call, settle after.
 
-A policy's ``max_tokens_per_run`` counts the tokens of every request that
-carries the same ``Modelbus-Run-Id``, whichever router served it. The count
-lives in the JetStream KV bucket :data:`shared.subjects.BUDGETS_BUCKET`, one
-entry per (policy, run) holding the tokens used as ASCII digits.
+A :class:`~shared.routing.Budget` applies to a request by its scope value: the
+gateway key name (the broker identity, e.g. ``client.app``, for a request that
+did not come through the gateway), the agent, the agent's namespace, or the
+run (``Modelbus-Run-Id``); ``match`` narrows it to one value, and a policy's
+``max_tokens_per_run`` (compiled into a Budget with ``policy`` set) to the
+requests under that policy. Each (budget, scope value, UTC period window) has
+one entry in the KV bucket :data:`shared.subjects.BUDGETS_BUCKET`
+(:mod:`shared.budgets`): what was spent and what requests in flight reserved.
 
-* :meth:`TokenBudgets.check` runs before a request is sent: it denies the
-  request (403) if the tokens used so far plus the request's estimate would
-  exceed any applying limit, so the smallest limit always wins.
-* :meth:`TokenBudgets.charge` runs after a request finished and adds its real
-  usage with compare-and-swap (``create`` when absent, ``update`` on the read
-  revision otherwise, re-read and retry on a conflict), so two routers
-  charging the same run at once never lose an update.
+* :meth:`Budgets.reserve`, before the call: in every applying window, with
+  compare-and-set, add a reservation of the prompt estimate plus the request's
+  ``max_tokens`` (or the budget's ``estimate_tokens``), and for a cost budget
+  the most those tokens could cost at any target of the plan. Admitted only
+  while ``spent + reserved + this`` stays within every limit; refused at
+  ``>=`` with a 429 ``budget_exceeded`` (:class:`shared.errors.BudgetExceeded`).
+* :meth:`Budgets.settle`, after the answer is out (a background task, off the
+  client's path, awaited by :meth:`Budgets.stop`): replace the reservation by
+  the actual usage and its cost at the answering target's price; a request
+  without usage (an error) just releases it.
+* Every reservation expires (the request's deadline plus a margin): a router
+  that died mid-request leaks it only until the next write of that entry.
 
-Check and charge are separate steps: requests of one run that are in flight
-at the same time are each checked against the usage before any of them is
-charged, so a run can overshoot its limit by the requests it had in flight
-when it crossed it. The next request after that is denied.
+Round trips: none when no budget applies (one attribute test on the hot path).
+Otherwise one KV write per applying window to reserve: the write goes on the
+revision this router last saw, and only a conflict (another router wrote
+meanwhile) costs a re-read. The changes of one window that queue up while its
+write is on the way go out together in the next one (group commit), so one
+router's requests never conflict with each other and a busy window costs one
+round trip per batch; a settlement waits up to :data:`~services.router.budget_store.SETTLE_LINGER_S` for
+the next reservation of its window, to share its write. A request refused
+only for what requests in flight reserved looks again for up to
+:data:`IN_FLIGHT_WAIT_S` before its 429, since those settle within
+milliseconds of their answers.
 
-Every check costs one KV read per applying limit (in parallel) and every
-charge one read and one write; nothing is cached, because a cached count is
-one another router may already have raised.
+Overshoot bound: reservations are admitted against the limit, so spend exceeds
+it only by what requests in flight use beyond what they reserved: their
+prompt-estimate error (the estimate is ``ceil(chars/4)``), plus, for requests
+without ``max_tokens``, output beyond ``estimate_tokens`` (0 for a policy's
+``max_tokens_per_run``); for cost the same tokens at the price of the target
+that answered, which never exceeds the plan's dearest. Reservations dropped
+because they expired stop counting, so requests outliving their deadline plus
+the margin can add their usage on top.
 
-The bucket is file storage with ``MODELBUS_JS_REPLICAS`` replicas, so it
-survives a server restart and, on a cluster, the loss of a node. If it is gone
-all the same (a wiped store), the next read or write creates it again.
+Unknown prices: a cost budget fails closed by default (``unknown_price:
+refuse``): a request that could reach a target with no price (or a price in
+another currency than USD) is refused with a 403 ``budget_price_unknown``
+naming the target. ``count_tokens`` admits it and counts it in tokens only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import logging
-import random
+import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 
-import nats.errors
+from msgspec import Struct
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
-from nats.js.kv import KeyValue
 
-from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, PolicyDenied
-from shared.headers import RUN_ID
-from shared.jetstream import ensure_kv, stream_missing
-from shared.routing import Policy
-from shared.subjects import BUDGETS_BUCKET
-
-log = logging.getLogger("modelbus.router.budgets")
-T = TypeVar("T")
-
-BUCKET_TTL_S = 30 * 86400
-"""An entry expires this long after its last charge (the bucket's max age)."""
-BUCKET_CONFIG = KeyValueConfig(
-    bucket=BUDGETS_BUCKET,
-    storage=StorageType.FILE,
-    history=1,
-    ttl=BUCKET_TTL_S,
-    description="modelbus token budgets: tokens used per (policy, run)",
+from services.router.budget_scopes import reserved_tokens, upper_cost
+from services.router.budget_store import SETTLE_WAIT_S, BudgetStore, Refused
+from services.router.filters import Needs
+from services.router.ledger import Outcome
+from services.router.table import ResolvedTarget, RoutingTable
+from shared import headers as H
+from shared.budgets import (
+    ZERO,
+    BudgetEntry,
+    Reservation,
+    entry_key,
+    refusal,
+    window_of,
 )
-MAX_CAS_ATTEMPTS = 32
-RIDE_OUT_S = 10.0
-"""How long a check or charge waits for the bucket to answer again before a retryable 503
-(a cluster electing a new stream leader after a node was killed takes 4-9 s)."""
-RETRY_EVERY_S = 0.1
-"""Compare-and-swap retries of one charge before giving up."""
-_LOCK_STRIPES = 64
+from shared.errors import BudgetExceeded, PolicyDenied
+from shared.pricing import cost_of, tokens_from_counts
+from shared.replies import DEADLINE_GRACE_S
+from shared.routing import Budget, Price
+from shared.usage import TokenCounts, parse_usage_header
+
+EXPIRY_MARGIN_S = 30.0
+"""A reservation outlives its request's deadline by this much (plus the router's grace)."""
+IN_FLIGHT_WAIT_S = 0.05
+"""How long a request refused only for other requests' reservations waits for them to settle."""
+IN_FLIGHT_RETRY_S = 0.01
+_USD = "USD"
 
 
-def _b64(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+def _settlement(request_id: str, tokens: int, cost: Decimal) -> Callable[[BudgetEntry], BudgetEntry]:
+    return lambda entry: entry.settled(request_id, tokens, cost)
 
 
-def budget_key(policy: str, run_id: str) -> str:
-    """The KV key of one (policy, run): URL-safe base64 of each, joined by ``.``."""
-    return f"{_b64(policy)}.{_b64(run_id)}"
+class BudgetSnapshot(Struct, kw_only=True, frozen=True):
+    """One budget window as this router last saw it (for metrics; no I/O to make)."""
+
+    budget: str
+    scope_value: str
+    window: str
+    limit_tokens: int | None
+    limit_cost: Decimal | None
+    spent_tokens: int
+    spent_cost: Decimal
+    reserved_tokens: int
+    reserved_cost: Decimal
 
 
-def _limited(policies: Sequence[Policy]) -> list[tuple[Policy, int]]:
-    return [(p, p.max_tokens_per_run) for p in policies if p.max_tokens_per_run is not None]
+@dataclass(slots=True)
+class Hold:
+    """One request's reservations, until :meth:`Budgets.settle`."""
+
+    request_id: str
+    """The reservation's id in every window: the request id plus random bits (unique per request)."""
+    windows: list[tuple[Budget, str, str, str]]
+    """``(budget, scope value, window, KV key)`` of every window that holds a reservation."""
+    table: RoutingTable
+    pending: list[tuple[Budget, str, str, str, Reservation]] = field(default_factory=list)
+    """Reservations :meth:`Budgets.reserve` is still to write."""
+    prices: dict[str, Price | None] = field(default_factory=dict)
+    """Price of each plan target by endpoint name (cost budgets only), for settling."""
+    settled: bool = False
 
 
-def _check_run_id(run_id: str) -> None:
-    if not run_id:
-        raise InvalidRequest(f"{RUN_ID} must not be empty", param=RUN_ID)
+def _price_unknown(budget: Budget, target: ResolvedTarget, price: Price | None) -> PolicyDenied:
+    why = "has no price" if price is None else f"is priced in {price.currency}, not USD"
+    return PolicyDenied(
+        f"budget {budget.name!r} caps cost, and target {target.endpoint.name}/{target.model} {why}: "
+        "add a ModelPrice for it, or set the budget's unknown_price: count_tokens",
+        code="budget_price_unknown",
+    )
 
 
-class TokenBudgets:
-    """Tokens used per (policy, run), in a KV bucket every router shares."""
+class Budgets:
+    """Reservations and spend per budget window, in a KV bucket every router shares."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, expiry_margin_s: float = EXPIRY_MARGIN_S) -> None:
         self._nc = nc
-        self._kv: KeyValue | None = None
-        self._opened = False
-        # Charges of one key on this router take turns, so only other routers
-        # cause compare-and-swap conflicts. Striped: no per-key lock to clean up.
-        self._locks = tuple(asyncio.Lock() for _ in range(_LOCK_STRIPES))
+        self._expiry_margin_s = expiry_margin_s
+        self._store = BudgetStore(nc)
 
-    async def _bucket(self) -> KeyValue:
-        """The bucket, created (``MODELBUS_JS_REPLICAS`` replicas) on first use if absent."""
-        if self._kv is None:
-            self._kv, ensured = await ensure_kv(self._nc.jetstream(), BUCKET_CONFIG, update=False)
-            if self._opened and ensured.created:
-                log.error(
-                    "budgets bucket %s was missing and has been created again, empty: "
-                    "tokens charged to runs so far are forgotten",
-                    BUDGETS_BUCKET,
+    @property
+    def settle_failures(self) -> int:
+        """Settlements that failed (their reservations expire instead; the usage is not counted)."""
+        return self._store.settle_failures
+
+    async def stop(self, timeout_s: float = SETTLE_WAIT_S) -> None:
+        """Wait (bounded) for the settlements still running: the router settles before it forgets."""
+        await self._store.stop(timeout_s)
+
+    async def drained(self) -> None:
+        """Return once no settlement is queued or running (tests)."""
+        await self._store.drained()
+
+    # ------------------------------------------------------------ the request path
+
+    def prepare(
+        self,
+        request_id: str,
+        budgets: Sequence[tuple[Budget, str | None]],
+        needs: Needs,
+        targets: Sequence[ResolvedTarget],
+        table: RoutingTable,
+        deadline: float,
+    ) -> Hold | None:
+        """What the request will reserve in each applying window (no I/O; :meth:`reserve` writes
+        it). Raises at once what needs no bucket: a request larger than a run's whole budget, a
+        cost budget with a target it cannot price. ``None`` when nothing is to be reserved."""
+        # Reservations are keyed by an id of our own, not the client's request id: two requests
+        # sent with the same id must not share (and so shrink) one reservation.
+        hold = Hold(f"{request_id[:40]}.{os.urandom(6).hex()}", [], table)
+        now = time.time()
+        expires = now + max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE_S + self._expiry_margin_s
+        for budget, value in budgets:
+            tokens = reserved_tokens(budget, needs)
+            cost = self._reserved_cost(budget, hold, needs, targets, tokens) if budget.max_cost is not None else ZERO
+            reservation = Reservation(tokens=tokens, cost=cost, expires=expires)
+            if value is None:  # a run of its own: only its reservation meets the limit
+                why = refusal(budget, BudgetEntry(), tokens, cost)
+                if why is not None:
+                    raise BudgetExceeded(f"{why} (this request has no {H.RUN_ID}: it is a run of its own)")
+                continue
+            window = window_of(budget.period, now)
+            hold.pending.append((budget, value, window, entry_key(budget.name, value, window), reservation))
+        return hold if hold.pending else None
+
+    async def reserve(self, hold: Hold) -> None:
+        """Write ``hold``'s reservations, or raise :class:`BudgetExceeded` naming the (smallest)
+        budget that refuses; nothing stays reserved when one refuses."""
+        writes, hold.pending = hold.pending, []
+        results: list[BaseException | None]
+        if len(writes) == 1:  # the common case, without a gather's tasks
+            try:
+                await self._reserve_one(hold.request_id, *writes[0])
+                results = [None]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self._reserve_one(hold.request_id, *w) for w in writes), return_exceptions=True
+            )
+        failed: list[BaseException] = []
+        for (budget, value, window, key, _), result in zip(writes, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(result)
+            else:
+                hold.windows.append((budget, value, window, key))
+        if failed:
+            hold.settled = True
+            self._settle(hold, 0, ZERO)
+            refused = [e for e in failed if isinstance(e, Refused)]
+            if refused:
+                smallest = min(refused, key=lambda e: (e.budget.max_tokens or 0, e.budget.max_cost or ZERO))
+                raise BudgetExceeded(smallest.message)
+            raise failed[0]
+
+    def _reserved_cost(
+        self, budget: Budget, hold: Hold, needs: Needs, targets: Sequence[ResolvedTarget], tokens: int
+    ) -> Decimal:
+        most = ZERO
+        for target in targets:
+            name = target.endpoint.name
+            if name not in hold.prices:
+                hold.prices[name] = hold.table.price_for(name, target.endpoint.provider, target.model)
+            price = hold.prices[name]
+            if price is None or price.currency != _USD:
+                if budget.unknown_price == "refuse":
+                    raise _price_unknown(budget, target, price)
+                continue
+            most = max(most, upper_cost(price, needs.prompt_tokens, tokens - needs.prompt_tokens))
+        return most
+
+    async def _reserve_one(
+        self, request_id: str, budget: Budget, value: str, window: str, key: str, reservation: Reservation
+    ) -> None:
+        def reserve(entry: BudgetEntry) -> BudgetEntry:
+            why = refusal(budget, entry, reservation.tokens, reservation.cost)
+            if why is not None:
+                where = "" if window == "run" else f", window {window}"
+                spent_only = BudgetEntry(spent_tokens=entry.spent_tokens, spent_cost=entry.spent_cost)
+                in_flight = (
+                    bool(entry.reserved) and refusal(budget, spent_only, reservation.tokens, reservation.cost) is None
                 )
-            self._opened = True
-        return self._kv
+                raise Refused(budget, f"{why} ({budget.scope} {value!r}{where})", in_flight=in_flight)
+            return entry.with_reservation(request_id, reservation)
 
-    async def _healing(self, operation: Callable[[KeyValue], Awaitable[T]], *, read: bool) -> T:
-        """Run ``operation`` on the bucket, riding out a bucket that does not answer for up to
-        :data:`RIDE_OUT_S` (a cluster electing a new leader); a bucket that is gone is re-opened,
-        which re-creates it. Then a retryable 503 ``budgets_unavailable``.
-
-        A write that timed out may have been stored, so only a ``read`` is retried on a timeout
-        (a write then fails, and the charge is not counted twice)."""
-        deadline = time.monotonic() + RIDE_OUT_S
-        retry = (nats.errors.TimeoutError, ServiceUnavailableError) if read else (ServiceUnavailableError,)
+        give_up = time.monotonic() + IN_FLIGHT_WAIT_S
         while True:
             try:
-                return await operation(await self._bucket())
-            except Exception as exc:
-                missing = stream_missing(exc)
-                if not (missing or isinstance(exc, retry)):
+                await self._store.update(key, budget, value, window, reserve)
+                return
+            except Refused as refused:
+                # Refused only for what other requests hold: they settle within milliseconds of their
+                # answers, most often below what they reserved, so look again before the 429.
+                if not refused.in_flight or time.monotonic() + IN_FLIGHT_RETRY_S > give_up:
                     raise
-                if missing:
-                    self._kv = None
-                if time.monotonic() + RETRY_EVERY_S >= deadline:
-                    raise NoRouteAvailable(
-                        f"token budgets bucket {BUDGETS_BUCKET!r} did not answer for {RIDE_OUT_S:g}s; try again",
-                        code="budgets_unavailable",
-                        retry_after=1.0,
-                    ) from None
-            await asyncio.sleep(RETRY_EVERY_S)
+            await asyncio.sleep(IN_FLIGHT_RETRY_S)
 
-    async def _read(self, key: str) -> tuple[int, int]:
-        """``(tokens used, revision)``; ``(0, 0)`` when the key is absent."""
-
-        async def read(kv: KeyValue) -> tuple[int, int]:
-            try:
-                entry = await kv.get(key)
-            except KeyNotFoundError:
-                return 0, 0
-            return int(entry.value or b"0"), entry.revision or 0
-
-        return await self._healing(read, read=True)
-
-    async def used(self, run_id: str, policy: Policy | str) -> int:
-        """Tokens charged so far to ``run_id`` under ``policy``."""
-        _check_run_id(run_id)
-        name = policy if isinstance(policy, str) else policy.name
-        return (await self._read(budget_key(name, run_id)))[0]
-
-    async def check(self, run_id: str | None, policies: Sequence[Policy], estimate: int) -> None:
-        """Deny the request if ``estimate`` more tokens would exceed a limit of an applying policy.
-
-        Without a run id a request is a run of its own: only its estimate is
-        compared with the limits. A run that already used its whole budget is
-        denied whatever the estimate. When several limits would be exceeded
-        the error names the smallest.
-        """
-        limited = _limited(policies)
-        if not limited:
+    def settle(self, hold: Hold | None, outcome: Outcome) -> None:
+        """Replace ``hold``'s reservations by the answer's usage, in the background (call once the
+        answer is out); an answer without usage releases them. Never raises."""
+        if hold is None or hold.settled:
             return
-        if run_id is None:
-            used = [0] * len(limited)
-        else:
-            _check_run_id(run_id)
-            reads = await asyncio.gather(*(self._read(budget_key(p.name, run_id)) for p, _ in limited))
-            used = [u for u, _ in reads]
-        over = [
-            (limit, p, u) for (p, limit), u in zip(limited, used, strict=True) if u + estimate > limit or u >= limit
-        ]
-        if not over:
+        hold.settled = True
+        if not hold.windows:
             return
-        limit, policy, spent = min(over, key=lambda o: o[0])
-        run = f"run {run_id!r}" if run_id is not None else "this request (no Modelbus-Run-Id)"
-        raise PolicyDenied(
-            f"token budget exceeded: policy {policy.name!r} allows {limit} tokens per run; "
-            f"{run} has used {spent} and this request needs ~{estimate}",
-            code="token_budget_exceeded",
-            param=RUN_ID,
+        counts = parse_usage_header(outcome.usage)
+        tokens = counts.total if counts is not None else 0
+        cost = ZERO
+        if counts is not None and any(w[0].max_cost is not None for w in hold.windows):
+            cost = self._actual_cost(hold, outcome, counts) or ZERO
+        self._settle(hold, tokens, cost)
+
+    @staticmethod
+    def _actual_cost(hold: Hold, outcome: Outcome, counts: TokenCounts) -> Decimal | None:
+        endpoint = outcome.endpoint
+        if endpoint is None:
+            return None
+        price: Price | None = None
+        if outcome.provider and outcome.model:
+            price = hold.table.price_for(endpoint, outcome.provider, outcome.model)
+        if price is None or price.currency != _USD:
+            price = hold.prices.get(endpoint)
+        if price is None or price.currency != _USD:
+            return None  # unknown_price: count_tokens
+        return cost_of(price, tokens_from_counts(counts))
+
+    def _settle(self, hold: Hold, tokens: int, cost: Decimal) -> None:
+        """Queue the settlement of every window of ``hold`` (nobody waits for it; a failure is
+        counted in :attr:`settle_failures` and the reservation expires)."""
+        rid = hold.request_id
+        for budget, value, window, key in hold.windows:
+            budget_cost = cost if budget.max_cost is not None else ZERO
+            self._store.enqueue(key, budget, value, window, _settlement(rid, tokens, budget_cost), None, urgent=False)
+
+    # ------------------------------------------------------------ direct use
+
+    async def charge(self, budget: Budget, value: str, tokens: int, cost: Decimal = ZERO) -> None:
+        """Add spend to the current window of ``budget`` for ``value`` (no reservation)."""
+        window = window_of(budget.period, time.time())
+        await self._store.update(
+            entry_key(budget.name, value, window), budget, value, window, lambda e: e.settled("", tokens, cost)
         )
 
-    async def charge(self, run_id: str | None, policies: Sequence[Policy], tokens: int) -> None:
-        """Add the real usage of a finished request to each applying policy's count for the run.
+    async def entry(self, budget: Budget | str, value: str, window: str | None = None) -> BudgetEntry:
+        """The entry of one window, read now (``window``: the current one of ``budget``)."""
+        name = budget if isinstance(budget, str) else budget.name
+        if window is None:
+            window = "run" if isinstance(budget, str) else window_of(budget.period, time.time())
+        _, entry = await self._store.read(entry_key(name, value, window))
+        return entry
 
-        Safe across routers: every update is conditional on the revision read.
-        Raises :class:`ModelbusError` only if a key stays contended for
-        :data:`MAX_CAS_ATTEMPTS` rounds.
-        """
-        if run_id is None or tokens <= 0:
-            return
-        limited = _limited(policies)
-        if not limited:
-            return
-        _check_run_id(run_id)
-        await asyncio.gather(*(self._add(budget_key(p.name, run_id), tokens) for p, _ in limited))
-
-    async def _add(self, key: str, tokens: int) -> None:
-        async with self._locks[hash(key) % _LOCK_STRIPES]:
-            for attempt in range(MAX_CAS_ATTEMPTS):
-                used, revision = await self._read(key)
-                value = str(used + tokens).encode()
-
-                async def write(kv: KeyValue, revision: int = revision, value: bytes = value) -> None:
-                    if revision == 0:
-                        await kv.create(key, value)
-                    else:
-                        await kv.update(key, value, last=revision)
-
-                try:
-                    await self._healing(write, read=False)
-                    return
-                except KeyWrongLastSequenceError:
-                    # Another router won this round; back off a little, with jitter, and re-read.
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-        raise ModelbusError(f"could not record token usage: budget entry stayed contended for {MAX_CAS_ATTEMPTS} tries")
+    def snapshot(self) -> list[BudgetSnapshot]:
+        """Every window this router wrote or read recently, as it last saw it (no I/O)."""
+        return [
+            BudgetSnapshot(
+                budget=s.budget.name,
+                scope_value=s.value,
+                window=s.window,
+                limit_tokens=s.budget.max_tokens,
+                limit_cost=s.budget.max_cost,
+                spent_tokens=s.entry.spent_tokens,
+                spent_cost=s.entry.spent_cost,
+                reserved_tokens=s.entry.reserved_tokens,
+                reserved_cost=s.entry.reserved_cost,
+            )
+            for s in list(self._store.seen.values())
+        ]

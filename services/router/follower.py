@@ -73,6 +73,8 @@ class TableFollower:
         self._subs: list[object] = []
         self._restart = False
         """The stream was made anew: install its next record whatever its revision."""
+        self.swap_lag_s: float | None = None
+        """Seconds from the last installed record's publish (its JetStream timestamp) to the swap."""
         self.stream = ConfigStream(self.state_nc, "config follower", self._on_record, self._remade)
         self.keeper = self.stream.keeper
         """Re-follows the config stream after reconnects and when it was made anew."""
@@ -145,6 +147,7 @@ class TableFollower:
             self._restart = False
             self.current = table  # the swap: one assignment, no lock on the hot path
             self._first.set()
+            self.swap_lag_s = _lag_s(msg)
             log.info("routing table at revision %d (%d aliases)", table.revision, len(table.alias_names))
             await self.state_nc.publish(ROUTER_REVISIONS, admin_encoder.encode(self.status()))
 
@@ -166,3 +169,12 @@ class TableFollower:
         table = RoutingTable(_record_decoder.decode(msg.data or b"").routing)
         self._remember(table)
         return table
+
+
+def _lag_s(msg: Msg) -> float | None:
+    """Wall-clock seconds since the server stored ``msg`` (the config service's publish), or ``None``."""
+    try:
+        stamp = msg.metadata.timestamp
+    except Exception:  # not a JetStream message (a test's), or no metadata
+        return None
+    return max(0.0, dt.datetime.now(dt.UTC).timestamp() - stamp.timestamp())

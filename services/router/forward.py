@@ -38,7 +38,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,8 +48,11 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
 from services.router.breakers import Decision
+from services.router.budgets import Hold
 from services.router.ledger import Outcome
+from services.router.quotas import EndpointQuotas, has_quota
 from services.router.table import ResolvedTarget, Route
+from services.router.windows import Ticket
 from shared import headers as H
 from shared.bus import RECONNECT_WAIT_S, error_headers, reply_error, retry_after_from
 from shared.envelopes import ProviderCall, provider_call_encoder
@@ -58,11 +61,13 @@ from shared.errors import (
     DeadlineExceeded,
     ModelbusError,
     NoRouteAvailable,
+    RateLimited,
     UpstreamUnavailable,
     WorkerLost,
     error_from_wire,
 )
 from shared.mux import Beats, ReplyMux, Signal, Silence, Waiter
+from shared.overhead import overhead_value, prior_ms
 from shared.replies import (
     ASK_S,
     DEADLINE_GRACE_S,
@@ -72,10 +77,9 @@ from shared.replies import (
     status_of,
     stream_end,
 )
-from shared.routing import Policy, RoutingDefaults
+from shared.routing import RoutingDefaults
 from shared.subjects import outcome_subject_of
 from shared.telemetry import hot_span, propagate_headers, record_error, tracer
-from shared.usage import parse_usage_header
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
@@ -93,10 +97,6 @@ class Breakers(Protocol):
     def decide(self, key: Key) -> Decision: ...
     async def failure(self, key: Key, defaults: RoutingDefaults) -> None: ...
     async def success(self, key: Key) -> None: ...
-
-
-class Budgets(Protocol):
-    async def charge(self, run_id: str, policies: Sequence[Policy], tokens: int) -> None: ...
 
 
 @dataclass
@@ -121,9 +121,22 @@ class Call:
     """``Modelbus-Operation``: ``count_tokens``, or ``None`` for a chat request."""
     credential: str | None = None
     run_id: str | None = None
+    budget_hold: Hold | None = None
+    """What the request reserves of its budgets; settled by the router once the answer is out."""
     tried: list[str] = field(default_factory=list)
     outcome: Outcome = field(default_factory=lambda: Outcome(asyncio.get_running_loop().time()))
     """What the final answer was, for the usage ledger (:mod:`services.router.ledger`)."""
+    started: float = field(default_factory=time.perf_counter)
+    """``time.perf_counter()`` when the router took the request (``loop.time()`` may tick in whole
+    milliseconds, too coarse for ``Modelbus-Overhead-Ms``)."""
+    attempts_s: float = 0.0
+    """Time spent in attempts that ended (upstream time for ``Modelbus-Overhead-Ms``)."""
+    tokens_estimate: int = 0
+    """Prompt estimate plus ``max_tokens``: what rate limits and endpoint quotas reserve."""
+    limit_tickets: list[Ticket] = field(default_factory=list)
+    """What the RateLimits counted for this request (corrected to the real usage after)."""
+    quota_tickets: list[Ticket] = field(default_factory=list)
+    """What each attempt took from its endpoint's quota, in order."""
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -145,15 +158,15 @@ class Forwarder:
         *,
         stats: Stats,
         breakers: Breakers,
-        budgets: Budgets,
         mux: ReplyMux,
         beats: Beats,
         rng: random.Random | None = None,
+        quotas: EndpointQuotas | None = None,
     ) -> None:
         self.nc = nc
+        self.quotas = quotas
         self.stats = stats
         self.breakers = breakers
-        self.budgets = budgets
         self.mux = mux
         self.beats = beats
         self.rng = rng or random.Random()
@@ -166,6 +179,9 @@ class Forwarder:
         max_attempts = len(plan) + defaults.max_retries
         retry_at: dict[Key, float] = {}
         cooling: list[float] = []
+        at_quota: list[float] = []
+        """Seconds until each target skipped at its provider quota frees up (this pass)."""
+        never_fits = False
         last: ModelbusError | None = None
         attempts = 0
         position = 0
@@ -174,14 +190,36 @@ class Forwarder:
         while attempts < max_attempts:
             if position == len(plan):
                 if not tried_this_pass:
+                    if at_quota and min(at_quota) < call.left():
+                        # Every target left is at its quota: wait for the soonest, within the deadline.
+                        await asyncio.sleep(min(at_quota))
+                        position = 0
+                        at_quota.clear()
+                        continue
                     break  # every target is cooling down: answer now, never spin
                 position, passes, tried_this_pass = 0, passes + 1, False
+                at_quota.clear()
             target = plan[position]
             position += 1
+            ticket = None
+            if self.quotas is not None and has_quota(target.endpoint):
+                # Before the breaker: a half-open breaker's one probe must not be handed out to
+                # a request that then does not go.
+                ticket, free_in = await self.quotas.take(target.endpoint, call.tokens_estimate)
+                if ticket is None:
+                    if free_in is None:
+                        never_fits = True
+                    else:
+                        at_quota.append(free_in)
+                    continue  # not an attempt, and says nothing about the endpoint's health
             decision = self.breakers.decide(target.key)
             if not decision.allowed:
+                if ticket is not None and self.quotas is not None:
+                    self.quotas.give_back(ticket)
                 cooling.append(decision.retry_after_s)
                 continue
+            if ticket is not None:
+                call.quota_tickets.append(ticket)
             tried_this_pass = True
             wait = 0.0
             if passes:
@@ -216,6 +254,8 @@ class Forwarder:
                 break
             if last.code not in _NOT_THE_ENDPOINT:
                 await self.breakers.failure(target.key, defaults)
+        if last is None and (at_quota or never_fits):
+            raise _at_quota(call, min(at_quota) if at_quota else None)
         if last is None:
             soonest = min(cooling) if cooling else None
             raise NoRouteAvailable(
@@ -223,7 +263,7 @@ class Forwarder:
                 code="all_targets_cooling_down",
                 retry_after=soonest,
             )
-        extra = {H.ATTEMPTS: str(attempts)}
+        extra = {H.ATTEMPTS: str(attempts), H.OVERHEAD_MS: _overhead(call)}
         if call.streaming:
             extra = stream_end(0, extra)
         call.outcome.answered(last.http_status, last.code)
@@ -264,6 +304,7 @@ class Forwarder:
             H.REQUEST_ID: call.request_id,
             H.CONFIG_REVISION: str(call.revision),
             H.ROUTER: call.router_id,
+            H.OVERHEAD_MS: _overhead(call),
         }
 
     def _success_headers(
@@ -280,14 +321,6 @@ class Forwarder:
             out[H.FORMAT] = fmt
         return out
 
-    async def _charge(self, call: Call, provider_headers: Mapping[str, str]) -> None:
-        if call.run_id is None or not any(p.max_tokens_per_run for p in call.route.policies):
-            return
-        tokens = parse_usage_header(provider_headers.get(H.USAGE))
-        if tokens is None:
-            return
-        await self.budgets.charge(call.run_id, call.route.policies, tokens.total)
-
     async def _attempt(self, call: Call, target: ResolvedTarget, attempt: int, span: Span) -> bool | None:
         """Dispatch one attempt and follow it to its outcome.
 
@@ -302,6 +335,7 @@ class Forwarder:
         waiter = self.mux.open(LOST_AFTER_S)
         body, hdrs = self._provider_call(call, target, attempt)
         timing = _Timing(self.stats, key, call.streaming, loop.time())
+        began = time.perf_counter()
         outcome = call.outcome
         outcome.endpoint, outcome.provider, outcome.model = target.endpoint.name, target.endpoint.provider, target.model
         outcome.attempts = attempt
@@ -366,14 +400,11 @@ class Forwarder:
                 if h.get(H.DELIVERED) == "1":  # the client has its answer from the worker
                     timing.finish(None if status == 200 else status or 502)
                     outcome.delivered(status or 502, h, msg.data)
-                    if status == 200:
-                        await self._charge(call, h)
                     return status == 200
                 if status == 200 and not call.streaming:  # a fenced worker's completion: relay it
                     timing.finish(None)
                     await self.nc.publish(call.reply, msg.data, headers=self._success_headers(call, target, h, attempt))
                     outcome.delivered(200, h, b"")
-                    await self._charge(call, h)
                     return True
                 timing.finish(status or 502)
                 if status == 200:
@@ -383,6 +414,7 @@ class Forwarder:
             timing.finish(499)  # no-op unless the attempt was cancelled midway
             self.mux.close(waiter)
             now = loop.time()
+            call.attempts_s += time.perf_counter() - began
             call.signal.last_client = now - KEEPALIVE_S if lost else now
             self.beats.held.add(call.signal)
 
@@ -455,6 +487,28 @@ def _no_worker(target: ResolvedTarget) -> UpstreamUnavailable:
         provider=target.endpoint.provider,
         code="no_provider_worker",
         retry_after=NO_WORKER_RETRY_S,
+    )
+
+
+def _overhead(call: Call) -> str:
+    """``Modelbus-Overhead-Ms`` so far: the hops before the router plus its own time (not attempts')."""
+    own = time.perf_counter() - call.started - call.attempts_s
+    return overhead_value(prior_ms(call.msg.headers or {}), own)
+
+
+def _at_quota(call: Call, free_in: float | None) -> RateLimited:
+    if free_in is None:
+        return RateLimited(
+            f"every target of {call.route.name!r} is at its provider quota, and this request "
+            f"(~{call.tokens_estimate} tokens) exceeds a tokens-per-minute quota by itself",
+            code="rate_limited",
+            retryable=False,
+        )
+    return RateLimited(
+        f"every target of {call.route.name!r} is at its provider quota for {free_in:.3f}s more, "
+        "past the request's deadline",
+        code="rate_limited",
+        retry_after=free_in,
     )
 
 

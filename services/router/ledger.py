@@ -16,6 +16,12 @@ long while) drops the record, the publish failing loses it; both are counted
 (:attr:`UsageLedger.dropped`, :attr:`UsageLedger.failed`) and leave a gap in
 this router's sequence that ``modelbus usage`` reports. A stream that does not
 exist (yet) stores nothing; the records are gaps as well.
+
+Cost. The record's ``cost`` is the answering attempt's tokens priced at the price
+that applies to its endpoint and model in the table the request was served with
+(a run's pinned revision included; :class:`shared.pricing.PriceTable`, a dict lookup
+remembered per table, and integer arithmetic), as an exact decimal string
+(:func:`cost_of_outcome` has the rules for errors, requests without usage, and token counts).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
+from services.router.table import RoutingTable
 from shared import headers as H
 from shared.errors import error_from_wire
 from shared.subjects import USAGE_RECORDS
 from shared.usage import (
     GATEWAY_CALLER,
+    TokenCounts,
     UsageRecord,
     caller_of,
     namespace_of,
@@ -79,6 +87,10 @@ class Outcome:
     """``Modelbus-Usage`` of the answer."""
     first_content: float | None = None
     """``loop.time()`` when a stream's first content reached the client (``Modelbus-Committed``)."""
+    table: RoutingTable | None = None
+    """The table the request was served with (its prices cost the answer)."""
+    operation: str | None = None
+    """``Modelbus-Operation`` of a request that is not a completion (``count_tokens``)."""
 
     def answered(self, status: int, code: str | None = None) -> None:
         """The final answer's status (and error code), unless one is already set."""
@@ -97,6 +109,36 @@ class Outcome:
         """The stream's first content is out (only the first notice counts)."""
         if self.first_content is None:
             self.first_content = now
+
+
+def cost_of_outcome(outcome: Outcome, tokens: TokenCounts | None) -> tuple[str | None, str | None]:
+    """``(cost, currency)`` of one answer: the cost as an exact decimal string, ``None`` if unknown.
+
+    * No upstream attempt was made (no route, policy, budget, a bad request) or the request
+      only counted tokens: ``"0"`` with no currency; nothing was billed.
+    * No price applies to the endpoint and model that answered (or the table is unknown):
+      ``None``, unknown, never 0.
+    * The provider reported usage: every token kind at its own rate plus ``per_request``
+      (:func:`shared.pricing.cost_of`, in integers by :meth:`PriceTable.cost_text`), whatever
+      the status (a stream broken after its usage was billed costs what it used).
+    * No usage reported: an error answer costs ``"0"`` (providers bill no tokens, and
+      ``per_request`` is charged only with usage); a success is ``None``, since its tokens are
+      not known and 0 would under-count.
+
+    Only the answering attempt is priced: earlier attempts that failed over reported no usage.
+    """
+    if outcome.operation is not None or outcome.endpoint is None:
+        return "0", None
+    table, provider, model = outcome.table, outcome.provider, outcome.model
+    if table is None or not provider or not model:
+        return None, None
+    prices = table.prices
+    price = prices.lookup(outcome.endpoint, provider, model)
+    if price is None:
+        return None, None
+    if tokens is None:
+        return ("0", price.currency) if outcome.status != 200 else (None, None)
+    return prices.cost_text(price, tokens), price.currency  # == shared.pricing.cost_of, in integers
 
 
 class UsageLedger:
@@ -168,6 +210,7 @@ class UsageLedger:
         caller = caller_of(reply)
         agent = headers.get(H.AGENT)
         tokens = parse_usage_header(outcome.usage)
+        cost, currency = cost_of_outcome(outcome, tokens)
         first = outcome.first_content
         return usage_record_encoder.encode(
             UsageRecord(
@@ -197,6 +240,8 @@ class UsageLedger:
                 reasoning_tokens=tokens.reasoning_tokens if tokens else 0,
                 latency_ms=round((now - outcome.received) * 1000, 3),
                 ttft_ms=round((first - outcome.received) * 1000, 3) if first is not None else None,
+                cost=cost,
+                currency=currency,
             )
         )
 

@@ -23,17 +23,23 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from services.router.breakers import SharedBreakers
-from services.router.budgets import TokenBudgets
+from services.router.budget_scopes import applying
+from services.router.budgets import Budgets
 from services.router.byo import byo_route, check_enabled, parse_env_header
 from services.router.filters import needs_of, select_targets, tool_names
 from services.router.follower import TableFollower
 from services.router.forward import Call, Forwarder
 from services.router.ledger import Outcome, UsageLedger, ledger_enabled
+from services.router.metrics import RouterMetrics, budget_rows
 from services.router.pins import RunPins
+from services.router.quotas import EndpointQuotas
+from services.router.ratelimits import OUTPUT_ESTIMATE, RateLimiter
 from services.router.stats import TargetStats
 from services.router.strategies import Rotation, order_targets
 from services.router.table import Route, RoutingTable
+from services.router.windows import SharedWindows, Ticket
 from shared import headers as H
+from shared import metrics as M
 from shared.admin import BreakerState, TargetHealth
 from shared.bus import ReplyGuard, RequestServer, reply_error
 from shared.chat import ChatCompletionRequest
@@ -41,10 +47,12 @@ from shared.errors import InvalidRequest, ModelbusError, NoRouteAvailable, Paylo
 from shared.formats.native import check_format, check_operation, request_view
 from shared.identities import requester_inboxes
 from shared.mux import Beats, ReplyMux, Signal
+from shared.overhead import overhead_value, prior_ms
 from shared.replies import stream_end, timeout_s, wants_stream
 from shared.routing import COUNTING_PROVIDER_TYPES
 from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
 from shared.telemetry import hot_span, record_error, tracer
+from shared.usage import parse_usage_header
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
@@ -65,7 +73,12 @@ class Router:
         )
         self.stats = TargetStats()
         self.breakers = SharedBreakers(state, router_id=self.router_id)
-        self.budgets = TokenBudgets(state)
+        self.budgets = Budgets(state)
+        """Budgets: reservations before the call, settled after the answer (KV, shared by every router)."""
+        self.windows = SharedWindows(state)
+        """Per-minute counters of rate limits and endpoint quotas (KV, shared by every router)."""
+        self.limits = RateLimiter(self.windows)
+        self.quotas = EndpointQuotas(self.windows)
         self.rotation = Rotation()
         self.rng = random.Random()
         self.mux = ReplyMux(nc)
@@ -76,10 +89,10 @@ class Router:
             nc,
             stats=self.stats,
             breakers=self.breakers,
-            budgets=self.budgets,
             mux=self.mux,
             beats=self.beats,
             rng=self.rng,
+            quotas=self.quotas,
         )
         self.follower = TableFollower(
             nc, self.router_id, lambda: self._server.in_flight, health=self.health, state_nc=state
@@ -87,6 +100,26 @@ class Router:
         self.pins = RunPins(state)
         self.ledger = UsageLedger(state, self.router_id, enabled=ledger_enabled())
         """One usage record per final answer, published in the background on the state connection."""
+        self.metrics = RouterMetrics() if M.metrics_enabled() else None
+        """Prometheus metrics from each final answer (``None``: MODELBUS_METRICS=off, no work at all)."""
+        if self.metrics is not None:
+            M.in_flight_gauge(lambda: self._server.in_flight)
+            M.register_breakers(
+                lambda: [M.BreakerRow(b.endpoint, b.model, b.state) for b in self.breakers.open_breakers()]
+            )
+            M.register_config(self._config_state)
+            M.register_budgets(lambda: budget_rows(self.budgets.snapshot()))
+
+    def _config_state(self) -> tuple[int, float | None]:
+        table = self.follower.current
+        return (table.revision if table else 0), self.follower.swap_lag_s
+
+    def overhead(self, started: float, call: Call | None, headers: Mapping[str, str]) -> str:
+        """``Modelbus-Overhead-Ms`` of an answer the router sends: the hops before plus its own time
+        (failed attempts count as upstream time)."""
+        spent = call.attempts_s if call is not None else 0.0
+        own = time.perf_counter() - started - spent
+        return overhead_value(prior_ms(headers), own)
 
     @property
     def table(self) -> RoutingTable | None:
@@ -128,7 +161,9 @@ class Router:
     async def stop(self) -> None:
         """Stop taking requests and let those in flight finish."""
         await self._server.stop()
+        await self.budgets.stop()  # settle what was answered before forgetting it
         await self.ledger.stop()
+        await self.windows.drain()
         await self.beats.stop()
         await self.mux.stop()
         await self.follower.stop()
@@ -166,6 +201,8 @@ class Router:
         signal = Signal(None, reply, keepalive, now)
         outcome = Outcome(now, stream=streaming)
         self.beats.held.add(signal)  # keepalives while this router holds the request
+        call: Call | None = None
+        started = time.perf_counter()
         with hot_span(_tracer, "route chat.completions", kind=SpanKind.SERVER, parent_headers=in_headers) as span:
             span.set_attribute("modelbus.request_id", request_id)
             try:
@@ -182,35 +219,57 @@ class Router:
                 request = request_view(fmt, msg.data, count=operation is not None)
                 streaming = outcome.stream = request.stream
                 outcome.model_requested = request.model
+                outcome.operation = operation
                 call = await self._build_call(
-                    msg, reply, request_id, request, in_headers, table, deadline, signal, operation=operation
+                    msg,
+                    reply,
+                    request_id,
+                    request,
+                    in_headers,
+                    table,
+                    deadline,
+                    signal,
+                    operation=operation,
+                    outcome=outcome,
                 )
                 call.format = fmt
                 call.outcome = outcome
+                call.started = started
+                if call.budget_hold is not None:
+                    await self.budgets.reserve(call.budget_hold)
                 outcome.route = call.route.name
                 span.set_attribute("modelbus.model_requested", request.model or "")
                 span.set_attribute("modelbus.config_revision", call.revision)
                 await self.forwarder.forward(call)
             except ModelbusError as err:
                 record_error(span, err, err.http_status)
-                end = stream_end(0) if streaming else None
+                extra = {H.OVERHEAD_MS: self.overhead(started, call, in_headers)}
                 outcome.answered(err.http_status, err.code)
-                await reply_error(self.nc, reply, err, request_id=request_id, extra=end)
+                await reply_error(
+                    self.nc, reply, err, request_id=request_id, extra=stream_end(0, extra) if streaming else extra
+                )
             except Exception as exc:
                 log.exception("internal error on request %s", request_id)
                 record_error(span, exc, 500)
                 outcome.answered(500, "internal_error")
+                extra = {H.OVERHEAD_MS: self.overhead(started, call, in_headers)}
                 await reply_error(
                     self.nc,
                     reply,
                     ModelbusError("internal router error"),
                     request_id=request_id,
-                    extra=stream_end(0) if streaming else None,
+                    extra=stream_end(0, extra) if streaming else extra,
                 )
             finally:
                 self.beats.held.discard(signal)
                 # The answer is out (or the request was cancelled): record it, without waiting.
                 self.ledger.record(outcome, request_id=request_id, reply=reply, headers=in_headers)
+                if call is not None and call.budget_hold is not None:
+                    self.budgets.settle(call.budget_hold, outcome)  # in the background
+                if call is not None and (call.limit_tickets or call.quota_tickets):
+                    self._settle(call, outcome)
+                if self.metrics is not None:
+                    self.metrics.observe(outcome, call.tried if call is not None else ())
 
     async def _build_call(
         self,
@@ -224,11 +283,14 @@ class Router:
         signal: Signal,
         *,
         operation: str | None = None,
+        outcome: Outcome | None = None,
     ) -> Call:
         """Resolve, filter, check policy and budget, and order the targets of one request
         (a token count: only targets whose provider counts, and no budget is charged)."""
         confidential = _sensitivity(headers) == "confidential"
         table = await self._table_for(table, headers, deadline)
+        if outcome is not None:
+            outcome.table = table  # its prices cost the answer in the usage record
         credential: str | None = None
         env = headers.get(H.ENV)
         if env is not None:
@@ -258,8 +320,15 @@ class Router:
                     code="count_unsupported",
                 )
         run_id = headers.get(H.RUN_ID)
-        if operation is None and any(p.max_tokens_per_run for p in route.policies):
-            await self.budgets.check(run_id, route.policies, needs.prompt_tokens + (needs.output_tokens or 0))
+        hold = None
+        if table.budgets and operation is None:
+            budgets = applying(table.budgets, route.policies, headers, reply)
+            if budgets:
+                hold = self.budgets.prepare(request_id, budgets, needs, targets, table, deadline)
+        estimate = needs.prompt_tokens + (needs.output_tokens or OUTPUT_ESTIMATE)
+        tickets: list[Ticket] = []
+        if table.rate_limits and operation is None:
+            tickets = await self.limits.admit(table.rate_limits, reply, headers, estimate)
         plan = order_targets(
             route.strategy,
             targets,
@@ -284,8 +353,21 @@ class Router:
             streaming=request.stream,
             credential=credential,
             run_id=run_id,
+            budget_hold=hold,
             operation=operation,
+            tokens_estimate=estimate,
+            limit_tickets=tickets,
         )
+
+    def _settle(self, call: Call, outcome: Outcome) -> None:
+        """Correct what rate limits and quotas reserved to the tokens the answer used (in the background)."""
+        if outcome.status == 200:
+            tokens = parse_usage_header(outcome.usage)
+            actual = tokens.total if tokens is not None else None
+        else:
+            actual = 0
+        self.windows.settle(call.limit_tickets, actual)
+        self.windows.settle(call.quota_tickets, actual, last_only=True)
 
 
 def _sensitivity(headers: Mapping[str, str]) -> str | None:

@@ -14,7 +14,17 @@ import msgspec
 
 from shared.errors import NotFound
 from shared.pricing import PriceTable
-from shared.routing import Endpoint, Policy, Price, RoutingConfig, RoutingDefaults, Strategy, routing_encoder
+from shared.routing import (
+    Budget,
+    Endpoint,
+    Policy,
+    Price,
+    RateLimit,
+    RoutingConfig,
+    RoutingDefaults,
+    Strategy,
+    routing_encoder,
+)
 from shared.subjects import provider_subject
 
 DEFAULT_ALIAS = "default"
@@ -65,8 +75,10 @@ class RoutingTable:
         "_endpoints",
         "_policies",
         "_prices",
+        "budgets",
         "config_hash",
         "defaults",
+        "rate_limits",
         "revision",
     )
 
@@ -80,6 +92,10 @@ class RoutingTable:
         self._endpoints = dict(config.endpoints)
         self._endpoint_raw = {name: msgspec.Raw(routing_encoder.encode(ep)) for name, ep in config.endpoints.items()}
         self._prices = PriceTable(config.prices)
+        self.budgets: tuple[Budget, ...] = tuple(config.budgets)
+        """Every Budget of the revision (empty: budgets cost a request nothing)."""
+        self.rate_limits: tuple[RateLimit, ...] = tuple(config.rate_limits)
+        """Every RateLimit of the revision (empty: admission costs nothing)."""
         self._aliases: dict[str, Route] = {}
         for name, alias in config.aliases.items():
             targets = tuple(
@@ -120,6 +136,11 @@ class RoutingTable:
         """The price of ``model`` at ``endpoint_name`` (of type ``provider``) at this revision, or
         ``None`` when nothing prices it (cost unknown, never 0); precedence in :mod:`shared.pricing`."""
         return self._prices.lookup(endpoint_name, provider, model)
+
+    @property
+    def prices(self) -> PriceTable:
+        """This revision's prices (lookups, and exact costs for the usage ledger)."""
+        return self._prices
 
     @property
     def alias_names(self) -> list[str]:

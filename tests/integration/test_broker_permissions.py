@@ -307,6 +307,28 @@ def test_the_router_state_identity_cannot_reconfigure_its_buckets(broker: Broker
     assert _refused(errors, subject), errors
 
 
+def test_the_admin_identity_reads_the_budgets_bucket_and_cannot_write_or_purge_it(broker: Broker) -> None:
+    """``modelbus get budgets`` reads the spend; an admin who could write it could erase a budget's spend."""
+
+    async def read(nc: Client) -> bytes | None:
+        kv = await nc.jetstream().key_value(BUDGETS_BUCKET)
+        return (await kv.get("policy.run-1")).value
+
+    async def read_as_admin() -> bytes | None:
+        nc = await broker.connect("admin")
+        try:
+            return await read(nc)
+        finally:
+            await nc.close()
+
+    assert run(read_as_admin()) == b"900"
+    before = run(_stream_state(broker, f"KV_{BUDGETS_BUCKET}"))
+    for subject in (f"$KV.{BUDGETS_BUCKET}.policy.run-1", f"$JS.API.STREAM.PURGE.KV_{BUDGETS_BUCKET}"):
+        errors = run(_attempt(broker, "admin", _request(subject, b"0")))
+        assert _refused(errors, subject), (subject, errors)
+    assert run(_stream_state(broker, f"KV_{BUDGETS_BUCKET}")) == before
+
+
 def test_the_rendered_configuration_holds_bcrypt_hashes_and_no_password(broker: Broker) -> None:
     rendered = identities.render_authorization(broker.passwords)
     for password in broker.passwords.values():

@@ -29,7 +29,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from services.router.budgets import TokenBudgets
+from services.router.budgets import Budgets
 from shared import headers as H
 from shared.admin import ApplyRequest, ApplyResult, AuditReport, HistoryList, HistoryQuery
 from shared.bus import server_urls
@@ -232,7 +232,7 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
 
     async def scenario() -> None:
         nc = await connect(cluster)
-        budgets = TokenBudgets(nc)
+        budgets = Budgets(nc)
         await completion(nc, "warm-up", agent=True)
         await wait_replicated(nc, STREAMS, current=3)
         first = (await rpc(nc, CONFIG_HISTORY, HistoryQuery(limit=1), HistoryList)).items[0].revision
@@ -269,7 +269,7 @@ def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_k
             _, t_pin = await until_ok("pinned request", functools.partial(completion, nc, run_id, agent=True), errors)
 
             async def charged(run_id: str = run_id) -> int:
-                used = await budgets.used(run_id, POLICY)  # a new run: only this request's charge
+                used = (await budgets.entry(POLICY + ":max_tokens_per_run", run_id)).spent_tokens  # a new run
                 assert used > 0, "the charge is not recorded yet"
                 return used
 

@@ -60,7 +60,7 @@ def test_a_reply_subject_on_the_jetstream_api_neither_purges_budgets_nor_deletes
         try:
             spent = f"run-{uuid.uuid4().hex}"
             statuses = [await _status(client, spent) for _ in range(8)]
-            assert 403 in statuses, statuses  # the run spent its budget
+            assert 429 in statuses, statuses  # the run spent its budget (429 budget_exceeded)
             budgets_before = await _stream_messages(stack, f"KV_{BUDGETS_BUCKET}")
             mark = len(stack.output)
             nc = client.nc
@@ -74,7 +74,7 @@ def test_a_reply_subject_on_the_jetstream_api_neither_purges_budgets_nor_deletes
                 await nc.publish(CHAT_COMPLETIONS, stream_body, reply=reply, headers={"Modelbus-Run-Id": spent})
             await nc.flush()
             refused = await wait_until(lambda: stack.log_since(mark).count("refused a request") >= 1, 10)
-            assert await _status(client, spent) == 403  # the budget is still spent
+            assert await _status(client, spent) == 429  # the budget is still spent
             assert await _status(client, f"run-{uuid.uuid4().hex}") == 200  # run pins still work
             assert await _stream_messages(stack, f"KV_{BUDGETS_BUCKET}") >= budgets_before
             assert refused, stack.log_since(mark)  # and the router said why it did not answer

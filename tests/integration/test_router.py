@@ -187,9 +187,10 @@ def test_the_token_budget_of_a_run_is_shared_by_both_routers_and_the_smallest_li
     headers = {H.AGENT: "budgeted", H.RUN_ID: "budget-run-1"}
     replies = run(_many(stack.url, 20, None, headers, sequential=True))
     ok = [r for r in replies if r.status == 200]
-    denied = [r for r in replies if r.status == 403]
+    denied = [r for r in replies if r.status == 429]
     assert ok and denied
     assert replies.index(denied[0]) == len(ok)  # once denied, denied from then on
+    assert error(denied[0])["code"] == "budget_exceeded" and error(denied[0])["retryable"] is False
     used = (
         sum(sum(int(p) for p in r.headers.get(H.USAGE, "0 0").split()) for r in ok)
         if ok[0].headers.get(H.USAGE)

@@ -31,17 +31,17 @@ from services.config.manager import ConfigManager
 from services.config.service import config_state_keeper, ensure_runs_bucket
 from services.config.store import ConfigLog
 from services.router.breakers import SharedBreakers
-from services.router.budgets import TokenBudgets
+from services.router.budgets import Budgets
 from services.router.follower import TableFollower
 from services.router.pins import RunPins
 from shared.bus import RECONNECT_WAIT_S, server_urls
 from shared.natsserver import EmbeddedNats
-from shared.routing import Policy, RoutingDefaults
+from shared.routing import Budget, RoutingDefaults
 from shared.subjects import BREAKERS_BUCKET, CONFIG_STREAM
 from tests.conftest import run
 
 SLOW = RoutingDefaults(breaker_failures=2, breaker_window_s=30.0, breaker_cooldown_s=60.0)
-BUDGET = Policy(name="team/budget", max_tokens_per_run=10_000)
+BUDGET = Budget(name="team/budget:max_tokens_per_run", scope="run", period="run", max_tokens=10_000)
 HEAL_WITHIN_S = 3.0
 """From the server accepting connections again to the state working again."""
 
@@ -145,15 +145,15 @@ def test_budgets_and_run_pins_keep_their_values_and_work_at_once_after_a_nats_re
     async def scenario() -> None:
         config_nc, router_nc = await connect(server.url), await connect(server.url)
         await ensure_runs_bucket(config_nc)
-        pins, budgets = RunPins(router_nc), TokenBudgets(router_nc)
+        pins, budgets = RunPins(router_nc), Budgets(router_nc)
         assert await pins.revision_for("run-1", 7, 3600) == 7
-        await budgets.charge("run-1", [BUDGET], 120)
+        await budgets.charge(BUDGET, "run-1", 120)
         await crash_and_restart(server)
         started = time.monotonic()
         assert await RunPins(router_nc).revision_for("run-1", 9, 3600) == 7  # read from the bucket, not a cache
         assert await pins.revision_for("run-2", 9, 3600) == 9
-        await budgets.charge("run-1", [BUDGET], 30)
-        assert await budgets.used("run-1", BUDGET) == 150
+        await budgets.charge(BUDGET, "run-1", 30)
+        assert (await budgets.entry(BUDGET, "run-1")).spent_tokens == 150
         took = time.monotonic() - started
         print(f"\npins and budgets answered {took:.2f}s after the restart")
         assert took < HEAL_WITHIN_S
