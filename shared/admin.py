@@ -230,7 +230,7 @@ class AuditReport(Struct, kw_only=True, frozen=True):
     """Entries from before the chain was keyed (a prefix sealed by the first keyed entry)."""
 
 
-KINDS = ("ModelEndpoint", "ModelAlias", "Agent", "AgentPolicy", "RoutingDefaults")
+KINDS = ("ModelEndpoint", "ModelAlias", "Agent", "AgentPolicy", "ModelPrice", "Budget", "RateLimit", "RoutingDefaults")
 """Configuration kinds, in display order."""
 _KIND_NAMES = {
     **{k.lower(): k for k in KINDS},
@@ -247,6 +247,13 @@ _KIND_NAMES = {
     "policies": "AgentPolicy",
     "agentpolicies": "AgentPolicy",
     "defaults": "RoutingDefaults",
+    "modelprices": "ModelPrice",
+    "model-price": "ModelPrice",
+    "model-prices": "ModelPrice",
+    "budgets": "Budget",
+    "ratelimits": "RateLimit",
+    "rate-limit": "RateLimit",
+    "rate-limits": "RateLimit",
 }
 
 

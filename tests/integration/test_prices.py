@@ -76,9 +76,13 @@ def compiled(url: str) -> RoutingConfig:
 
 
 def get_prices(s: Services, *args: str) -> subprocess.CompletedProcess[str]:
+    return modelbus(s, "get", "prices", *args)
+
+
+def modelbus(s: Services, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NATS_URL": s.nats_url, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "--data-dir", str(s.home / "cli"), "get", "prices", *args],
+        [sys.executable, "-m", "services.cli", "--data-dir", str(s.home / "cli"), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -209,3 +213,17 @@ def test_default_prices_false_leaves_only_the_model_prices(stack: Services) -> N
     finally:
         apply(stack.nats_url, [native("RoutingDefaults", "defaults", {"default_prices": True})])
     assert RoutingTable(compiled(stack.nats_url)).price_for("openai", "openai", "gpt-4o-mini") is not None
+
+
+def test_a_model_price_can_be_described_and_deleted_by_its_kind_like_any_resource(stack: Services) -> None:
+    spare = native("ModelPrice", "spare-price", {"endpoint": "plain", "model": "spare", "input": 1, "output": 1})
+    apply(stack.nats_url, [spare])
+    assert RoutingTable(compiled(stack.nats_url)).price_for("plain", "mock", "spare") is not None
+    described = modelbus(stack, "describe", "modelprice", "spare-price")
+    assert described.returncode == 0, described.stderr
+    assert "spare" in described.stdout and "ModelPrice" in described.stdout
+    deleted = modelbus(stack, "delete", "ModelPrice", "spare-price")
+    assert deleted.returncode == 0, deleted.stderr
+    assert RoutingTable(compiled(stack.nats_url)).price_for("plain", "mock", "spare") is None
+    gone = modelbus(stack, "describe", "modelprice", "spare-price")
+    assert gone.returncode != 0 and "does not exist" in gone.stderr
