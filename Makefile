@@ -23,6 +23,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The slow tests `make test` leaves out: nodes and servers killed under load, whole benchmark runs
+# (about 2.5 minutes; CI runs them after make test).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
 # Only tests/unit (marked `unit` by tests/conftest.py): one module's logic at a time, no stack, seconds.
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit

@@ -19,6 +19,7 @@ QUICK = Timing(pre_s=1.0, post_s=2.0, timeout_ms=3000, concurrency=12)
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.slow
 def test_killing_a_router_under_load_leaves_no_request_unanswered_or_answered_twice(tmp_path: Path) -> None:
     section = run_scenario(BY_NAME["router"], QUICK, ROOT, tmp_path / "logs")
     assert section["status"] == "ok", section.get("error")

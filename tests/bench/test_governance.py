@@ -30,6 +30,7 @@ def test_the_extra_documents_are_added_to_the_on_configuration_only() -> None:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_a_tiny_run_measures_both_settings_and_writes_the_report(tmp_path: Path) -> None:
     extra = tmp_path / "extra.yaml"
     extra.write_text(EXTRA)

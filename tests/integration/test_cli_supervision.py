@@ -249,6 +249,7 @@ def test_a_crash_loop_stops_the_stack_naming_the_child_its_status_and_its_last_l
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_three_node_cluster_starts_and_answers_after_a_node_is_killed(home: Path, stacks: list[Up]) -> None:
     up = Up(home, "--cluster", "3")
     stacks.append(up)

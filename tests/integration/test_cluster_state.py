@@ -225,6 +225,7 @@ def test_every_stream_and_bucket_is_created_with_three_replicas(stack: Stack, cl
     run(scenario())
 
 
+@pytest.mark.slow
 def test_config_pins_budgets_and_audit_keep_working_while_each_node_in_turn_is_killed(
     stack: Stack, cluster: EmbeddedCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,6 +83,7 @@ async def load(url: str, fault: object) -> tuple[list[Seen], float]:
     return sent, fault_at
 
 
+@pytest.mark.slow
 def test_a_nats_server_killed_and_restarted_under_load_answers_no_request_twice_and_leaves_none_unanswered(
     server: EmbeddedNats, stack: Services
 ) -> None:

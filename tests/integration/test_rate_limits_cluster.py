@@ -22,7 +22,7 @@ from shared.routing import RateLimit
 from shared.subjects import RATE_LIMITS_BUCKET
 from tests.conftest import run
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 MINUTE = 29_000_000 * WINDOW_S
 LIMIT = 30
