@@ -324,6 +324,17 @@ class Usage(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Cached and audio input tokens."""
     completion_tokens_details: CompletionTokensDetails | None = None
     """Reasoning and audio output tokens."""
+    prompt_cache_hit_tokens: int | None = None
+    """DeepSeek's count of prompt tokens read from its cache (https://api-docs.deepseek.com/guides/kv_cache),
+    included in ``prompt_tokens``; read where ``prompt_tokens_details.cached_tokens`` is absent."""
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        """Prompt tokens read from the provider's cache, however the provider reported them."""
+        details = self.prompt_tokens_details
+        if details is not None and details.cached_tokens is not None:
+            return details.cached_tokens
+        return self.prompt_cache_hit_tokens or 0
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]

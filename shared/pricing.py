@@ -122,7 +122,7 @@ def tokens_from_usage(usage: Usage) -> TokenKinds:
     completion = usage.completion_tokens_details
     return _split(
         usage.prompt_tokens,
-        (prompt.cached_tokens or 0) if prompt is not None else 0,
+        usage.cached_prompt_tokens,
         (prompt.cache_write_tokens or 0) if prompt is not None else 0,
         usage.completion_tokens,
         (completion.reasoning_tokens or 0) if completion is not None else 0,

@@ -146,7 +146,7 @@ def usage_header(usage: Usage) -> str:
     parts = [
         usage.prompt_tokens,
         usage.completion_tokens,
-        (prompt.cached_tokens or 0) if prompt is not None else 0,
+        usage.cached_prompt_tokens,
         (prompt.cache_write_tokens or 0) if prompt is not None else 0,
         (completion.reasoning_tokens or 0) if completion is not None else 0,
     ]

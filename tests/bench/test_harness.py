@@ -37,6 +37,7 @@ SCENARIO_KEYS = {
 
 pytestmark = pytest.mark.slow  # one quick benchmark run (~35 s) shared by the module's tests
 
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     """One ``python -m bench --quick --skip-litellm`` run, shared by the tests below."""

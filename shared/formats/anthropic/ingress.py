@@ -320,16 +320,19 @@ def _map_stop_reason(finish_reason: FinishReason | None) -> str | None:
 
 
 def usage_to_native(usage: InternalUsage | None) -> wire.Usage:
-    """Internal usage in Anthropic's counts: cached prompt tokens are reported as cache reads
-    (and left out of ``input_tokens``); cache writes cannot be told apart and stay in ``input_tokens``."""
+    """Internal usage in Anthropic's counts: cache reads and cache writes (where the provider told
+    them apart) are reported as such and left out of ``input_tokens``."""
     if usage is None:
         return wire.Usage(input_tokens=0, output_tokens=0)
     details = usage.prompt_tokens_details
-    cached = details.cached_tokens if details is not None else None
+    cached = usage.cached_prompt_tokens
+    reported = cached or (details is not None and details.cached_tokens is not None)
+    written = (details.cache_write_tokens or 0) if details is not None else 0
     return wire.Usage(
-        input_tokens=max(0, usage.prompt_tokens - (cached or 0)),
+        input_tokens=max(0, usage.prompt_tokens - cached - written),
         output_tokens=usage.completion_tokens,
-        cache_read_input_tokens=cached,
+        cache_creation_input_tokens=written or None,
+        cache_read_input_tokens=cached if reported else None,
     )
 
 

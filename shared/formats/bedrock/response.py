@@ -174,12 +174,16 @@ def _map_finish_reason(stop_reason: str) -> FinishReason:
 def _map_usage(usage: wire.TokenUsage) -> Usage:
     """OpenAI counts cached prompt tokens in ``prompt_tokens``; Converse counts them apart."""
     cached = usage.cache_read_input_tokens or 0
-    prompt = usage.input_tokens + cached + (usage.cache_write_input_tokens or 0)
+    written = usage.cache_write_input_tokens or 0
+    prompt = usage.input_tokens + cached + written
+    details = None
+    if cached or written:  # cache writes kept apart: they are priced at their own rate
+        details = PromptTokensDetails(cached_tokens=cached or None, cache_write_tokens=written or None)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=usage.output_tokens,
         total_tokens=prompt + usage.output_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached) if cached else None,
+        prompt_tokens_details=details,
     )
 
 
