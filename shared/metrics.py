@@ -178,6 +178,18 @@ class BudgetRow(NamedTuple):
     limit: float
 
 
+class RateRow(NamedTuple):
+    name: str
+    """The rate limit's name, or the endpoint's for a provider quota."""
+    scope_value: str
+    """Whom a rate limit counts (the key, agent or namespace); ``""`` for an endpoint quota."""
+    unit: str
+    """``requests`` or ``tokens``."""
+    used: float
+    """Counted in the present minute, as this router last saw it (leases included)."""
+    per_minute: float
+
+
 class _Scraped(Collector):
     """Families made at scrape time from a registered callable (none registered: nothing)."""
 
@@ -185,6 +197,8 @@ class _Scraped(Collector):
         self.breakers: Callable[[], Iterable[BreakerRow]] | None = None
         self.budgets: Callable[[], Iterable[BudgetRow]] | None = None
         self.config: Callable[[], tuple[int, float | None]] | None = None
+        self.rate_limits: Callable[[], Iterable[RateRow]] | None = None
+        self.quotas: Callable[[], Iterable[RateRow]] | None = None
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return self._families(empty=True)
@@ -211,7 +225,35 @@ class _Scraped(Collector):
             "modelbus_config_propagation_lag_seconds",
             "Time from the config record's publish (JetStream timestamp) to this router's table swap, last swap.",
         )
+        rate_used = GaugeMetricFamily(
+            "modelbus_rate_limit_used",
+            "Requests or tokens counted by each rate limit in the present minute, as this router last saw them.",
+            labels=["limit", "scope_value", "unit"],
+        )
+        rate_max = GaugeMetricFamily(
+            "modelbus_rate_limit_per_minute",
+            "What each rate limit allows per minute.",
+            labels=["limit", "scope_value", "unit"],
+        )
+        quota_used = GaugeMetricFamily(
+            "modelbus_endpoint_quota_used",
+            "Requests or tokens sent to each endpoint with a declared quota in the present minute (all routers).",
+            labels=["endpoint", "unit"],
+        )
+        quota_max = GaugeMetricFamily(
+            "modelbus_endpoint_quota_per_minute",
+            "The provider quota each endpoint declares.",
+            labels=["endpoint", "unit"],
+        )
         if not empty:
+            if self.rate_limits is not None:
+                for rate in _read(self.rate_limits):
+                    rate_used.add_metric([rate.name, rate.scope_value, rate.unit], rate.used)
+                    rate_max.add_metric([rate.name, rate.scope_value, rate.unit], rate.per_minute)
+            if self.quotas is not None:
+                for quota in _read(self.quotas):
+                    quota_used.add_metric([quota.name, quota.unit], quota.used)
+                    quota_max.add_metric([quota.name, quota.unit], quota.per_minute)
             if self.breakers is not None:
                 for row in _read(self.breakers):
                     breaker.add_metric([row.endpoint, row.model], 1.0 if row.state == "open" else 0.5)
@@ -226,7 +268,7 @@ class _Scraped(Collector):
                     revision.add_metric([], rev)
                     if seconds is not None:
                         lag.add_metric([], seconds)
-        yield from (breaker, spent, limit, revision, lag)
+        yield from (breaker, spent, limit, revision, lag, rate_used, rate_max, quota_used, quota_max)
 
 
 T = TypeVar("T")
@@ -259,6 +301,14 @@ def register_budgets(source: Callable[[], Iterable[BudgetRow]]) -> None:
     """Budget spend and limits are read from ``source`` at each scrape: a callable returning
     :class:`BudgetRow` (or any ``(budget, scope_value, unit, spent, limit)`` tuples) from a snapshot."""
     scraped.budgets = source
+
+
+def register_rate_limits(
+    limits: Callable[[], Iterable[RateRow]], quotas: Callable[[], Iterable[RateRow]] | None = None
+) -> None:
+    """Rate-limit and endpoint-quota counts are read from these at each scrape (no I/O in them)."""
+    scraped.rate_limits = limits
+    scraped.quotas = quotas
 
 
 def register_config(source: Callable[[], tuple[int, float | None]]) -> None:

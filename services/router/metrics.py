@@ -21,6 +21,8 @@ from prometheus_client import Counter, Histogram
 
 from services.router.budgets import BudgetSnapshot
 from services.router.ledger import Outcome
+from services.router.quotas import QuotaCount
+from services.router.ratelimits import LimitCount
 from shared import metrics as M
 from shared.usage import parse_usage_header
 
@@ -56,6 +58,28 @@ def budget_rows(snapshots: Iterable[BudgetSnapshot]) -> list[M.BudgetRow]:
             rows.append(M.BudgetRow(s.budget, s.scope_value, "tokens", float(s.spent_tokens), float(s.limit_tokens)))
         if s.limit_cost is not None:
             rows.append(M.BudgetRow(s.budget, s.scope_value, "usd", float(s.spent_cost), float(s.limit_cost)))
+    return rows
+
+
+def rate_rows(limits: Iterable[LimitCount]) -> list[M.RateRow]:
+    """Each rate limit's present minute as :class:`shared.metrics.RateRow`\\ s, one per unit it limits."""
+    rows = []
+    for c in limits:
+        if c.rpm is not None:
+            rows.append(M.RateRow(c.name, c.value, "requests", float(c.requests), float(c.rpm)))
+        if c.tpm is not None:
+            rows.append(M.RateRow(c.name, c.value, "tokens", float(c.tokens), float(c.tpm)))
+    return rows
+
+
+def quota_rows(quotas: Iterable[QuotaCount]) -> list[M.RateRow]:
+    """Each endpoint quota's present minute as :class:`shared.metrics.RateRow`\\ s."""
+    rows = []
+    for q in quotas:
+        if q.rpm is not None:
+            rows.append(M.RateRow(q.endpoint, "", "requests", float(q.requests), float(q.rpm)))
+        if q.tpm is not None:
+            rows.append(M.RateRow(q.endpoint, "", "tokens", float(q.tokens), float(q.tpm)))
     return rows
 
 

@@ -30,7 +30,7 @@ from services.router.filters import needs_of, select_targets, tool_names
 from services.router.follower import TableFollower
 from services.router.forward import Call, Forwarder
 from services.router.ledger import Outcome, UsageLedger, ledger_enabled
-from services.router.metrics import RouterMetrics, budget_rows
+from services.router.metrics import RouterMetrics, budget_rows, quota_rows, rate_rows
 from services.router.pins import RunPins
 from services.router.quotas import EndpointQuotas
 from services.router.ratelimits import OUTPUT_ESTIMATE, RateLimiter
@@ -109,6 +109,9 @@ class Router:
             )
             M.register_config(self._config_state)
             M.register_budgets(lambda: budget_rows(self.budgets.snapshot()))
+            M.register_rate_limits(
+                lambda: rate_rows(self.limits.snapshot()), lambda: quota_rows(self.quotas.snapshot())
+            )
 
     def _config_state(self) -> tuple[int, float | None]:
         table = self.follower.current

@@ -251,6 +251,20 @@ def test_budget_spend_and_limit_are_scraped_from_the_routers_budgets(stack: Metr
     assert router.total("modelbus_budget_limit", **labels) == 100000
 
 
+def test_rate_limit_and_endpoint_quota_counts_are_scraped_against_what_they_allow(stack: Metrics) -> None:
+    assert status_of(ask(stack.stack.url, _body("ignored"), {H.AGENT: "metered"})[-1][0]) == 200
+    assert status_of(ask(stack.stack.url, _body("quoted-alias"))[-1][0]) == 200
+    router = stack.router()
+    rate = {"limit": "metered-rate", "scope_value": "metered"}
+    assert router.total("modelbus_rate_limit_per_minute", unit="requests", **rate) == 1000
+    assert router.total("modelbus_rate_limit_per_minute", unit="tokens", **rate) == 1000000
+    assert router.total("modelbus_rate_limit_used", unit="requests", **rate) >= 1
+    assert router.total("modelbus_rate_limit_used", unit="tokens", **rate) >= 1
+    assert router.total("modelbus_endpoint_quota_per_minute", endpoint="quoted", unit="requests") == 1000
+    assert router.total("modelbus_endpoint_quota_used", endpoint="quoted", unit="requests") >= 1
+    assert router.total("modelbus_endpoint_quota_used", endpoint="cached") == 0  # no quota declared
+
+
 def test_http_answers_carry_the_overhead_plain_streamed_and_errors(stack: Metrics) -> None:
     url = f"{stack.http}/v1/chat/completions"
     auth = {"Authorization": f"Bearer {stack.key}", "content-type": "application/json"}
