@@ -297,6 +297,8 @@ class RunInfo:
     """How many nodes its local cluster has (``up --cluster N``); 0 without one."""
     http_url: str | None = None
     """Where its HTTP gateway serves (OpenAI and Anthropic APIs), as the gateway's ready line named it."""
+    metrics_urls: tuple[str, ...] = ()
+    """Every service's Prometheus endpoint, as their ready lines named them (none with metrics off)."""
 
 
 def write_run_info(data_dir: Path, info: RunInfo) -> None:
@@ -310,6 +312,7 @@ def write_run_info(data_dir: Path, info: RunInfo) -> None:
         "nats_urls": list(info.nats_urls or info.nats_url.split(",")),
         "cluster": info.cluster,
         "http_url": info.http_url,
+        "metrics_urls": list(info.metrics_urls),
     }
     write_private_file(run_file(data_dir), json.dumps(body, indent=2).encode())
 
@@ -327,6 +330,7 @@ def read_run_info(data_dir: Path) -> RunInfo | None:
             nats_urls=tuple(str(u) for u in raw.get("nats_urls") or str(raw["nats_url"]).split(",")),
             cluster=int(raw.get("cluster") or 0),
             http_url=raw.get("http_url") or None,
+            metrics_urls=tuple(str(u) for u in raw.get("metrics_urls") or ()),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -376,6 +376,7 @@ async def run_up(args: argparse.Namespace) -> int:
         admin = _ADMIN_URL_RE.search(next(c.ready_line for c in first if c.name == "config"))
         admin_url = admin.group(1) if admin else None
         http_url = http_url_of(edge[0].ready_line)
+        metrics = [url for c in children.all if (url := metrics_url_of(c.ready_line))]
         write_run_info(
             data_dir,
             RunInfo(
@@ -387,12 +388,12 @@ async def run_up(args: argparse.Namespace) -> int:
                 nats_urls=tuple(nats_url.split(",")),
                 cluster=nodes,
                 http_url=http_url,
+                metrics_urls=tuple(metrics),
             ),
         )
         if server is not None and passwords is not None:
             watcher = asyncio.create_task(watch_clients(server, data_dir, passwords, stamp))
         names = ",".join(c.name for c in children.all)
-        metrics = [url for c in children.all if (url := metrics_url_of(c.ready_line))]
         creds = ""
         if passwords is not None:
             path = identities.write_client_file(

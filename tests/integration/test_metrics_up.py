@@ -1,5 +1,5 @@
 """``modelbus up`` (secure, the default) names every service's metrics endpoint in its ready line and
-in ``client.json``; each endpoint says which service it belongs to."""
+in ``client.json`` and ``run.json``; each endpoint says which service it belongs to."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.integration.test_metrics import SERVICES, Scraped
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_a_secure_up_names_every_metrics_endpoint_in_its_ready_line_and_client_json(tmp_path: Path) -> None:
+def test_a_secure_up_names_every_metrics_endpoint_in_its_ready_line_client_json_and_run_json(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MODELBUS_HOME")}
     proc = subprocess.Popen(
@@ -37,6 +37,7 @@ def test_a_secure_up_names_every_metrics_endpoint_in_its_ready_line_and_client_j
         urls = ready.split(" metrics=", 1)[1].split()[0].split(",")
         assert len(urls) == SERVICES, ready
         assert json.loads((home / "client.json").read_text())["metrics_urls"].split(",") == urls
+        assert json.loads((home / "run.json").read_text())["metrics_urls"] == urls
         named = set()
         for url in urls:
             scraped = Scraped(httpx.get(url, timeout=5).text)
