@@ -27,6 +27,9 @@ from msgspec import Struct
 from shared.routing import Budget, BudgetPeriod
 
 ZERO = Decimal(0)
+LEASE_PREFIX = "lease:"
+"""Reservation ids ``lease:<router id>``: a router's lease of a slice of the headroom
+(``services/router/budget_leases.py``), not one request's reservation."""
 
 
 class Reservation(Struct, kw_only=True, frozen=True, array_like=True):

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from services.cli.rpc import call
-from shared.budgets import BudgetEntry, decode_entry, parse_entry_key, window_of
+from shared.budgets import LEASE_PREFIX, BudgetEntry, decode_entry, parse_entry_key, window_of
 from shared.routing import Budget, RoutingConfig
 from shared.subjects import BUDGETS_BUCKET, CONFIG_GET
 
@@ -74,7 +74,9 @@ def _row(budget: Budget, value: str | None, window: str, entry: BudgetEntry, now
         "spent_cost": _money(entry.spent_cost),
         "reserved_tokens": entry.reserved_tokens,
         "reserved_cost": _money(entry.reserved_cost),
-        "in_flight": len(entry.reserved),
+        "in_flight": sum(1 for rid in entry.reserved if not rid.startswith(LEASE_PREFIX)),
+        "leases": sum(1 for rid in entry.reserved if rid.startswith(LEASE_PREFIX)),
+        "leased_tokens": sum(r.tokens for rid, r in entry.reserved.items() if rid.startswith(LEASE_PREFIX)),
         "remaining_tokens": remaining_tokens,
         "remaining_cost": _money(remaining_cost),
     }
@@ -136,7 +138,7 @@ async def cmd_get_budgets(nc: Client, args: argparse.Namespace) -> int:
                 _limit(r, "spent_tokens", "spent_cost"),
                 _limit(r, "reserved_tokens", "reserved_cost"),
                 _limit(r, "remaining_tokens", "remaining_cost"),
-                str(r["in_flight"]),
+                str(r["in_flight"]) + (f" (+{r['leases']} router leases)" if r["leases"] else ""),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

@@ -23,6 +23,11 @@ one entry in the KV bucket :data:`shared.subjects.BUDGETS_BUCKET`
   that died mid-request leaks it only until the next write of that entry.
 
 Round trips: none when no budget applies (one attribute test on the hot path).
+A token budget whose slice (``max_tokens // 64``) covers several requests is
+admitted from this router's lease of that slice, with no I/O
+(:mod:`services.router.budget_leases`: one reservation ``lease:<router id>``
+per window, settlements written together every 50 ms, given back when idle or
+at stop; none near the limit, where requests reserve for themselves).
 Otherwise one KV write per applying window to reserve: the write goes on the
 revision this router last saw, and only a conflict (another router wrote
 meanwhile) costs a re-read. The changes of one window that queue up while its
@@ -61,6 +66,7 @@ from decimal import Decimal
 from msgspec import Struct
 from nats.aio.client import Client
 
+from services.router.budget_leases import Leases
 from services.router.budget_scopes import reserved_tokens, upper_cost
 from services.router.budget_store import SETTLE_WAIT_S, BudgetStore, Refused
 from services.router.filters import Needs
@@ -116,6 +122,8 @@ class Hold:
     windows: list[tuple[Budget, str, str, str]]
     """``(budget, scope value, window, KV key)`` of every window that holds a reservation."""
     table: RoutingTable
+    leased: list[tuple[Budget, str, str, str, int]] = field(default_factory=list)
+    """``(budget, scope value, window, KV key, tokens)`` of every window admitted from this router's lease."""
     pending: list[tuple[Budget, str, str, str, Reservation]] = field(default_factory=list)
     """Reservations :meth:`Budgets.reserve` is still to write."""
     prices: dict[str, Price | None] = field(default_factory=dict)
@@ -135,10 +143,20 @@ def _price_unknown(budget: Budget, target: ResolvedTarget, price: Price | None) 
 class Budgets:
     """Reservations and spend per budget window, in a KV bucket every router shares."""
 
-    def __init__(self, nc: Client, *, expiry_margin_s: float = EXPIRY_MARGIN_S) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        expiry_margin_s: float = EXPIRY_MARGIN_S,
+        router_id: str | None = None,
+        lease_ttl_s: float | None = None,
+    ) -> None:
         self._nc = nc
         self._expiry_margin_s = expiry_margin_s
         self._store = BudgetStore(nc)
+        ttl = {} if lease_ttl_s is None else {"ttl_s": lease_ttl_s}
+        self.leases = Leases(self._store, router_id or os.urandom(6).hex(), **ttl)
+        """Per-router leases of token budgets (:mod:`services.router.budget_leases`)."""
 
     @property
     def settle_failures(self) -> int:
@@ -146,7 +164,9 @@ class Budgets:
         return self._store.settle_failures
 
     async def stop(self, timeout_s: float = SETTLE_WAIT_S) -> None:
-        """Wait (bounded) for the settlements still running: the router settles before it forgets."""
+        """Give the leases back and wait (bounded) for the settlements still running: the router
+        settles before it forgets."""
+        await self.leases.stop()
         await self._store.stop(timeout_s)
 
     async def drained(self) -> None:
@@ -189,11 +209,10 @@ class Budgets:
         """Write ``hold``'s reservations, or raise :class:`BudgetExceeded` naming the (smallest)
         budget that refuses; nothing stays reserved when one refuses."""
         writes, hold.pending = hold.pending, []
-        results: list[BaseException | None]
+        results: list[BaseException | bool]
         if len(writes) == 1:  # the common case, without a gather's tasks
             try:
-                await self._reserve_one(hold.request_id, *writes[0])
-                results = [None]
+                results = [await self._reserve_one(hold.request_id, *writes[0])]
             except Exception as exc:
                 results = [exc]
         else:
@@ -201,9 +220,11 @@ class Budgets:
                 *(self._reserve_one(hold.request_id, *w) for w in writes), return_exceptions=True
             )
         failed: list[BaseException] = []
-        for (budget, value, window, key, _), result in zip(writes, results, strict=True):
+        for (budget, value, window, key, reservation), result in zip(writes, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append(result)
+            elif result:
+                hold.leased.append((budget, value, window, key, reservation.tokens))
             else:
                 hold.windows.append((budget, value, window, key))
         if failed:
@@ -233,7 +254,10 @@ class Budgets:
 
     async def _reserve_one(
         self, request_id: str, budget: Budget, value: str, window: str, key: str, reservation: Reservation
-    ) -> None:
+    ) -> bool:
+        """Reserve in one window: ``True`` when admitted from this router's lease."""
+        leased = self.leases.eligible(budget, reservation.tokens)
+
         def reserve(entry: BudgetEntry) -> BudgetEntry:
             why = refusal(budget, entry, reservation.tokens, reservation.cost)
             if why is not None:
@@ -248,8 +272,10 @@ class Budgets:
         give_up = time.monotonic() + IN_FLIGHT_WAIT_S
         while True:
             try:
+                if leased:
+                    return await self.leases.admit(budget, value, window, key, request_id, reservation)
                 await self._store.update(key, budget, value, window, reserve)
-                return
+                return False
             except Refused as refused:
                 # Refused only for what other requests hold: they settle within milliseconds of their
                 # answers, most often below what they reserved, so look again before the 429.
@@ -263,12 +289,12 @@ class Budgets:
         if hold is None or hold.settled:
             return
         hold.settled = True
-        if not hold.windows:
+        if not hold.windows and not hold.leased:
             return
         counts = parse_usage_header(outcome.usage)
         tokens = counts.total if counts is not None else 0
         cost = ZERO
-        if counts is not None and any(w[0].max_cost is not None for w in hold.windows):
+        if counts is not None and any(w[0].max_cost is not None for w in hold.windows):  # leases: tokens only
             cost = self._actual_cost(hold, outcome, counts) or ZERO
         self._settle(hold, tokens, cost)
 
@@ -290,6 +316,9 @@ class Budgets:
         """Queue the settlement of every window of ``hold`` (nobody waits for it; a failure is
         counted in :attr:`settle_failures` and the reservation expires)."""
         rid = hold.request_id
+        for budget, value, window, key, reserved in hold.leased:
+            if not self.leases.settle(key, reserved, tokens):
+                self._store.enqueue(key, budget, value, window, _settlement("", tokens, ZERO), None, urgent=False)
         for budget, value, window, key in hold.windows:
             budget_cost = cost if budget.max_cost is not None else ZERO
             self._store.enqueue(key, budget, value, window, _settlement(rid, tokens, budget_cost), None, urgent=False)

@@ -73,7 +73,7 @@ class Router:
         )
         self.stats = TargetStats()
         self.breakers = SharedBreakers(state, router_id=self.router_id)
-        self.budgets = Budgets(state)
+        self.budgets = Budgets(state, router_id=self.router_id)
         """Budgets: reservations before the call, settled after the answer (KV, shared by every router)."""
         self.windows = SharedWindows(state)
         """Per-minute counters of rate limits and endpoint quotas (KV, shared by every router)."""

@@ -224,3 +224,38 @@ def test_a_request_no_budget_applies_to_never_touches_the_budgets_bucket(stack: 
             await watcher.close()
 
     run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_routers_admit_from_leases_with_few_writes_show_them_and_give_them_back_when_idle(stack: Services) -> None:
+    """The per-agent budget (100000 a month) is sliced: routers admit from a lease, not per request."""
+    headers, body = {H.AGENT: "lease-probe"}, {**BODY, "max_tokens": 10}
+
+    async def scenario() -> list[Reply]:
+        watcher = await nats.connect(stack.nats_url)
+        try:
+            writes = await watcher.subscribe(f"$KV.{BUDGETS_BUCKET}.>")
+            await watcher.flush()
+            replies = await _ask_in_turn(stack.nats_url, 30, headers, body)
+            await asyncio.sleep(0.2)  # the settlements' flush
+            await watcher.flush()
+            assert writes.pending_msgs <= 15, f"{writes.pending_msgs} KV writes for 30 requests"  # 55 without leases
+            return replies
+        finally:
+            await watcher.close()
+
+    replies = run(asyncio.wait_for(scenario(), timeout=30))
+    assert {r.status for r in replies} == {200}
+    leased = row(get_budgets(stack), "per-agent", "lease-probe")
+    assert leased["leases"] >= 1 and leased["in_flight"] == 0 and leased["leased_tokens"] == leased["reserved_tokens"]
+    assert f"(+{leased['leases']} router leases)" in cli(stack, "get", "budgets", "per-agent")
+
+    async def given_back() -> dict[str, Any]:
+        for _ in range(100):
+            got = row(await asyncio.to_thread(get_budgets, stack), "per-agent", "lease-probe")
+            if got["leases"] == 0:
+                return got
+            await asyncio.sleep(0.1)
+        raise AssertionError("the idle leases were never given back")
+
+    got = run(given_back())
+    assert got["reserved_tokens"] == 0 and got["spent_tokens"] == sum(tokens(r) for r in replies)
