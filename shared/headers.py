@@ -95,6 +95,11 @@ the number of messages delivered with it."""
 FENCED = "Modelbus-Fenced"
 """Provider → router: a stream stopped after this many messages because the worker may already
 be taken for lost; the router ends it with the error terminator."""
+RECORD_TEXT = "Modelbus-Record-Text"
+"""Router → provider: ``1`` when the request runs as an agent with ``record_text`` (the operator's
+opt-in): the worker stores the prompt and completion text (:mod:`shared.usage_text`). The call then
+also carries :data:`AGENT` and :data:`RUN_ID`. Only routers may publish provider calls, and they
+build the call's headers themselves, so a client cannot set it."""
 DISPATCHED_AT = "Modelbus-Dispatched-At"
 """Router → provider: wall-clock milliseconds when the call was sent, so a worker knows how long
 it sat in a queue (a call that waited longer than the router waits for a sign of life is fenced)."""

@@ -35,7 +35,8 @@ identity may delete or purge the config, audit or secrets streams, and only
 ``config-state`` may append to the config log and the audit stream.
 The usage ledger (``MODELBUS_USAGE``) is appended to by ``router-state`` alone,
 read by ``admin`` alone, created and reconfigured by ``config-state`` alone
-(which may neither read nor append to it), and deleted or purged by nobody.
+(which may neither read nor append to it), and deleted or purged by nobody; the
+opt-in text records (``MODELBUS_USAGE_TEXT``) likewise, appended to by ``providers`` alone.
 ``admin`` reads the budgets bucket (``modelbus get budgets``) and may not write it. Only
 ``config-state`` and ``secrets-state`` may update streams (to migrate settings
 and the replica count): each its own, and ``config-state`` the routers' two
@@ -57,6 +58,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared import js_permissions as jsp
 from shared.keyfile import write_private_file
 from shared.subjects import (
     AUDIT_STREAM,
@@ -95,6 +97,8 @@ from shared.subjects import (
     SECRETS_PUT,
     USAGE_RECORDS,
     USAGE_STREAM,
+    USAGE_TEXT,
+    USAGE_TEXT_STREAM,
 )
 
 SERVICE_ROLES = ("config", "router", "providers", "secrets", "gateway")
@@ -183,64 +187,6 @@ def _inboxes(prefixes: tuple[str, ...]) -> list[str]:
     return [f"{p}.>" for p in prefixes]
 
 
-def _kv(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
-def _stream_reader(stream: str) -> list[str]:
-    """Read a stream: info, single messages (direct or not) and ordered/ephemeral consumers."""
-    return [
-        f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
-        f"$JS.FC.{stream}.>",
-        f"$JS.ACK.{stream}.>",
-    ]
-
-
-def _stream_owner(stream: str, subject: str, *, update: bool = False) -> list[str]:
-    """Create a stream, read it and append to it; never delete or purge it.
-
-    ``update`` also allows changing its configuration (the config service
-    migrates its own streams' settings). Creating or updating is limited to the
-    named stream: a stream's ``sources`` may copy any stream of the account,
-    so no identity may create streams of other names (see docs/security.md).
-    """
-    out = [f"$JS.API.STREAM.CREATE.{stream}", *_stream_reader(stream), subject]
-    if update:
-        out.append(f"$JS.API.STREAM.UPDATE.{stream}")
-    return out
-
-
-def _kv_rw(bucket: str, *, update: bool = False) -> list[str]:
-    """Open (or create) a KV bucket, and read, write and watch its keys (``update``: and change its
-    replicas, see :mod:`shared.jetstream`)."""
-    return _stream_owner(_kv(bucket), f"$KV.{bucket}.>", update=update)
-
-
-def _replica_migration(stream: str) -> list[str]:
-    """Read a stream's settings and change them: only to bring it to ``MODELBUS_JS_REPLICAS``.
-
-    Given to ``config-state`` for the routers' buckets, so that ``router-state``
-    itself never may reconfigure a stream (an update could add ``sources``).
-    ``config-state`` gains nothing by it: it may already update the config
-    stream, which every router reads.
-    """
-    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
-
-
-def _stream_creator(stream: str) -> list[str]:
-    """Create a stream and change its settings (retention, replicas), and nothing else: not read,
-    append to, delete or purge it. ``config-state``'s part in the usage ledger."""
-    return [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
-
-
 def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, Any]:
     """The nats-server ``permissions`` object of one role (``client_name`` for applications)."""
     own_inbox = f"{inbox_prefix(role)}.>"
@@ -254,7 +200,11 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
         # routing configuration like a router: never a provider, secrets or config admin subject.
         return {
             "publish": {
-                "allow": [CHAT_COMPLETIONS, *_stream_reader(CONFIG_STREAM), *_stream_reader(_kv(GATEWAY_KEYS_BUCKET))]
+                "allow": [
+                    CHAT_COMPLETIONS,
+                    *jsp.stream_reader(CONFIG_STREAM),
+                    *jsp.stream_reader(jsp.kv(GATEWAY_KEYS_BUCKET)),
+                ]
             },
             "subscribe": {"allow": [own_inbox]},
         }
@@ -278,16 +228,24 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     CONFIG_KEYS_DELETE,
                     SECRETS_LIST,
                     CHAT_COMPLETIONS,
-                    *_stream_reader(USAGE_STREAM),  # `modelbus usage`: read only, never append
-                    *_stream_reader(_kv(BUDGETS_BUCKET)),  # `modelbus get budgets`: read only, never write
-                    *_stream_reader(_kv(RATE_LIMITS_BUCKET)),  # current counts: read only
+                    *jsp.stream_reader(USAGE_STREAM),  # `modelbus usage`: read only, never append
+                    *jsp.stream_reader(USAGE_TEXT_STREAM),  # `modelbus usage text`: prompts, admin only
+                    *jsp.stream_reader(jsp.kv(BUDGETS_BUCKET)),  # `modelbus get budgets`: read only, never write
+                    *jsp.stream_reader(jsp.kv(RATE_LIMITS_BUCKET)),  # current counts: read only
                 ]
             },
             "subscribe": {"allow": [own_inbox]},
         }
     if role == "providers":
         return {
-            "publish": {"allow": [SECRETS_GET, *_inboxes(REQUESTERS["providers"]), *_inboxes(DELIVERY_INBOXES)]},
+            "publish": {
+                "allow": [
+                    SECRETS_GET,
+                    USAGE_TEXT,  # opt-in text records: append only, never read
+                    *_inboxes(REQUESTERS["providers"]),
+                    *_inboxes(DELIVERY_INBOXES),
+                ]
+            },
             "subscribe": {
                 "allow": [f"{PROVIDER_PREFIX}.*.chat", f"{PROVIDER_PREFIX}.*.outcome", SECRETS_CHANGED, own_inbox]
             },
@@ -305,11 +263,11 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                 "allow": [
                     ROUTER_REVISIONS,
                     USAGE_RECORDS,  # append to the usage ledger (core publish, no ack); never read it
-                    *_stream_reader(CONFIG_STREAM),
-                    *_kv_rw(BREAKERS_BUCKET),
-                    *_kv_rw(BUDGETS_BUCKET),
-                    *_kv_rw(RATE_LIMITS_BUCKET),
-                    *_stream_reader(_kv(RUNS_BUCKET)),
+                    *jsp.stream_reader(CONFIG_STREAM),
+                    *jsp.kv_rw(BREAKERS_BUCKET),
+                    *jsp.kv_rw(BUDGETS_BUCKET),
+                    *jsp.kv_rw(RATE_LIMITS_BUCKET),
+                    *jsp.stream_reader(jsp.kv(RUNS_BUCKET)),
                     f"$KV.{RUNS_BUCKET}.>",
                 ]
             },
@@ -324,7 +282,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
         }
     if role == "secrets-state":
         return {
-            "publish": {"allow": [SECRETS_CHANGED, "$JS.API.INFO", *_kv_rw(SECRETS_BUCKET, update=True)]},
+            "publish": {"allow": [SECRETS_CHANGED, "$JS.API.INFO", *jsp.kv_rw(SECRETS_BUCKET, update=True)]},
             "subscribe": {"allow": [own_inbox]},
         }
     if role == "config":
@@ -357,14 +315,15 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
             "publish": {
                 "allow": [
                     CONFIG_EVENTS,
-                    *_stream_owner(CONFIG_STREAM, CONFIG_LOG, update=True),
-                    *_stream_owner(AUDIT_STREAM, AUDIT_SUBJECT, update=True),
-                    *_kv_rw(RUNS_BUCKET, update=True),
-                    *_kv_rw(GATEWAY_KEYS_BUCKET, update=True),
-                    *_replica_migration(_kv(BREAKERS_BUCKET)),
-                    *_replica_migration(_kv(BUDGETS_BUCKET)),
-                    *_replica_migration(_kv(RATE_LIMITS_BUCKET)),
-                    *_stream_creator(USAGE_STREAM),
+                    *jsp.stream_owner(CONFIG_STREAM, CONFIG_LOG, update=True),
+                    *jsp.stream_owner(AUDIT_STREAM, AUDIT_SUBJECT, update=True),
+                    *jsp.kv_rw(RUNS_BUCKET, update=True),
+                    *jsp.kv_rw(GATEWAY_KEYS_BUCKET, update=True),
+                    *jsp.replica_migration(jsp.kv(BREAKERS_BUCKET)),
+                    *jsp.replica_migration(jsp.kv(BUDGETS_BUCKET)),
+                    *jsp.replica_migration(jsp.kv(RATE_LIMITS_BUCKET)),
+                    *jsp.stream_creator(USAGE_STREAM),
+                    *jsp.stream_creator(USAGE_TEXT_STREAM),
                 ]
             },
             "subscribe": {"allow": [own_inbox]},

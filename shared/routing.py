@@ -138,6 +138,8 @@ class Agent(Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Tried in order after ``model_ref``, on retryable errors."""
     policies: list[str] = []
     """Names of the AgentPolicies that apply to it."""
+    record_text: bool = False
+    """Requests as this agent have their prompt and completion stored (``MODELBUS_USAGE_TEXT``)."""
 
 
 class Policy(Struct, kw_only=True, frozen=True, omit_defaults=True):

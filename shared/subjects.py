@@ -123,6 +123,15 @@ final answer. Bounded by age and size (``MODELBUS_USAGE_MAX_AGE``, ``MODELBUS_US
 oldest records dropped first; created only by ``config-state``, never deleted or purged."""
 USAGE_RECORDS = "modelbus.v1.usage.records"
 """Subject of :data:`USAGE_STREAM`; only routers (``router-state``) publish to it, without waiting for an ack."""
+USAGE_TEXT_STREAM = "MODELBUS_USAGE_TEXT"
+"""JetStream stream (file storage) of prompt and completion text, one :class:`shared.usage_text.TextRecord`
+per answered request of an agent with ``record_text``. Bounded by ``MODELBUS_USAGE_TEXT_MAX_AGE`` (default
+30 days) and ``MODELBUS_USAGE_TEXT_MAX_BYTES``; created only by ``config-state``, read only by ``admin``,
+never deleted or purged."""
+USAGE_TEXT = "modelbus.v1.usage.text"
+"""Subject of :data:`USAGE_TEXT_STREAM` (one JSON array of records per message,
+:func:`shared.usage_text.decode_text_records`); only provider workers (``providers``) publish to it,
+without an ack."""
 
 SPAN_NAMES: dict[str, str] = {
     CHAT_COMPLETIONS: "route chat.completions",

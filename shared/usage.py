@@ -239,26 +239,34 @@ def parse_duration_s(text: str) -> int:
     return int(m.group(1)) * _UNITS_S[m.group(2)]
 
 
-def usage_retention(env: Mapping[str, str] | None = None) -> tuple[int, int]:
+def usage_retention(
+    env: Mapping[str, str] | None = None,
+    *,
+    age_env: str = USAGE_MAX_AGE_ENV,
+    bytes_env: str = USAGE_MAX_BYTES_ENV,
+    default_age_s: int = DEFAULT_MAX_AGE_S,
+) -> tuple[int, int]:
     """``(max age in seconds, max bytes)`` of the ledger from :data:`USAGE_MAX_AGE_ENV` and
-    :data:`USAGE_MAX_BYTES_ENV`; both always bounded (zero or negative is refused)."""
+    :data:`USAGE_MAX_BYTES_ENV` (or of another stream from ``age_env`` and ``bytes_env``, as the
+    text records' :func:`shared.usage_text.text_retention`); both always bounded (zero or negative
+    is refused)."""
     source = os.environ if env is None else env
-    age_raw = source.get(USAGE_MAX_AGE_ENV, "").strip()
-    bytes_raw = source.get(USAGE_MAX_BYTES_ENV, "").strip()
-    max_age = DEFAULT_MAX_AGE_S
+    age_raw = source.get(age_env, "").strip()
+    bytes_raw = source.get(bytes_env, "").strip()
+    max_age = default_age_s
     max_bytes = DEFAULT_MAX_BYTES
     if age_raw:
         try:
             max_age = parse_duration_s(age_raw)
         except ValueError as exc:
-            raise InvalidRetention(f"{USAGE_MAX_AGE_ENV}: {exc}") from None
+            raise InvalidRetention(f"{age_env}: {exc}") from None
         if max_age <= 0:
-            raise InvalidRetention(f"{USAGE_MAX_AGE_ENV}: must be more than 0 (the ledger is never unbounded)")
+            raise InvalidRetention(f"{age_env}: must be more than 0 (the ledger is never unbounded)")
     if bytes_raw:
         m = _SIZE.fullmatch(bytes_raw)
         if m is None:
-            raise InvalidRetention(f"{USAGE_MAX_BYTES_ENV}: {bytes_raw[:40]!r} is not a size like 1GiB or 500MB")
+            raise InvalidRetention(f"{bytes_env}: {bytes_raw[:40]!r} is not a size like 1GiB or 500MB")
         max_bytes = int(m.group(1)) * _UNITS_B[(m.group(2) or "b").lower()]
         if max_bytes < MIN_MAX_BYTES:
-            raise InvalidRetention(f"{USAGE_MAX_BYTES_ENV}: must be at least 1MiB, got {bytes_raw!r}")
+            raise InvalidRetention(f"{bytes_env}: must be at least 1MiB, got {bytes_raw!r}")
     return max_age, max_bytes

@@ -69,25 +69,27 @@ def _doc(kind: str, name: str, spec: dict[str, Any]) -> str:
     return json.dumps({"apiVersion": "modelbus.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 
 
-def off_config() -> str:
-    """One mock endpoint, its alias and an agent routed to it; nothing else."""
+def off_config(record_text: bool = False) -> str:
+    """One mock endpoint, its alias and an agent routed to it (``record_text``: which stores its
+    requests' text); nothing else."""
+    agent = {"model_ref": MODEL, "record_text": True} if record_text else {"model_ref": MODEL}
     return "\n---\n".join(
         [
             _doc("ModelEndpoint", ENDPOINT, {"provider": "mock", "default_model": UPSTREAM_MODEL}),
             _doc("ModelAlias", MODEL, {"targets": [{"endpoint": ENDPOINT}]}),
-            _doc("Agent", AGENT, {"model_ref": MODEL}),
+            _doc("Agent", AGENT, agent),
         ]
     )
 
 
-def on_config(extra: str | None) -> str:
+def on_config(extra: str | None, record_text: bool = False) -> str:
     """The off configuration, a ModelPrice for the mock model, and ``extra`` (YAML documents)."""
     price = _doc(
         "ModelPrice",
         "bench-mock-price",
         {"endpoint": ENDPOINT, "model": UPSTREAM_MODEL, "input": "1.25", "output": "10", "cache_read": "0.125"},
     )
-    parts = [off_config(), price]
+    parts = [off_config(record_text), price]
     if extra and extra.strip():
         parts.append(extra.strip().removeprefix("---").strip())
     return "\n---\n".join(parts) + "\n"
@@ -111,6 +113,8 @@ class Settings:
     """Also measure the ledger alone and metrics alone, to tell their costs apart."""
     agent: bool = False
     """Send every request as :data:`AGENT` (``Modelbus-Agent``), in every setting."""
+    record_text: bool = False
+    """The on stack's agent has ``record_text`` (its prompts and completions stored; implies ``agent``)."""
 
 
 @dataclass
@@ -265,9 +269,9 @@ def paired_change_pct(rounds: dict[str, list[Round]], name: str, figure: str) ->
     return statistics.median(changes) if changes else None
 
 
-def stack_settings(extra: str | None, split: bool) -> dict[str, tuple[str, dict[str, str]]]:
+def stack_settings(extra: str | None, split: bool, record_text: bool = False) -> dict[str, tuple[str, dict[str, str]]]:
     """Setting name -> (configuration, environment); with ``split`` also each feature alone."""
-    settings = {OFF: (off_config(), OFF_ENV), ON: (on_config(extra), ON_ENV)}
+    settings = {OFF: (off_config(), OFF_ENV), ON: (on_config(extra, record_text), ON_ENV)}
     if split:
         settings[LEDGER_ONLY] = (on_config(None), {**OFF_ENV, "MODELBUS_USAGE_LEDGER": "on"})
         settings[METRICS_ONLY] = (off_config(), {**OFF_ENV, "MODELBUS_METRICS": "on"})
@@ -283,7 +287,7 @@ def run(settings: Settings) -> dict[str, Any]:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="modelbus-gov-")))
         stacks = {
             name: exits.enter_context(running(name, config, env, work))
-            for name, (config, env) in stack_settings(extra, settings.split).items()
+            for name, (config, env) in stack_settings(extra, settings.split, settings.record_text).items()
         }
         rounds = uvloop.run(measure(stacks, settings))
         stored = {name: uvloop.run(_stored_records(s.url)) for name, s in stacks.items()}
@@ -301,6 +305,7 @@ def run(settings: Settings) -> dict[str, Any]:
             "on_extra": str(settings.on_extra) if settings.on_extra else None,
             "split": settings.split,
             "agent": AGENT if settings.agent else None,
+            "record_text": settings.record_text,
         },
         "on_extra_text": extra,
         "machine": {
@@ -407,6 +412,11 @@ def parse(argv: list[str]) -> Settings:
     parser.add_argument("--json", type=Path, help="also write the whole result as JSON here")
     parser.add_argument("--split", action="store_true", help="also measure the ledger alone and metrics alone")
     parser.add_argument("--agent", action="store_true", help=f"send every request as agent {AGENT!r}")
+    parser.add_argument(
+        "--record-text",
+        action="store_true",
+        help="the on stack's agent stores prompt and completion text (implies --agent)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.requests < 1 or args.inflight_requests < 1 or args.inflight < 1:
         parser.error("--rounds, --requests, --inflight-requests and --inflight must be at least 1")
@@ -422,7 +432,8 @@ def parse(argv: list[str]) -> Settings:
         out=args.out,
         json_out=args.json,
         split=args.split,
-        agent=args.agent,
+        agent=args.agent or args.record_text,
+        record_text=args.record_text,
     )
     return settings
 

@@ -16,6 +16,9 @@ Gaps: every router numbers its records 1, 2, 3, ... A number missing between
 the first and the last record of a router in the window is a lost record, and
 is reported per router. A loss after a router's last record shows once it
 records again; records before the window are not looked at.
+
+``--text REQUEST_ID`` prints instead the stored prompt and completion of one request of an
+agent with ``record_text`` (:mod:`services.cli.usage_text_cmd`), looked for within ``--since``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from services.cli.usage_text_cmd import cmd_usage_text
 from shared.subjects import USAGE_RECORDS, USAGE_STREAM
 from shared.usage import UsageRecord, decode_records, parse_duration_s
 
@@ -338,6 +342,8 @@ def _since(text: str) -> int:
 
 async def cmd_usage(nc: Client, args: argparse.Namespace) -> int:
     """Print the usage totals of the window, grouped, and the gaps of the ledger."""
+    if args.text is not None:
+        return await cmd_usage_text(nc, args)
     try:
         report = await read_report(nc, args.since, args.by)
     except LookupError as exc:
@@ -363,4 +369,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--since", type=_since, default=86400, metavar="DURATION", help="window, e.g. 1h, 24h, 7d (default 24h)"
     )
     usage.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    usage.add_argument(
+        "--text", metavar="REQUEST_ID", default=None, help="print the stored prompt and completion of one request"
+    )
     usage.set_defaults(admin=cmd_usage)

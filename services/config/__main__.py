@@ -28,6 +28,7 @@ from services.config.manager import ConfigManager
 from services.config.service import boot, config_state_keeper, ensure_runs_bucket, register, service_env
 from services.config.store import ConfigLog
 from services.config.usage_stream import ensure_usage_stream
+from services.config.usage_text_stream import ensure_usage_text_stream
 from shared.bus import close_state, connect_state, make_broker, run
 from shared.errors import ConfigError
 from shared.jetstream import StateKeeper
@@ -70,6 +71,7 @@ async def _main(config_path: str | None) -> None:
         keys_kv, _ = await ensure_keys_bucket(state_nc)
         try:
             await ensure_usage_stream(state_nc)
+            await ensure_usage_text_stream(state_nc)
         except InvalidRetention as exc:
             log.error("invalid usage ledger retention: %s", exc)
             raise SystemExit(2) from None

@@ -192,7 +192,11 @@ def compile_config(resources: Iterable[Resource], *, revision: int = 0) -> Routi
         applying = [pname for pname, targets in policy_targets.items() if _policy_applies(pname, targets, name)]
         if len(resolved) == 1 + len(a.fallback_model_refs):
             agents[name] = Agent(
-                name=name, model_ref=resolved[0], fallback_model_refs=resolved[1:], policies=sorted(applying)
+                name=name,
+                model_ref=resolved[0],
+                fallback_model_refs=resolved[1:],
+                policies=sorted(applying),
+                record_text=a.record_text,
             )
     for pname, agent_refs in policy_targets.items():
         for i, agent_ref in enumerate(t for t in (agent_refs or []) if t != "*"):

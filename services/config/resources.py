@@ -283,6 +283,9 @@ class AgentSpec(_Strict):
     """Tried in order after ``model_ref`` on retryable errors."""
     limits: AgentLimits | None = None
     """Execution limits (informational for modelbus)."""
+    record_text: bool = False
+    """Store each request's prompt and completion text in ``MODELBUS_USAGE_TEXT`` (PII and pasted
+    secrets included; readable by ``admin`` only, see docs/governance.md). Off: no text is stored."""
 
 
 class PolicySpec(_Strict):

@@ -33,6 +33,7 @@ from services.config.manager import ConfigManager
 from services.config.resources import SecretValue, parse_native
 from services.config.store import ConfigLog
 from services.config.usage_stream import ensure_usage_stream
+from services.config.usage_text_stream import ensure_usage_text_stream
 from shared import headers as H
 from shared import identities
 from shared.admin import (
@@ -171,6 +172,7 @@ def config_state_keeper(nc: Client, config_log: ConfigLog, audit: AuditLog) -> S
             ("run-pin bucket", await ensure_runs_bucket(nc)),
             ("gateway key bucket", (await ensure_keys_bucket(nc))[1]),
             ("usage ledger", await ensure_usage_stream(nc)),
+            ("text record stream", await ensure_usage_text_stream(nc)),
         ):
             if ensured is not None and ensured.created:
                 log.error(

@@ -33,6 +33,7 @@ from nats.aio.client import Client
 from opentelemetry.trace import Span
 
 from services.providers.base import ChatAdapter
+from services.providers.text_record import TextCapture
 from shared import headers as H
 from shared.bus import error_headers
 from shared.chat import ChatCompletionChunk, ChatCompletionRequest, encoder
@@ -67,6 +68,8 @@ class Delivery:
     """Time spent waiting on the upstream (a stream's: until its first content)."""
     overhead: str | None = None
     """``Modelbus-Overhead-Ms`` once the answer's first message was sent (the terminator repeats it)."""
+    text: TextCapture | None = None
+    """The call's text record in the making (``Modelbus-Record-Text``); ``None``: not recorded."""
 
     @classmethod
     def open(
@@ -120,6 +123,8 @@ class Delivery:
         """Publish to the client (a chunk or the final answer)."""
         assert self.deliver_to is not None
         await self.nc.publish(self.deliver_to, data, headers=headers)
+        if self.text is not None:
+            self.text.sent(data, headers)
         self.signal.last_client = asyncio.get_running_loop().time()
         if counts:
             self.signal.delivered += 1
@@ -230,6 +235,8 @@ async def stream_to_client(
                     finish_reasons.extend(c.finish_reason for c in chunk.choices if c.finish_reason)
                     last = chunk
                     content = content or has_content(chunk)
+            if d.text is not None:
+                d.text.chunks(chunks)
             if data is None:
                 continue
             if not committed:

@@ -40,6 +40,7 @@ from services.providers.metrics import ProviderMetrics
 from services.providers.outcomes import Outcomes
 from services.providers.registry import ADAPTERS
 from services.providers.scrub import CredentialScrubber
+from services.providers.text_record import TextRecorder
 from shared import headers as H
 from shared import identities
 from shared import metrics as M
@@ -91,6 +92,8 @@ class ProviderWorker:
         self._last_delivery_warning = -WARN_EVERY_S
         self.metrics = ProviderMetrics(lambda: len(self.beats.held)) if M.metrics_enabled() else None
         """Prometheus metrics per call (``None``: MODELBUS_METRICS=off, no work at all)."""
+        self.text = TextRecorder(nc)
+        """Prompt and completion text of the calls routers mark (agents with ``record_text``)."""
         self._servers = [
             RequestServer(
                 nc,
@@ -115,6 +118,7 @@ class ProviderWorker:
         for server in self._servers:
             await server.stop()
         await self.outcomes.stop()
+        await self.text.stop()
         await self.beats.stop()
         for adapter in self._adapters.values():
             await adapter.connection.aclose()
@@ -225,6 +229,16 @@ class ProviderWorker:
                     keepalive=call.keepalive or request.stream,
                 )
                 self.outcomes.begin(delivery)
+                if not counting:
+                    delivery.text = self.text.capture(
+                        in_headers,
+                        request=body,
+                        endpoint=adapter.connection.endpoint.name,
+                        provider=provider_type,
+                        model=call.model,
+                        stream=request.stream,
+                        fmt=fmt,
+                    )
                 if delivery.stale:
                     raise WorkerLost("the call waited in this worker's queue past the router's patience; not started")
                 _describe_call(span, adapter, call.model, request)
@@ -258,6 +272,8 @@ class ProviderWorker:
                 if delivery is not None:
                     self.beats.held.discard(delivery.signal)
                     self.outcomes.end(delivery)
+                    if delivery.text is not None:
+                        self.text.submit(delivery.text)  # the answer is out; published in the background
                     if self.metrics is not None and adapter is not None:
                         self.metrics.observe(
                             provider_type,
@@ -384,6 +400,8 @@ async def _deliver(d: Delivery, body: bytes, headers: dict[str, str], usage: str
         await d.to_client(body, {**d.deliver_headers, **headers, H.OVERHEAD_MS: d.overhead_ms()})
         body = b""
         headers[H.DELIVERED] = "1"
+    elif d.text is not None:
+        d.text.sent(body, headers)  # the router relays it
     if usage is not None:
         headers[H.USAGE] = usage
     await d.to_router(body, headers)

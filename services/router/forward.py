@@ -39,20 +39,17 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
-from services.router.breakers import Decision
-from services.router.budgets import Hold
+from services.router.call import Breakers, Call, Key, Stats
 from services.router.ledger import Outcome
 from services.router.quotas import EndpointQuotas, has_quota
-from services.router.table import ResolvedTarget, Route
-from services.router.windows import Ticket
+from services.router.table import ResolvedTarget
 from shared import headers as H
 from shared.bus import RECONNECT_WAIT_S, error_headers, reply_error, retry_after_from
 from shared.envelopes import ProviderCall, provider_call_encoder
@@ -66,7 +63,7 @@ from shared.errors import (
     WorkerLost,
     error_from_wire,
 )
-from shared.mux import Beats, ReplyMux, Signal, Silence, Waiter
+from shared.mux import Beats, ReplyMux, Silence, Waiter
 from shared.overhead import overhead_value, prior_ms
 from shared.replies import (
     ASK_S,
@@ -77,69 +74,12 @@ from shared.replies import (
     status_of,
     stream_end,
 )
-from shared.routing import RoutingDefaults
 from shared.subjects import outcome_subject_of
 from shared.telemetry import hot_span, propagate_headers, record_error, tracer
+from shared.usage_text import record_text_headers
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
-
-
-Key = tuple[str, str]
-
-
-class Stats(Protocol):
-    def start(self, key: Key) -> None: ...
-    def finish(self, key: Key, *, latency_s: float | None, ttft_s: float | None, error_status: int | None) -> None: ...
-
-
-class Breakers(Protocol):
-    def decide(self, key: Key) -> Decision: ...
-    async def failure(self, key: Key, defaults: RoutingDefaults) -> None: ...
-    async def success(self, key: Key) -> None: ...
-
-
-@dataclass
-class Call:
-    """One request on its way through the plan."""
-
-    msg: Msg
-    reply: str
-    request_id: str
-    route: Route
-    plan: list[ResolvedTarget]
-    deadline: float
-    revision: int
-    defaults: RoutingDefaults
-    router_id: str
-    signal: Signal
-    """Keepalives to the client while the router holds the request (between attempts)."""
-    streaming: bool = False
-    format: str | None = None
-    """``Modelbus-Format`` of the request: the body is a client's own, in that API's format."""
-    operation: str | None = None
-    """``Modelbus-Operation``: ``count_tokens``, or ``None`` for a chat request."""
-    credential: str | None = None
-    run_id: str | None = None
-    budget_hold: Hold | None = None
-    """What the request reserves of its budgets; settled by the router once the answer is out."""
-    tried: list[str] = field(default_factory=list)
-    outcome: Outcome = field(default_factory=lambda: Outcome(asyncio.get_running_loop().time()))
-    """What the final answer was, for the usage ledger (:mod:`services.router.ledger`)."""
-    started: float = field(default_factory=time.perf_counter)
-    """``time.perf_counter()`` when the router took the request (``loop.time()`` may tick in whole
-    milliseconds, too coarse for ``Modelbus-Overhead-Ms``)."""
-    attempts_s: float = 0.0
-    """Time spent in attempts that ended (upstream time for ``Modelbus-Overhead-Ms``)."""
-    tokens_estimate: int = 0
-    """Prompt estimate plus ``max_tokens``: what rate limits and endpoint quotas reserve."""
-    limit_tickets: list[Ticket] = field(default_factory=list)
-    """What the RateLimits counted for this request (corrected to the real usage after)."""
-    quota_tickets: list[Ticket] = field(default_factory=list)
-    """What each attempt took from its endpoint's quota, in order."""
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
 
 
 class _Failed(Exception):
@@ -293,6 +233,8 @@ class Forwarder:
             H.DISPATCHED_AT: str(int(time.time() * 1000)),
         }
         propagate_headers(hdrs, call.msg.headers)
+        if call.route.record_text:  # the agent's opt-in; a client's own such header never gets here
+            hdrs.update(record_text_headers(call.route.name, call.run_id))
         return body, hdrs
 
     @staticmethod

@@ -26,9 +26,10 @@ from services.router.breakers import SharedBreakers
 from services.router.budget_scopes import applying
 from services.router.budgets import Budgets
 from services.router.byo import byo_route, check_enabled, parse_env_header
+from services.router.call import Call
 from services.router.filters import needs_of, select_targets, tool_names
 from services.router.follower import TableFollower
-from services.router.forward import Call, Forwarder
+from services.router.forward import Forwarder
 from services.router.ledger import Outcome, UsageLedger, ledger_enabled
 from services.router.metrics import RouterMetrics, budget_rows, quota_rows, rate_rows
 from services.router.pins import RunPins

@@ -63,6 +63,8 @@ class Route:
     strategy: Strategy
     policies: tuple[Policy, ...] = ()
     """The policies of the agent the request runs as (none without ``Modelbus-Agent``)."""
+    record_text: bool = False
+    """The agent opted in to storing prompt and completion text (``Agent.record_text``)."""
 
 
 class RoutingTable:
@@ -167,7 +169,7 @@ class RoutingTable:
                     targets.append(target)
         first = self.resolve(binding.model_ref)
         policies = tuple(self._policies[p] for p in binding.policies if p in self._policies)
-        return Route(agent, tuple(targets), first.strategy, policies)
+        return Route(agent, tuple(targets), first.strategy, policies, binding.record_text)
 
     def resolve(self, model: str | None) -> Route:
         """Resolve a request's ``model`` field.

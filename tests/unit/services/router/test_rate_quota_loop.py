@@ -13,7 +13,8 @@ import pytest
 from opentelemetry.trace import Span
 
 from services.router.breakers import Decision
-from services.router.forward import Call, Forwarder
+from services.router.call import Call
+from services.router.forward import Forwarder
 from services.router.quotas import EndpointQuotas
 from services.router.table import ResolvedTarget, Route
 from services.router.windows import Ticket
