@@ -229,7 +229,7 @@ def permissions(role: str, *, client_name: str = DEFAULT_CLIENT) -> dict[str, An
                     SECRETS_LIST,
                     CHAT_COMPLETIONS,
                     *jsp.stream_reader(USAGE_STREAM),  # `modelbus usage`: read only, never append
-                    *jsp.stream_reader(USAGE_TEXT_STREAM),  # `modelbus usage text`: prompts, admin only
+                    *jsp.stream_reader(USAGE_TEXT_STREAM),  # `modelbus usage --text`: prompts, admin only
                     *jsp.stream_reader(jsp.kv(BUDGETS_BUCKET)),  # `modelbus get budgets`: read only, never write
                     *jsp.stream_reader(jsp.kv(RATE_LIMITS_BUCKET)),  # current counts: read only
                 ]
