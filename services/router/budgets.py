@@ -57,6 +57,7 @@ naming the target. ``count_tokens`` admits it and counts it in tokens only.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -85,7 +86,7 @@ from shared.errors import BudgetExceeded, PolicyDenied
 from shared.pricing import cost_of, tokens_from_counts
 from shared.replies import DEADLINE_GRACE_S
 from shared.routing import Budget, Price
-from shared.usage import TokenCounts, parse_usage_header
+from shared.usage import TokenCounts
 
 EXPIRY_MARGIN_S = 30.0
 """A reservation outlives its request's deadline by this much (plus the router's grace)."""
@@ -156,6 +157,8 @@ class Budgets:
         self._store = BudgetStore(nc)
         ttl = {} if lease_ttl_s is None else {"ttl_s": lease_ttl_s}
         self.leases = Leases(self._store, router_id or os.urandom(6).hex(), **ttl)
+        self._hold_prefix = os.urandom(6).hex()
+        self._holds = itertools.count(1)
         """Per-router leases of token budgets (:mod:`services.router.budget_leases`)."""
 
     @property
@@ -188,8 +191,9 @@ class Budgets:
         it). Raises at once what needs no bucket: a request larger than a run's whole budget, a
         cost budget with a target it cannot price. ``None`` when nothing is to be reserved."""
         # Reservations are keyed by an id of our own, not the client's request id: two requests
-        # sent with the same id must not share (and so shrink) one reservation.
-        hold = Hold(f"{request_id[:40]}.{os.urandom(6).hex()}", [], table)
+        # sent with the same id must not share (and so shrink) one reservation. A random prefix per
+        # router and a counter make it unique without a syscall per request.
+        hold = Hold(f"{request_id[:40]}.{self._hold_prefix}{next(self._holds)}", [], table)
         now = time.time()
         expires = now + max(0.0, deadline - time.monotonic()) + DEADLINE_GRACE_S + self._expiry_margin_s
         for budget, value in budgets:
@@ -291,7 +295,7 @@ class Budgets:
         hold.settled = True
         if not hold.windows and not hold.leased:
             return
-        counts = parse_usage_header(outcome.usage)
+        counts = outcome.tokens
         tokens = counts.total if counts is not None else 0
         cost = ZERO
         if counts is not None and any(w[0].max_cost is not None for w in hold.windows):  # leases: tokens only

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
@@ -85,6 +85,8 @@ class Outcome:
     attempts: int = 0
     usage: str | None = None
     """``Modelbus-Usage`` of the answer."""
+    _tokens: TokenCounts | None = field(default=None, repr=False)
+    _tokens_of: str | None = field(default=None, repr=False)
     first_content: float | None = None
     """``loop.time()`` when a stream's first content reached the client (``Modelbus-Committed``)."""
     table: RoutingTable | None = None
@@ -104,6 +106,15 @@ class Outcome:
         self.usage = headers.get(H.USAGE)
         self.provider = headers.get(H.PROVIDER, self.provider)
         self.model = headers.get(H.MODEL, self.model)
+
+    @property
+    def tokens(self) -> TokenCounts | None:
+        """:attr:`usage` read (:func:`shared.usage.parse_usage_header`) once for the ledger, the
+        metrics, budgets and rate limits; ``None`` when the answer reported none (or it was malformed)."""
+        if self._tokens_of is not self.usage:
+            self._tokens = parse_usage_header(self.usage)
+            self._tokens_of = self.usage
+        return self._tokens
 
     def committed(self, now: float) -> None:
         """The stream's first content is out (only the first notice counts)."""
@@ -209,7 +220,7 @@ class UsageLedger:
         now = asyncio.get_running_loop().time()
         caller = caller_of(reply)
         agent = headers.get(H.AGENT)
-        tokens = parse_usage_header(outcome.usage)
+        tokens = outcome.tokens
         cost, currency = cost_of_outcome(outcome, tokens)
         first = outcome.first_content
         return usage_record_encoder.encode(

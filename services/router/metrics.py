@@ -24,7 +24,6 @@ from services.router.ledger import Outcome
 from services.router.quotas import QuotaCount
 from services.router.ratelimits import LimitCount
 from shared import metrics as M
-from shared.usage import parse_usage_header
 
 log = logging.getLogger("modelbus.router")
 
@@ -113,7 +112,7 @@ class RouterMetrics:
         if outcome.first_content is not None:
             bound.ttft.observe(outcome.first_content - outcome.received)
         if outcome.usage is not None:
-            tokens = parse_usage_header(outcome.usage)
+            tokens = outcome.tokens
             if tokens is not None:
                 bound.input_tokens.observe(tokens.input_tokens)
                 bound.output_tokens.observe(tokens.output_tokens)

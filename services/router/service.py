@@ -53,7 +53,6 @@ from shared.replies import stream_end, timeout_s, wants_stream
 from shared.routing import COUNTING_PROVIDER_TYPES
 from shared.subjects import CHAT_COMPLETIONS, ROUTER_QUEUE
 from shared.telemetry import hot_span, record_error, tracer
-from shared.usage import parse_usage_header
 
 log = logging.getLogger("modelbus.router")
 _tracer = tracer("modelbus.router")
@@ -366,7 +365,7 @@ class Router:
     def _settle(self, call: Call, outcome: Outcome) -> None:
         """Correct what rate limits and quotas reserved to the tokens the answer used (in the background)."""
         if outcome.status == 200:
-            tokens = parse_usage_header(outcome.usage)
+            tokens = outcome.tokens
             actual = tokens.total if tokens is not None else None
         else:
             actual = 0
