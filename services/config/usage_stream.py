@@ -52,8 +52,13 @@ def usage_stream_config(env: Mapping[str, str] | None = None) -> StreamConfig:
 async def ensure_usage_stream(nc: Client, env: Mapping[str, str] | None = None) -> Ensured:
     """Create the ledger's stream if it is absent; bring an existing one to the configured
     replicas and retention (one log line per change). Other settings are left as they are."""
+    return await ensure_retention(nc, usage_stream_config(env))
+
+
+async def ensure_retention(nc: Client, want: StreamConfig) -> Ensured:
+    """Create stream ``want`` if it is absent; bring an existing one to ``want``'s replicas,
+    ``max_age`` and ``max_bytes`` (one log line per change), leaving its other settings alone."""
     js = nc.jetstream()
-    want = usage_stream_config(env)
     ensured = await ensure_stream(js, want)
     have = ensured.info.config
     if ensured.created or (have.max_age == want.max_age and have.max_bytes == want.max_bytes):
@@ -62,7 +67,7 @@ async def ensure_usage_stream(nc: Client, env: Mapping[str, str] | None = None) 
     info = await js.update_stream(config)
     log.info(
         "stream %s: retention now %gs / %d bytes (was %gs / %s bytes)",
-        USAGE_STREAM,
+        want.name,
         want.max_age or 0,
         want.max_bytes or 0,
         have.max_age or 0,

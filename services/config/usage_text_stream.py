@@ -11,14 +11,14 @@ Deletes and purges of single messages are refused to everyone (``deny_delete``,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from shared.jetstream import Ensured, ensure_stream
+from services.config.usage_stream import ensure_retention
+from shared.jetstream import Ensured
 from shared.subjects import USAGE_TEXT, USAGE_TEXT_STREAM
 from shared.usage_text import MAX_MESSAGE_BYTES, text_retention
 
@@ -49,20 +49,4 @@ def usage_text_stream_config(env: Mapping[str, str] | None = None) -> StreamConf
 async def ensure_usage_text_stream(nc: Client, env: Mapping[str, str] | None = None) -> Ensured:
     """Create the text stream if it is absent; bring an existing one to the configured replicas and
     retention (one log line per change)."""
-    js = nc.jetstream()
-    want = usage_text_stream_config(env)
-    ensured = await ensure_stream(js, want)
-    have = ensured.info.config
-    if ensured.created or (have.max_age == want.max_age and have.max_bytes == want.max_bytes):
-        return ensured
-    config = dataclasses.replace(have, max_age=want.max_age, max_bytes=want.max_bytes)
-    info = await js.update_stream(config)
-    log.info(
-        "stream %s: retention now %gs / %d bytes (was %gs / %s bytes)",
-        USAGE_TEXT_STREAM,
-        want.max_age or 0,
-        want.max_bytes or 0,
-        have.max_age or 0,
-        have.max_bytes,
-    )
-    return Ensured(info, updated=True)
+    return await ensure_retention(nc, usage_text_stream_config(env))

@@ -19,7 +19,6 @@ records nothing, so a request that failed over has the record of the attempt tha
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import time
@@ -30,6 +29,7 @@ import msgspec
 from nats.aio.client import Client
 
 from shared import headers as H
+from shared.batching import LingeringPublisher
 from shared.chat import ChatCompletionChunk
 from shared.subjects import USAGE_TEXT
 from shared.usage_text import (
@@ -124,21 +124,16 @@ def _status(headers: Mapping[str, str]) -> int:
     return int(raw) if raw.isdigit() else 200
 
 
-class TextRecorder:
+class TextRecorder(LingeringPublisher):
     """Queues and publishes one worker's text records, in the background."""
 
     def __init__(self, nc: Client, *, max_queued_bytes: int = MAX_QUEUED_BYTES) -> None:
-        self.nc = nc
-        self.published = 0
-        self.failed = 0
-        """Records that could not be made or whose publish raised (lost)."""
+        super().__init__(nc, USAGE_TEXT, linger_s=LINGER_S, what="text records", log=log)
         self.dropped = 0
         """Records dropped because the queue was full (lost)."""
         self._queue: collections.deque[tuple[TextCapture, int]] = collections.deque()
         self._queued_bytes = 0
         self._max_queued_bytes = max_queued_bytes
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     @staticmethod
     def capture(
@@ -178,27 +173,15 @@ class TextRecorder:
             return
         self._queue.append((capture, int(time.time() * 1000)))
         self._queued_bytes += size
-        if self._task is None:  # started by the first marked call: nothing runs without one
-            self._task = asyncio.create_task(self._publish_queued(), name="usage-text")
-        self._wake.set()
+        self._start("usage-text")  # started by the first marked call: nothing runs without one
+        self._wake_up()
 
-    async def stop(self, timeout_s: float = 2.0) -> None:
-        """Publish what is queued (bounded), then stop."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        while self._queue and time.monotonic() < deadline and not task.done():
-            self._wake.set()
-            await asyncio.sleep(0.01)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+    def _queued(self) -> int:
+        return len(self._queue)
 
-    def _next_batch(self) -> list[bytes]:
-        """Encoded records from the queue, up to :data:`MAX_BATCH_BYTES` (at least one)."""
+    def _next_batch(self) -> tuple[bytes, int] | None:
+        """Encoded records from the queue, up to :data:`MAX_BATCH_BYTES` (at least one), as one
+        message (a JSON array: a client's request may hold newlines)."""
         batch: list[bytes] = []
         size = 0
         while self._queue and size < MAX_BATCH_BYTES:
@@ -216,30 +199,4 @@ class TextRecorder:
             if data:
                 batch.append(data)
                 size += len(data) + 1
-        return batch
-
-    async def _publish_queued(self) -> None:
-        # What queued up within LINGER_S goes out as one message (a JSON array of records): one
-        # stored message per request would cost the server more than the rest of the request.
-        failing = False
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(LINGER_S)
-            self._wake.clear()
-            while self._queue:
-                batch = self._next_batch()
-                if not batch:
-                    continue
-                try:
-                    await self.nc.publish(USAGE_TEXT, join_text_records(batch))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.failed += len(batch)
-                    if not failing:  # once per streak of failures
-                        log.warning("text records: not published (%d so far): %s", self.failed, exc)
-                    failing = True
-                else:
-                    self.published += len(batch)
-                    failing = False
-                await asyncio.sleep(0)  # answers in flight go first
+        return (join_text_records(batch), len(batch)) if batch else None

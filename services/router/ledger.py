@@ -38,6 +38,7 @@ from nats.aio.client import Client
 
 from services.router.table import RoutingTable
 from shared import headers as H
+from shared.batching import LingeringPublisher
 from shared.errors import error_from_wire
 from shared.subjects import USAGE_RECORDS
 from shared.usage import (
@@ -152,48 +153,24 @@ def cost_of_outcome(outcome: Outcome, tokens: TokenCounts | None) -> tuple[str |
     return prices.cost_text(price, tokens), price.currency  # == shared.pricing.cost_of, in integers
 
 
-class UsageLedger:
+class UsageLedger(LingeringPublisher):
     """Numbers, queues and publishes this router's usage records."""
 
     def __init__(self, nc: Client, router_id: str, *, enabled: bool = True, max_queued: int = MAX_QUEUED) -> None:
-        self.nc = nc
+        super().__init__(nc, USAGE_RECORDS, linger_s=LINGER_S, what="usage ledger", log=log)
         self.router_id = router_id
         self.enabled = enabled
         self.seq = 0
         """Number of the last record made (published or not)."""
-        self.published = 0
-        self.failed = 0
-        """Records whose publish raised (lost: a gap)."""
         self.dropped = 0
         """Records dropped because the queue was full (lost: a gap)."""
         self._queue: collections.deque[bytes] = collections.deque()
         self._max_queued = max_queued
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start publishing in the background."""
-        if self.enabled and self._task is None:
-            self._task = asyncio.create_task(self._publish_queued(), name="usage-ledger")
-
-    async def stop(self, timeout_s: float = 2.0) -> None:
-        """Publish what is queued (bounded), then stop."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        while self._queue and time.monotonic() < deadline and not task.done():
-            self._wake.set()
-            await asyncio.sleep(0.01)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        try:
-            await self.nc.flush(timeout=max(1, round(deadline - time.monotonic())))
-        except Exception:  # the connection is going away: what is unsent is a gap
-            pass
+        if self.enabled:
+            self._start("usage-ledger")
 
     def record(self, outcome: Outcome, *, request_id: str, reply: str, headers: Mapping[str, str]) -> None:
         """Queue the record of one answered request (call after the answer went out; never raises).
@@ -213,7 +190,7 @@ class UsageLedger:
                 log.warning("usage ledger: %d record(s) dropped (not publishable for a while)", self.dropped)
             return
         self._queue.append(data)
-        self._wake.set()
+        self._wake_up()
 
     def _encode(self, outcome: Outcome, request_id: str, reply: str, headers: Mapping[str, str]) -> bytes:
         self.seq += 1
@@ -256,28 +233,13 @@ class UsageLedger:
             )
         )
 
-    async def _publish_queued(self) -> None:
-        # What queued up within LINGER_S of the first record goes out as one message (one record
-        # per line, at most MAX_BATCH): the server stores one message per few milliseconds rather
-        # than one per request, and that work is off the moments answers go out.
-        failing = False
-        while True:
-            await self._wake.wait()
-            if len(self._queue) < MAX_BATCH:
-                await asyncio.sleep(LINGER_S)
-            self._wake.clear()
-            while self._queue:
-                count = min(len(self._queue), MAX_BATCH)
-                data = b"\n".join([self._queue.popleft() for _ in range(count)])
-                try:
-                    await self.nc.publish(USAGE_RECORDS, data)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.failed += count
-                    if not failing:  # once per streak of failures
-                        log.warning("usage ledger: records not published (%d so far): %s", self.failed, exc)
-                    failing = True
-                else:
-                    self.published += count
-                    failing = False
+    def _queued(self) -> int:
+        return len(self._queue)
+
+    def _full(self) -> bool:
+        return len(self._queue) >= MAX_BATCH
+
+    def _next_batch(self) -> tuple[bytes, int]:
+        # One record per line, at most MAX_BATCH (shared.usage.decode_records reads them).
+        count = min(len(self._queue), MAX_BATCH)
+        return b"\n".join([self._queue.popleft() for _ in range(count)]), count
