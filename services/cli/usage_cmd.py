@@ -24,7 +24,6 @@ agent with ``record_text`` (:mod:`services.cli.usage_text_cmd`), looked for with
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -33,11 +32,9 @@ from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
+from services.cli.stream_read import stored_since
 from services.cli.usage_text_cmd import cmd_usage_text
 from shared.subjects import USAGE_RECORDS, USAGE_STREAM
 from shared.usage import UsageRecord, decode_records, parse_duration_s
@@ -53,8 +50,6 @@ GROUPS = {
 }
 """``--by`` value → the :class:`UsageRecord` field it groups by."""
 TOKEN_KINDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-IDLE_S = 0.25
-"""How long to wait for the next record before asking the consumer whether any are left."""
 READ_TIMEOUT_S = 60.0
 _SUM = Context(prec=80)
 """Sums in 80 digits: far beyond any ledger's total, so no addition ever rounds."""
@@ -226,46 +221,26 @@ def _ordered(groups: dict[str | None, Totals]) -> list[tuple[str | None, Totals]
 
 async def read_report(nc: Client, since_s: int, by: str | None, *, timeout_s: float = READ_TIMEOUT_S) -> Report:
     """Every ledger record stored in the last ``since_s`` seconds, added up."""
-    js = nc.jetstream()
     report = Report(by=by, since_s=since_s)
-    try:
-        info = await js.stream_info(USAGE_STREAM)
-    except NotFoundError:
-        raise LookupError(f"there is no usage ledger ({USAGE_STREAM}) on this server yet") from None
-    if not info.state.messages:
-        return report
     cutoff_ms = int((time.time() - since_s) * 1000)
-    start = dt.datetime.fromtimestamp(cutoff_ms / 1000, dt.UTC)
-    last = info.state.last_seq
-    sub = await js.subscribe(
+    async for data in stored_since(
+        nc,
+        USAGE_STREAM,
         USAGE_RECORDS,
-        stream=USAGE_STREAM,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
-    )
-    give_up = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < give_up:
-            try:
-                msg = await sub.next_msg(timeout=IDLE_S)
-            except nats.errors.TimeoutError:
-                if (await sub.consumer_info()).num_pending == 0:
-                    return report
-                continue
-            try:
-                records = decode_records(msg.data)
-            except msgspec.MsgspecError:
-                report.unreadable += 1
-            else:
-                for record in records:
-                    if record.time_ms >= cutoff_ms:
-                        report.add(record)
-            meta = msg.metadata
-            if meta.sequence.stream >= last or meta.num_pending == 0:
-                return report
-        raise TimeoutError(f"reading the usage ledger took more than {timeout_s:g}s")
-    finally:
-        await sub.unsubscribe()
+        since_s,
+        timeout_s=timeout_s,
+        missing=f"there is no usage ledger ({USAGE_STREAM}) on this server yet",
+        what="the usage ledger",
+    ):
+        try:
+            records = decode_records(data)
+        except msgspec.MsgspecError:
+            report.unreadable += 1
+            continue
+        for record in records:
+            if record.time_ms >= cutoff_ms:
+                report.add(record)
+    return report
 
 
 def print_table(report: Report) -> None:

@@ -10,22 +10,18 @@ request id. The stream holds only opted-in agents' requests; a longer window rea
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
+from services.cli.stream_read import stored_since
 from shared.subjects import USAGE_TEXT, USAGE_TEXT_STREAM
 from shared.usage_text import TextRecord, decode_text_records
 
-IDLE_S = 0.25
 READ_TIMEOUT_S = 30.0
 
 
@@ -34,42 +30,22 @@ async def read_text_records(
 ) -> list[TextRecord]:
     """Every text record of ``request_id`` stored in the last ``since_s`` seconds (oldest first);
     :class:`LookupError` without the stream."""
-    js = nc.jetstream()
-    try:
-        info = await js.stream_info(USAGE_TEXT_STREAM)
-    except NotFoundError:
-        raise LookupError(f"there are no text records ({USAGE_TEXT_STREAM}) on this server yet") from None
-    if not info.state.messages:
-        return []
-    start = dt.datetime.fromtimestamp(time.time() - since_s, dt.UTC)
-    last = info.state.last_seq
-    sub = await js.subscribe(
-        USAGE_TEXT,
-        stream=USAGE_TEXT_STREAM,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
-    )
     out: list[TextRecord] = []
-    give_up = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < give_up:
-            try:
-                msg = await sub.next_msg(timeout=IDLE_S)
-            except nats.errors.TimeoutError:
-                if (await sub.consumer_info()).num_pending == 0:
-                    return out
-                continue
-            try:
-                records = decode_text_records(msg.data)
-            except msgspec.MsgspecError:
-                records = []
-            out.extend(r for r in records if r.request_id == request_id)
-            meta = msg.metadata
-            if meta.sequence.stream >= last or meta.num_pending == 0:
-                return out
-        raise TimeoutError(f"reading the text records took more than {timeout_s:g}s")
-    finally:
-        await sub.unsubscribe()
+    async for data in stored_since(
+        nc,
+        USAGE_TEXT_STREAM,
+        USAGE_TEXT,
+        since_s,
+        timeout_s=timeout_s,
+        missing=f"there are no text records ({USAGE_TEXT_STREAM}) on this server yet",
+        what="the text records",
+    ):
+        try:
+            records = decode_text_records(data)
+        except msgspec.MsgspecError:
+            continue
+        out.extend(r for r in records if r.request_id == request_id)
+    return out
 
 
 def record_json(record: TextRecord) -> Any:
