@@ -250,7 +250,12 @@ class BudgetStore:
                 else:
                     done.set_exception(why)
             return
-        raise ModelbusError(f"budget entry of {budget.name!r} stayed contended for {MAX_CAS_ATTEMPTS} tries")
+        raise NoRouteAvailable(
+            f"budget {budget.name!r}: its entry stayed contended by other routers for {MAX_CAS_ATTEMPTS} tries; "
+            "try again",
+            code="budgets_unavailable",
+            retry_after=1.0,
+        )
 
     def _remember(self, key: str, seen: _Seen) -> None:
         self.seen[key] = seen

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
-from shared.errors import ModelbusError, NoRouteAvailable
+from shared.errors import NoRouteAvailable
 from shared.jetstream import ensure_kv, stream_missing
 from shared.subjects import RATE_LIMITS_BUCKET
 
@@ -306,7 +307,8 @@ class SharedWindows:
     async def _commit(self, key: tuple[str, int], batch: list[_Pending]) -> None:
         subject = f"{key[0]}.{key[1]}"
         seen = self._current.get(key)
-        for _ in range(MAX_CAS_ATTEMPTS):
+        fresh = False
+        for attempt in range(MAX_CAS_ATTEMPTS):
             requests, tokens, revision, when = seen if seen is not None else (0, 0, 0, 0.0)
             results: list[tuple[bool, int, int]] = []
             for pending in batch:
@@ -316,8 +318,13 @@ class SharedWindows:
                     continue
                 requests, tokens = max(0, requests + change[0]), max(0, tokens + change[1])
                 results.append((True, requests, tokens))
-            if time.monotonic() - when > REFUSE_FROM_CACHE_S and not all(added for added, _, _ in results):
+            if (
+                not fresh
+                and time.monotonic() - when > REFUSE_FROM_CACHE_S
+                and not all(added for added, _, _ in results)
+            ):
                 seen = await self._fresh(key)  # refuse only on a count read just now
+                fresh = True  # decided on whatever its age by then (a loaded server may be slow to answer)
                 continue
             if any(added for added, _, _ in results):
                 try:
@@ -326,14 +333,20 @@ class SharedWindows:
                     # Another router wrote first (or our write timed out and may have landed:
                     # counting it twice only errs on the safe side). Read and decide again.
                     self.conflicts += 1
+                    await asyncio.sleep(random.uniform(0, 0.001 * attempt))  # jitter: routers stop colliding
                     seen = await self._fresh(key)
+                    fresh = True
                     continue
                 self._current[key] = (requests, tokens, new_revision, time.monotonic())
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():  # a cancelled request was counted all the same: the safe side
                     pending.future.set_result(result)
             return
-        raise ModelbusError(f"rate limit counter {subject} stayed contended for {MAX_CAS_ATTEMPTS} tries")
+        raise NoRouteAvailable(
+            f"rate limit counter {subject} stayed contended by other routers for {MAX_CAS_ATTEMPTS} tries; try again",
+            code="rate_limits_unavailable",
+            retry_after=1.0,
+        )
 
     # ------------------------------------------------------------ admission
 

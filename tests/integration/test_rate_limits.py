@@ -16,11 +16,12 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from services.router import windows
 from services.router.quotas import EndpointQuotas
 from services.router.ratelimits import RateLimiter
 from services.router.windows import REFUSE_FROM_CACHE_S, WINDOW_S, SharedWindows
 from shared import headers as H
-from shared.errors import RateLimited
+from shared.errors import NoRouteAvailable, RateLimited
 from shared.natsserver import EmbeddedNats
 from shared.routing import Endpoint, RateLimit
 from shared.subjects import RATE_LIMITS_BUCKET
@@ -230,3 +231,20 @@ def test_a_bucket_that_disappeared_is_created_again_and_counting_goes_on(nats_se
             await a.admit([limit], "_INBOX.x", headers, 1)
 
     with_routers(nats_server, MINUTE + 30, body)
+
+
+def test_a_counter_other_routers_keep_contending_answers_a_retryable_503_not_an_internal_error(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(a: RateLimiter, b: RateLimiter, clock: Clock) -> None:
+        limit, headers = agent_limit(rpm=10)
+        await a.admit([limit], "_INBOX.x", headers, 1)  # a knows the counter at revision 1
+        await b.admit([limit], "_INBOX.x", headers, 1)  # b moves it on: a's revision is stale
+        monkeypatch.setattr(windows, "MAX_CAS_ATTEMPTS", 1)
+        a.windows._leases.clear()  # a must write again, on its stale revision: one conflict, no tries left
+        with pytest.raises(NoRouteAvailable) as caught:
+            await a.admit([limit], "_INBOX.x", headers, 1)
+        assert caught.value.retryable and caught.value.http_status == 503
+        assert caught.value.code == "rate_limits_unavailable" and caught.value.retry_after == 1.0
+
+    with_routers(nats_server, MINUTE + 25, body)
